@@ -1,0 +1,12 @@
+# Sanitizer builds: -DDTU_SANITIZE=ON (ASan+UBSan) or -DDTU_TSAN=ON. They are exclusive.
+if(DTU_SANITIZE AND DTU_TSAN)
+  message(FATAL_ERROR "DTU_SANITIZE and DTU_TSAN cannot be combined")
+endif()
+if(DTU_SANITIZE)
+  add_compile_options(-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=address,undefined)
+endif()
+if(DTU_TSAN)
+  add_compile_options(-fsanitize=thread -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=thread)
+endif()
