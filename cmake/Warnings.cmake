@@ -2,7 +2,7 @@
 add_library(dtu_warnings INTERFACE)
 target_compile_options(dtu_warnings INTERFACE
   -Wall -Wextra -Wpedantic -Wshadow -Wconversion -Wsign-conversion
-  -Wnon-virtual-dtor -Wold-style-cast -Woverloaded-virtual -Wnull-dereference)
+  -Wnon-virtual-dtor -Wold-style-cast -Woverloaded-virtual)
 if(DTU_WERROR)
   target_compile_options(dtu_warnings INTERFACE -Werror)
 endif()

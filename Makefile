@@ -1,0 +1,80 @@
+# dtubroker: a thin layer over CMake. Build trees: build/ (RelWithDebInfo), build-asan/ (ASan+UBSan,
+# Debug), build-fuzz/ (clang, libFuzzer). A tree is configured once; later runs only rebuild, so
+# after changing a CMake option run `make clean` (or cmake -B <tree> -D...) yourself.
+#
+#   make deps         install missing Debian packages (scripts/deps.sh)
+#   make build        build everything in build/
+#   make test         build, fuzz smoke, then every unit and integration test (ctest prints last)
+#   make test-asan    the whole ctest suite under ASan+UBSan in build-asan/
+#   make fuzz-smoke   build the fuzz targets and run each briefly (ctest label "fuzz")
+#   make fuzz         run each fuzz target for FUZZ_SECONDS (default 600) s, one after the other
+#   make demo         build, then demo/run.sh (ONCE=1 make demo: one pass, then exit)
+#   make format       clang-format the sources in place; format-check only reports
+#   make clean        remove every build tree
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := build
+MAKEFLAGS += --no-print-directory
+# Targets run one after another; parallelism is inside each step (-j$(JOBS)).
+.NOTPARALLEL:
+
+JOBS ?= $(shell nproc)
+FUZZ_SECONDS ?= 600
+ONCE ?=
+CLANG_FORMAT ?= clang-format
+FORMAT_DIRS := common devmgr dtu-agent services tests
+
+SANITIZER_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+# $(call configure,TREE,CMAKE ARGS[,ENV]): configure TREE once, when it has no CMakeCache.txt yet.
+# A failed configure drops its cache, so the next run configures again.
+configure = test -f $(1)/CMakeCache.txt || $(3) cmake -S . -B $(1) $(2) || { rm -f $(1)/CMakeCache.txt; exit 1; }
+
+.PHONY: deps build test test-asan fuzz-build fuzz-smoke fuzz demo clean format format-check
+
+deps:
+	scripts/deps.sh
+
+build: deps
+	$(call configure,build,-DCMAKE_BUILD_TYPE=RelWithDebInfo -DDTU_WERROR=ON)
+	cmake --build build -j$(JOBS)
+
+test: build fuzz-smoke
+	ctest --test-dir build --output-on-failure --no-tests=error -j$(JOBS)
+
+test-asan: deps
+	$(call configure,build-asan,-DCMAKE_BUILD_TYPE=Debug -DDTU_SANITIZE=ON -DDTU_WERROR=ON)
+	cmake --build build-asan -j$(JOBS)
+	$(SANITIZER_ENV) ctest --test-dir build-asan --output-on-failure --no-tests=error -j$(JOBS)
+
+fuzz-build: deps
+	$(call configure,build-fuzz,-DDTU_FUZZ=ON -DDTU_TESTS=OFF,CC=clang CXX=clang++)
+	cmake --build build-fuzz -j$(JOBS)
+
+fuzz-smoke: fuzz-build
+	ctest --test-dir build-fuzz -L fuzz --output-on-failure --no-tests=error -j$(JOBS)
+
+# The long run reuses the commands tests/fuzz/CMakeLists.txt registers, with -max_total_time
+# (and any -runs cap) replaced so each target runs FUZZ_SECONDS. New corpus entries and crash
+# files land where those commands put them.
+fuzz: fuzz-build
+	ctest --test-dir build-fuzz -L fuzz --show-only=json-v1 \
+	  | jq -r --arg t "-max_total_time=$(FUZZ_SECONDS)" \
+	      '.tests[].command | map(select(startswith("-max_total_time=") or startswith("-runs=") | not)) + [$$t] | @sh' \
+	  | while read -r command; do echo "+ $$command"; eval "$$command" </dev/null; done
+
+demo: build
+	ONCE=$(ONCE) demo/run.sh
+
+clean:
+	rm -rf build*/
+
+# Every .hpp/.cpp of FORMAT_DIRS, NUL-separated, to xargs (-r: nothing to do when there is none).
+format_sources = find $(wildcard $(FORMAT_DIRS)) -type f \( -name '*.hpp' -o -name '*.cpp' \) -print0 | xargs -0 -r
+
+format:
+	$(format_sources) $(CLANG_FORMAT) -i
+
+format-check:
+	$(format_sources) $(CLANG_FORMAT) --dry-run -Werror

@@ -1,0 +1,120 @@
+#pragma once
+// Link: one authenticated connection to a peer (manager, DTU or local client) carrying framed
+// messages on filaments. Exactly one reader, one writer and one watchdog coroutine per link.
+//
+//  - Reader: decodes frames (FrameDecoder, size cap); a malformed frame closes this link only,
+//    with a log line naming the peer and the reason.
+//  - Writer: drains a bounded send queue; a peer that reads too slowly (queue above the cap, or
+//    one write blocked past the write timeout) is disconnected, never allowed to grow memory.
+//  - Watchdog: heartbeats (DESIGN.md §6) and every filament deadline.
+//
+// Heartbeats carry wall-clock stamps; each round trip feeds a ClockOffsetEstimator (RTT/2
+// error) for the universal clock.
+//
+// Thread: everything runs on the executor given at creation. The Clock must tell steady time
+// (SystemClock) because timers sleep on it.
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <asio.hpp>
+
+#include "dtu/common/clock.hpp"
+#include "dtu/common/filament_mux.hpp"
+#include "dtu/common/frame_decoder.hpp"
+#include "dtu/common/heartbeat.hpp"
+#include "dtu/common/log.hpp"
+#include "dtu/common/offset_estimator.hpp"
+#include "dtu/common/transport.hpp"
+
+namespace dtu::common {
+
+class Link : public std::enable_shared_from_this<Link> {
+ public:
+  struct Options {
+    std::size_t max_payload = kDefaultMaxPayload;
+    // Bytes queued for a peer before it counts as too slow: 8 MiB (several max-size frames).
+    std::size_t max_send_queue = 8 * 1024 * 1024;
+    // A single write blocked this long means the peer stopped reading.
+    Duration write_timeout = std::chrono::seconds(10);
+    bool heartbeats = true;
+    Duration heartbeat_interval = std::chrono::seconds(1);
+    std::uint32_t heartbeat_misses = 3;
+  };
+  using CloseHandler = std::function<void(const Error& reason)>;
+
+  static std::shared_ptr<Link> create(const asio::any_io_executor& ex, std::unique_ptr<Transport> transport,
+                                      FilamentMux::Side side, const Clock& clock, Logger log,
+                                      std::string peer, Options options);
+  ~Link();
+
+  // Starts the reader, writer and watchdog. `on_close` runs once, when the link closes for any
+  // reason (ours or the peer's), after every pending operation has failed.
+  void start(CloseHandler on_close);
+  // Idempotent. Pending operations fail with Errc::link_lost.
+  void close(const Error& reason);
+  bool is_open() const { return !closed_; }
+
+  FilamentMux& mux() { return mux_; }
+  const asio::any_io_executor& executor() const { return executor_; }
+  const std::string& peer() const { return peer_; }
+  Transport& transport() { return *transport_; }
+
+  void notify(std::uint32_t filament, Frame frame);
+  void post(std::uint32_t filament, Frame frame, Duration timeout, FilamentMux::SendDone done);
+  void reply(const Frame& to, Frame response);
+  void reply_error(const Frame& to, Errc code, std::string reason);
+  // Synchronous (to the coroutine) forms of request and receive.
+  asio::awaitable<Result<Frame>> request(std::uint32_t filament, Frame frame, Duration timeout);
+  asio::awaitable<Result<Frame>> receive(std::uint32_t filament, Duration timeout);
+
+  void set_heartbeat(Duration interval, std::uint32_t misses);
+  // The peer's clock minus ours, from heartbeat round trips; nullopt before the first one.
+  std::optional<OffsetSample> clock_offset() const { return offset_.estimate(); }
+  std::uint64_t frames_received() const { return frames_received_; }
+
+ private:
+  Link(const asio::any_io_executor& ex, std::unique_ptr<Transport> transport, FilamentMux::Side side,
+       const Clock& clock, Logger log, std::string peer, Options options);
+
+  asio::awaitable<void> read_loop();
+  asio::awaitable<void> write_loop();
+  asio::awaitable<void> watchdog_loop();
+  void drain_output();
+  void handle_frame(Frame frame);
+  void handle_heartbeat(const Frame& frame);
+  void send_heartbeat(MonoTime now);
+  void rearm() { watchdog_timer_.cancel(); }
+
+  asio::any_io_executor executor_;
+  std::unique_ptr<Transport> transport_;
+  const Clock& clock_;
+  Logger log_;
+  std::string peer_;
+  Options options_;
+  FilamentMux mux_;
+  FrameDecoder decoder_;
+  Heartbeat heartbeat_;
+  ClockOffsetEstimator offset_;
+  asio::steady_timer writer_wake_;
+  asio::steady_timer watchdog_timer_;
+  std::vector<std::uint8_t> write_buffer_;
+  std::size_t queued_bytes_ = 0;  // write_buffer_ plus the chunk being written
+  bool writing_ = false;
+  MonoTime write_started_{};
+  bool closed_ = false;
+  CloseHandler on_close_;
+  std::optional<std::int64_t> last_peer_sent_us_;   // for the echo in our next heartbeat
+  std::optional<std::int64_t> last_peer_received_us_;
+  std::uint64_t frames_received_ = 0;
+};
+
+// Wall-clock microseconds since the Unix epoch.
+std::int64_t to_micros(WallTime t);
+WallTime from_micros(std::int64_t us);
+
+}  // namespace dtu::common

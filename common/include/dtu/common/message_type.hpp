@@ -1,0 +1,38 @@
+#pragma once
+// MessageType: every message type number of the dtubroker protocol. A number is never reused:
+// a retired type stays here as a comment. docs/protocol.md documents each one.
+// Ranges: 1–15 link control, 16–63 DTU <-> manager, 64–127 service/admin <-> manager,
+// 128–191 manager <-> manager (peer mesh), 192–255 in-band (service <-> DTU).
+
+#include <cstdint>
+#include <string_view>
+
+namespace dtu::common {
+
+enum class MessageType : std::uint16_t {
+  // Link control.
+  ack = 1,             // confirms a post (any filament)
+  error = 2,           // a failed request or post, or the reason a link is closed
+  heartbeat = 3,       // liveness and clock calibration (filament 0)
+  filament_open = 4,   // opens a filament (sent on the new filament's id)
+  filament_close = 5,  // closes a filament gracefully
+  // DTU <-> manager.
+  dtu_hello = 16,        // DTU -> manager: who I am, my boot epoch
+  dtu_welcome = 17,      // manager -> DTU: accepted, heartbeat parameters
+  device_snapshot = 18,  // DTU -> manager: every device, sent after welcome
+  device_attached = 19,  // DTU -> manager: one device appeared or changed
+  device_detached = 20,  // DTU -> manager: one device left
+  // Service/admin <-> manager.
+  client_hello = 64,   // client -> manager: client name and protocol version
+  client_welcome = 65, // manager -> client: manager id, software version
+  list_devices = 66,   // client -> manager: request the device table
+  device_list = 67,    // manager -> client: the device table
+};
+
+// True for every number listed above: the decoder rejects any other.
+bool is_known_message_type(std::uint16_t value);
+
+// The snake_case name of a type ("device_snapshot"), or "unknown".
+std::string_view message_type_name(MessageType type);
+
+}  // namespace dtu::common

@@ -1,0 +1,179 @@
+#pragma once
+// Messages: one plain struct per message type, with to_json/from_json beside it, and the two
+// functions that move a message into and out of a Frame. docs/protocol.md documents each.
+// Values; not thread-safe.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "dtu/common/frame.hpp"
+#include "dtu/common/records.hpp"
+#include "dtu/common/result.hpp"
+
+namespace dtu::common {
+
+// --- Link control ---------------------------------------------------------------------------
+
+// Confirms a post. Empty payload ({}).
+struct AckMsg {
+  static constexpr MessageType kType = MessageType::ack;
+};
+
+// A failed request or post (as a reply), or the reason the sender closes the link.
+struct ErrorMsg {
+  static constexpr MessageType kType = MessageType::error;
+  std::string code;    // errc_name(): "timeout", "refused", "not_found", …
+  std::string reason;  // for people
+};
+
+// Liveness and clock calibration. Sent on filament 0 when the link has been silent for one
+// heartbeat interval. The echo fields give the receiver the four NTP timestamps:
+// t1 = echo_sent_us, t2 = echo_received_us, t3 = sent_us, t4 = receive time.
+struct HeartbeatMsg {
+  static constexpr MessageType kType = MessageType::heartbeat;
+  std::int64_t sent_us = 0;                        // sender's wall clock at send
+  std::optional<std::int64_t> echo_sent_us;        // sent_us of the last heartbeat received
+  std::optional<std::int64_t> echo_received_us;    // our wall clock when it arrived
+};
+
+// Opens a filament; sent on the new filament's id. `name` says what it is for.
+struct FilamentOpenMsg {
+  static constexpr MessageType kType = MessageType::filament_open;
+  std::string name;
+};
+
+// Closes a filament: the sender will send nothing more on it.
+struct FilamentCloseMsg {
+  static constexpr MessageType kType = MessageType::filament_close;
+  std::string reason;
+};
+
+// --- DTU <-> manager ------------------------------------------------------------------------
+
+// DTU -> manager, first message after TLS. `dtu` must equal the TLS PSK identity.
+struct DtuHelloMsg {
+  static constexpr MessageType kType = MessageType::dtu_hello;
+  std::string dtu;
+  std::string agent_version;
+  std::int64_t boot_epoch = 0;
+};
+
+// Manager -> DTU: accepted; heartbeat parameters the DTU must use on this link.
+struct DtuWelcomeMsg {
+  static constexpr MessageType kType = MessageType::dtu_welcome;
+  std::string manager;
+  std::uint32_t heartbeat_ms = 1000;
+  std::uint32_t heartbeat_misses = 3;
+};
+
+// DTU -> manager: every device the DTU has, replacing whatever the manager held for it.
+struct DeviceSnapshotMsg {
+  static constexpr MessageType kType = MessageType::device_snapshot;
+  std::string dtu;
+  Stamp stamp;
+  std::vector<DeviceRecord> devices;
+};
+
+// DTU -> manager: a device appeared (or its record changed).
+struct DeviceAttachedMsg {
+  static constexpr MessageType kType = MessageType::device_attached;
+  DeviceRecord device;
+};
+
+// DTU -> manager: a device left.
+struct DeviceDetachedMsg {
+  static constexpr MessageType kType = MessageType::device_detached;
+  std::string dtu;
+  std::string device;
+  Stamp stamp;
+};
+
+// --- Service/admin <-> manager --------------------------------------------------------------
+
+struct ClientHelloMsg {
+  static constexpr MessageType kType = MessageType::client_hello;
+  std::string client;  // program name, for logs ("devmgrctl")
+};
+
+struct ClientWelcomeMsg {
+  static constexpr MessageType kType = MessageType::client_welcome;
+  std::string manager;
+  std::string version;
+};
+
+// Asks for the device table; `dtu` narrows it to one DTU.
+struct ListDevicesMsg {
+  static constexpr MessageType kType = MessageType::list_devices;
+  std::optional<std::string> dtu;
+};
+
+struct DeviceListMsg {
+  static constexpr MessageType kType = MessageType::device_list;
+  std::vector<DeviceRecord> devices;
+};
+
+void to_json(nlohmann::json& j, const AckMsg& m);
+void from_json(const nlohmann::json& j, AckMsg& m);
+void to_json(nlohmann::json& j, const ErrorMsg& m);
+void from_json(const nlohmann::json& j, ErrorMsg& m);
+void to_json(nlohmann::json& j, const HeartbeatMsg& m);
+void from_json(const nlohmann::json& j, HeartbeatMsg& m);
+void to_json(nlohmann::json& j, const FilamentOpenMsg& m);
+void from_json(const nlohmann::json& j, FilamentOpenMsg& m);
+void to_json(nlohmann::json& j, const FilamentCloseMsg& m);
+void from_json(const nlohmann::json& j, FilamentCloseMsg& m);
+void to_json(nlohmann::json& j, const DtuHelloMsg& m);
+void from_json(const nlohmann::json& j, DtuHelloMsg& m);
+void to_json(nlohmann::json& j, const DtuWelcomeMsg& m);
+void from_json(const nlohmann::json& j, DtuWelcomeMsg& m);
+void to_json(nlohmann::json& j, const DeviceSnapshotMsg& m);
+void from_json(const nlohmann::json& j, DeviceSnapshotMsg& m);
+void to_json(nlohmann::json& j, const DeviceAttachedMsg& m);
+void from_json(const nlohmann::json& j, DeviceAttachedMsg& m);
+void to_json(nlohmann::json& j, const DeviceDetachedMsg& m);
+void from_json(const nlohmann::json& j, DeviceDetachedMsg& m);
+void to_json(nlohmann::json& j, const ClientHelloMsg& m);
+void from_json(const nlohmann::json& j, ClientHelloMsg& m);
+void to_json(nlohmann::json& j, const ClientWelcomeMsg& m);
+void from_json(const nlohmann::json& j, ClientWelcomeMsg& m);
+void to_json(nlohmann::json& j, const ListDevicesMsg& m);
+void from_json(const nlohmann::json& j, ListDevicesMsg& m);
+void to_json(nlohmann::json& j, const DeviceListMsg& m);
+void from_json(const nlohmann::json& j, DeviceListMsg& m);
+
+// Parses a JSON payload; never throws. Errc::bad_payload names the type and the reason.
+Result<nlohmann::json> parse_payload(const Frame& frame);
+
+// Builds a frame carrying `msg` as JSON on `filament`.
+template <typename M>
+Frame to_frame(const M& msg, std::uint32_t filament = 0) {
+  Frame f;
+  f.type = M::kType;
+  f.filament = filament;
+  const std::string text = nlohmann::json(msg).dump();
+  f.payload.assign(text.begin(), text.end());
+  return f;
+}
+
+// Reads a message of type M out of a frame; never throws. Errors: Errc::unknown_type when the
+// frame carries another type, Errc::bad_payload when the JSON is bad or misses a field.
+template <typename M>
+Result<M> from_frame(const Frame& frame) {
+  if (frame.type != M::kType) {
+    return Error(Errc::unknown_type, "expected " + std::string(message_type_name(M::kType)) + ", got " +
+                                         std::string(message_type_name(frame.type)));
+  }
+  auto parsed = parse_payload(frame);
+  if (!parsed.ok()) return parsed.error();
+  try {
+    return parsed.value().template get<M>();
+  } catch (const std::exception& e) {
+    return Error(Errc::bad_payload, std::string(message_type_name(M::kType)) + ": " + e.what());
+  }
+}
+
+}  // namespace dtu::common

@@ -1,0 +1,41 @@
+#include "dtu/common/frame.hpp"
+
+#include "dtu/common/check.hpp"
+
+namespace dtu::common {
+namespace {
+
+void put_u16(std::vector<std::uint8_t>& out, std::uint16_t v) {
+  out.push_back(static_cast<std::uint8_t>(v >> 8));
+  out.push_back(static_cast<std::uint8_t>(v));
+}
+
+void put_u32(std::vector<std::uint8_t>& out, std::uint32_t v) {
+  out.push_back(static_cast<std::uint8_t>(v >> 24));
+  out.push_back(static_cast<std::uint8_t>(v >> 16));
+  out.push_back(static_cast<std::uint8_t>(v >> 8));
+  out.push_back(static_cast<std::uint8_t>(v));
+}
+
+}  // namespace
+
+void encode_frame(const Frame& frame, std::vector<std::uint8_t>& out) {
+  CHECK(frame.payload.size() <= 0xffffffffu);
+  CHECK((frame.flags & ~kKnownFlags) == 0);
+  out.reserve(out.size() + kFrameHeaderSize + frame.payload.size());
+  put_u32(out, static_cast<std::uint32_t>(frame.payload.size()));
+  out.push_back(kProtocolVersion);
+  out.push_back(frame.flags);
+  put_u16(out, static_cast<std::uint16_t>(frame.type));
+  put_u32(out, frame.filament);
+  put_u32(out, frame.txn);
+  out.insert(out.end(), frame.payload.begin(), frame.payload.end());
+}
+
+std::vector<std::uint8_t> encode_frame(const Frame& frame) {
+  std::vector<std::uint8_t> out;
+  encode_frame(frame, out);
+  return out;
+}
+
+}  // namespace dtu::common

@@ -1,0 +1,265 @@
+#include "dtu/common/link.hpp"
+
+#include <asio/experimental/as_tuple.hpp>
+
+#include "dtu/common/async.hpp"
+#include "dtu/common/messages.hpp"
+
+namespace dtu::common {
+
+using asio::experimental::as_tuple;
+
+namespace {
+// Read buffer per link: 64 KiB keeps syscalls few without holding much per idle link.
+constexpr std::size_t kReadChunk = 64 * 1024;
+
+std::string millis(Duration d) {
+  return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + "ms";
+}
+}  // namespace
+
+std::int64_t to_micros(WallTime t) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count();
+}
+
+WallTime from_micros(std::int64_t us) {
+  return WallTime{std::chrono::duration_cast<WallTime::duration>(std::chrono::microseconds(us))};
+}
+
+std::shared_ptr<Link> Link::create(const asio::any_io_executor& ex, std::unique_ptr<Transport> transport,
+                                   FilamentMux::Side side, const Clock& clock, Logger log, std::string peer,
+                                   Options options) {
+  return std::shared_ptr<Link>(
+      new Link(ex, std::move(transport), side, clock, std::move(log), std::move(peer), options));
+}
+
+Link::Link(const asio::any_io_executor& ex, std::unique_ptr<Transport> transport, FilamentMux::Side side,
+           const Clock& clock, Logger log, std::string peer, Options options)
+    : executor_(ex),
+      transport_(std::move(transport)),
+      clock_(clock),
+      log_(std::move(log)),
+      peer_(std::move(peer)),
+      options_(options),
+      mux_(side),
+      decoder_(options.max_payload),
+      heartbeat_(options.heartbeat_interval, options.heartbeat_misses, clock.now()),
+      writer_wake_(ex),
+      watchdog_timer_(ex) {}
+
+Link::~Link() { transport_->close(); }
+
+void Link::start(CloseHandler on_close) {
+  on_close_ = std::move(on_close);
+  mux_.set_output_hook([this] { drain_output(); });
+  auto self = shared_from_this();
+  spawn(executor_, [self]() -> asio::awaitable<void> { co_await self->read_loop(); }, log_, "link reader");
+  spawn(executor_, [self]() -> asio::awaitable<void> { co_await self->write_loop(); }, log_, "link writer");
+  spawn(executor_, [self]() -> asio::awaitable<void> { co_await self->watchdog_loop(); }, log_, "link watchdog");
+}
+
+void Link::close(const Error& reason) {
+  if (closed_) return;
+  closed_ = true;
+  transport_->close();
+  writer_wake_.cancel();
+  watchdog_timer_.cancel();
+  write_buffer_.clear();
+  mux_.fail_all(Error(Errc::link_lost, "link to " + peer_ + " closed: " + reason.describe()));
+  if (on_close_) {
+    auto handler = std::move(on_close_);
+    on_close_ = nullptr;
+    handler(reason);
+  }
+}
+
+void Link::drain_output() {
+  if (closed_) return;
+  bool any = false;
+  for (const Frame& frame : mux_.take_output()) {
+    const std::size_t before = write_buffer_.size();
+    encode_frame(frame, write_buffer_);
+    queued_bytes_ += write_buffer_.size() - before;
+    any = true;
+  }
+  if (!any) return;
+  if (queued_bytes_ > options_.max_send_queue) {
+    log_.warn(peer_, "slow_peer", {{"queued_bytes", queued_bytes_}, {"cap", options_.max_send_queue}});
+    close(Error(Errc::send_queue_full, "send queue above " + std::to_string(options_.max_send_queue) + " bytes"));
+    return;
+  }
+  heartbeat_.on_send(clock_.now());
+  writer_wake_.cancel();
+}
+
+asio::awaitable<void> Link::read_loop() {
+  auto self = shared_from_this();
+  std::vector<std::uint8_t> buffer(kReadChunk);
+  while (!closed_) {
+    const IoResult r = co_await transport_->read_some(asio::buffer(buffer));
+    if (closed_) co_return;
+    if (r.ec) {
+      const bool eof = r.ec == asio::error::eof || r.ec == asio::ssl::error::stream_truncated;
+      if (eof && decoder_.finish() == FrameDecoder::Status::invalid) {
+        log_.warn(peer_, "protocol_error", {{"reason", decoder_.error_detail()}});
+      }
+      close(Error(Errc::link_lost, eof ? "peer closed the connection" : r.ec.message()));
+      co_return;
+    }
+    heartbeat_.on_receive(clock_.now());
+    decoder_.feed({buffer.data(), r.bytes});
+    for (;;) {
+      Frame frame;
+      const auto status = decoder_.next(frame);
+      if (status == FrameDecoder::Status::need_more) break;
+      if (status == FrameDecoder::Status::invalid) {
+        log_.warn(peer_, "protocol_error", {{"code", errc_name(static_cast<Errc>(decoder_.error_code().value()))},
+                                            {"reason", decoder_.error_detail()}});
+        close(Error(decoder_.error_code(), decoder_.error_detail()));
+        co_return;
+      }
+      handle_frame(std::move(frame));
+      if (closed_) co_return;
+    }
+  }
+}
+
+void Link::handle_frame(Frame frame) {
+  ++frames_received_;
+  if (frame.type == MessageType::heartbeat && frame.filament == FilamentMux::kControlFilament &&
+      !frame.is_reply()) {
+    handle_heartbeat(frame);
+    return;
+  }
+  auto result = mux_.on_frame(std::move(frame), clock_.now());
+  if (!result.ok()) {
+    log_.warn(peer_, "protocol_error", {{"code", errc_name(static_cast<Errc>(result.error().code.value()))},
+                                        {"reason", result.error().detail}});
+    close(result.error());
+    return;
+  }
+  rearm();
+}
+
+void Link::handle_heartbeat(const Frame& frame) {
+  auto msg = from_frame<HeartbeatMsg>(frame);
+  if (!msg.ok()) {
+    log_.warn(peer_, "protocol_error", {{"reason", msg.error().describe()}});
+    close(msg.error());
+    return;
+  }
+  const WallTime t4 = clock_.wall_now();
+  last_peer_sent_us_ = msg->sent_us;
+  last_peer_received_us_ = to_micros(t4);
+  if (msg->echo_sent_us && msg->echo_received_us) {
+    auto sample = offset_.add_sample(from_micros(*msg->echo_sent_us), from_micros(*msg->echo_received_us),
+                                     from_micros(msg->sent_us), t4, clock_.now());
+    if (!sample.ok()) {
+      log_.debug(peer_, "clock_sample_rejected", {{"reason", sample.error().describe()}});
+    }
+  }
+}
+
+void Link::send_heartbeat(MonoTime now) {
+  HeartbeatMsg hb;
+  hb.sent_us = to_micros(clock_.wall_now());
+  hb.echo_sent_us = last_peer_sent_us_;
+  hb.echo_received_us = last_peer_received_us_;
+  mux_.notify(FilamentMux::kControlFilament, to_frame(hb));
+  heartbeat_.on_send(now);
+}
+
+asio::awaitable<void> Link::write_loop() {
+  auto self = shared_from_this();
+  while (!closed_) {
+    if (write_buffer_.empty()) {
+      writer_wake_.expires_at(asio::steady_timer::time_point::max());
+      co_await writer_wake_.async_wait(as_tuple(asio::use_awaitable));
+      continue;
+    }
+    std::vector<std::uint8_t> chunk;
+    chunk.swap(write_buffer_);
+    writing_ = true;
+    write_started_ = clock_.now();
+    rearm();
+    const IoResult r = co_await transport_->write_all(asio::buffer(chunk));
+    writing_ = false;
+    if (closed_) co_return;
+    queued_bytes_ -= chunk.size();
+    if (r.ec) {
+      close(Error(Errc::link_lost, "write failed: " + r.ec.message()));
+      co_return;
+    }
+  }
+}
+
+asio::awaitable<void> Link::watchdog_loop() {
+  auto self = shared_from_this();
+  while (!closed_) {
+    const MonoTime now = clock_.now();
+    if (options_.heartbeats) {
+      if (heartbeat_.is_dead(now)) {
+        log_.warn(peer_, "peer_silent", {{"silence", millis(heartbeat_.silence(now))},
+                                         {"heartbeats_missed", heartbeat_.misses()}});
+        close(Error(Errc::timeout, "peer silent for " + millis(heartbeat_.silence(now)) + " (" +
+                                       std::to_string(heartbeat_.misses()) + " heartbeats missed)"));
+        co_return;
+      }
+      if (heartbeat_.should_send(now)) send_heartbeat(now);
+    }
+    if (writing_ && now >= write_started_ + options_.write_timeout) {
+      log_.warn(peer_, "slow_peer", {{"reason", "write blocked"}, {"for", millis(now - write_started_)}});
+      close(Error(Errc::send_queue_full, "a write blocked for " + millis(now - write_started_)));
+      co_return;
+    }
+    mux_.tick(now);
+    if (closed_) co_return;
+    MonoTime next = mux_.next_deadline();
+    if (options_.heartbeats) next = std::min(next, heartbeat_.next_deadline());
+    if (writing_) next = std::min(next, write_started_ + options_.write_timeout);
+    watchdog_timer_.expires_at(next);
+    co_await watchdog_timer_.async_wait(as_tuple(asio::use_awaitable));
+  }
+}
+
+void Link::notify(std::uint32_t filament, Frame frame) { mux_.notify(filament, std::move(frame)); }
+
+void Link::post(std::uint32_t filament, Frame frame, Duration timeout, FilamentMux::SendDone done) {
+  mux_.post(filament, std::move(frame), clock_.now() + timeout, std::move(done));
+  rearm();
+}
+
+void Link::reply(const Frame& to, Frame response) { mux_.reply(to, std::move(response)); }
+
+void Link::reply_error(const Frame& to, Errc code, std::string reason) {
+  mux_.reply_error(to, code, std::move(reason));
+}
+
+asio::awaitable<Result<Frame>> Link::request(std::uint32_t filament, Frame frame, Duration timeout) {
+  auto self = shared_from_this();
+  const MonoTime deadline = clock_.now() + timeout;
+  auto held = std::make_shared<Frame>(std::move(frame));
+  auto op = await_callback<Result<Frame>>([self, filament, deadline, held](auto done) {
+    self->mux_.request(filament, std::move(*held), deadline, std::move(done));
+    self->rearm();
+  });
+  auto result = co_await std::move(op);
+  co_return result;
+}
+
+asio::awaitable<Result<Frame>> Link::receive(std::uint32_t filament, Duration timeout) {
+  auto self = shared_from_this();
+  auto op = await_callback<Result<Frame>>([self, filament, timeout](auto done) {
+    self->mux_.receive(filament, timeout, self->clock_.now(), std::move(done));
+    self->rearm();
+  });
+  auto result = co_await std::move(op);
+  co_return result;
+}
+
+void Link::set_heartbeat(Duration interval, std::uint32_t misses) {
+  heartbeat_.reconfigure(interval, misses);
+  rearm();
+}
+
+}  // namespace dtu::common

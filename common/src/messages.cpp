@@ -1,0 +1,121 @@
+#include "dtu/common/messages.hpp"
+
+#include "dtu/common/json_fields.hpp"
+
+namespace dtu::common {
+
+using nlohmann::json;
+
+namespace {
+// A JSON payload must be an object; a message type with no fields still sends {}.
+void require_object(const json& j) {
+  if (!j.is_object()) throw std::invalid_argument("payload must be a JSON object");
+}
+}  // namespace
+
+Result<json> parse_payload(const Frame& frame) {
+  if (frame.is_binary()) {
+    return Error(Errc::bad_payload, std::string(message_type_name(frame.type)) + ": binary payload where JSON was expected");
+  }
+  json j = json::parse(frame.payload.begin(), frame.payload.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) {
+    return Error(Errc::bad_payload, std::string(message_type_name(frame.type)) + ": payload is not valid JSON");
+  }
+  if (!j.is_object()) {
+    return Error(Errc::bad_payload, std::string(message_type_name(frame.type)) + ": payload must be a JSON object");
+  }
+  return j;
+}
+
+void to_json(json& j, const AckMsg&) { j = json::object(); }
+void from_json(const json& j, AckMsg&) { require_object(j); }
+
+void to_json(json& j, const ErrorMsg& m) { j = json{{"code", m.code}, {"reason", m.reason}}; }
+void from_json(const json& j, ErrorMsg& m) {
+  m.code = get_required<std::string>(j, "code");
+  m.reason = j.value("reason", std::string());
+}
+
+void to_json(json& j, const HeartbeatMsg& m) {
+  j = json{{"sent_us", m.sent_us}};
+  if (m.echo_sent_us) j["echo_sent_us"] = *m.echo_sent_us;
+  if (m.echo_received_us) j["echo_received_us"] = *m.echo_received_us;
+}
+void from_json(const json& j, HeartbeatMsg& m) {
+  m.sent_us = get_required<std::int64_t>(j, "sent_us");
+  m.echo_sent_us = get_optional<std::int64_t>(j, "echo_sent_us");
+  m.echo_received_us = get_optional<std::int64_t>(j, "echo_received_us");
+}
+
+void to_json(json& j, const FilamentOpenMsg& m) { j = json{{"name", m.name}}; }
+void from_json(const json& j, FilamentOpenMsg& m) { m.name = get_required<std::string>(j, "name"); }
+
+void to_json(json& j, const FilamentCloseMsg& m) { j = json{{"reason", m.reason}}; }
+void from_json(const json& j, FilamentCloseMsg& m) { m.reason = j.value("reason", std::string()); }
+
+void to_json(json& j, const DtuHelloMsg& m) {
+  j = json{{"dtu", m.dtu}, {"agent_version", m.agent_version}, {"boot_epoch", m.boot_epoch}};
+}
+void from_json(const json& j, DtuHelloMsg& m) {
+  m.dtu = get_required<std::string>(j, "dtu");
+  m.agent_version = j.value("agent_version", std::string());
+  m.boot_epoch = get_required<std::int64_t>(j, "boot_epoch");
+}
+
+void to_json(json& j, const DtuWelcomeMsg& m) {
+  j = json{{"manager", m.manager}, {"heartbeat_ms", m.heartbeat_ms}, {"heartbeat_misses", m.heartbeat_misses}};
+}
+void from_json(const json& j, DtuWelcomeMsg& m) {
+  m.manager = get_required<std::string>(j, "manager");
+  m.heartbeat_ms = get_required<std::uint32_t>(j, "heartbeat_ms");
+  m.heartbeat_misses = get_required<std::uint32_t>(j, "heartbeat_misses");
+  if (m.heartbeat_ms == 0 || m.heartbeat_misses == 0) {
+    throw std::invalid_argument("heartbeat_ms and heartbeat_misses must be positive");
+  }
+}
+
+void to_json(json& j, const DeviceSnapshotMsg& m) {
+  j = json{{"dtu", m.dtu}, {"stamp", m.stamp}, {"devices", m.devices}};
+}
+void from_json(const json& j, DeviceSnapshotMsg& m) {
+  m.dtu = get_required<std::string>(j, "dtu");
+  m.stamp = get_required<Stamp>(j, "stamp");
+  m.devices = get_required<std::vector<DeviceRecord>>(j, "devices");
+}
+
+void to_json(json& j, const DeviceAttachedMsg& m) { j = json{{"device", m.device}}; }
+void from_json(const json& j, DeviceAttachedMsg& m) { m.device = get_required<DeviceRecord>(j, "device"); }
+
+void to_json(json& j, const DeviceDetachedMsg& m) {
+  j = json{{"dtu", m.dtu}, {"device", m.device}, {"stamp", m.stamp}};
+}
+void from_json(const json& j, DeviceDetachedMsg& m) {
+  m.dtu = get_required<std::string>(j, "dtu");
+  m.device = get_required<std::string>(j, "device");
+  m.stamp = get_required<Stamp>(j, "stamp");
+}
+
+void to_json(json& j, const ClientHelloMsg& m) { j = json{{"client", m.client}}; }
+void from_json(const json& j, ClientHelloMsg& m) { m.client = get_required<std::string>(j, "client"); }
+
+void to_json(json& j, const ClientWelcomeMsg& m) { j = json{{"manager", m.manager}, {"version", m.version}}; }
+void from_json(const json& j, ClientWelcomeMsg& m) {
+  m.manager = get_required<std::string>(j, "manager");
+  m.version = j.value("version", std::string());
+}
+
+void to_json(json& j, const ListDevicesMsg& m) {
+  j = json::object();
+  if (m.dtu) j["dtu"] = *m.dtu;
+}
+void from_json(const json& j, ListDevicesMsg& m) {
+  require_object(j);
+  m.dtu = get_optional<std::string>(j, "dtu");
+}
+
+void to_json(json& j, const DeviceListMsg& m) { j = json{{"devices", m.devices}}; }
+void from_json(const json& j, DeviceListMsg& m) {
+  m.devices = get_required<std::vector<DeviceRecord>>(j, "devices");
+}
+
+}  // namespace dtu::common

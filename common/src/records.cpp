@@ -1,0 +1,137 @@
+#include "dtu/common/records.hpp"
+
+#include <cstdio>
+
+#include "dtu/common/json_fields.hpp"
+
+namespace dtu::common {
+
+using nlohmann::json;
+
+std::uint16_t parse_hex16(const json& j, const char* key) {
+  const auto text = get_required<std::string>(j, key);
+  if (text.size() != 4) throw std::invalid_argument(std::string("field '") + key + "': expected 4 hex digits");
+  std::uint16_t value = 0;
+  for (char c : text) {
+    int digit;
+    if (c >= '0' && c <= '9') digit = c - '0';
+    else if (c >= 'a' && c <= 'f') digit = c - 'a' + 10;
+    else if (c >= 'A' && c <= 'F') digit = c - 'A' + 10;
+    else throw std::invalid_argument(std::string("field '") + key + "': expected 4 hex digits");
+    value = static_cast<std::uint16_t>((value << 4) | digit);
+  }
+  return value;
+}
+
+std::uint8_t get_u8(const json& j, const char* key) {
+  const auto value = get_required<std::int64_t>(j, key);
+  if (value < 0 || value > 255) throw std::invalid_argument(std::string("field '") + key + "': expected 0..255");
+  return static_cast<std::uint8_t>(value);
+}
+
+std::string hex16(std::uint16_t value) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "%04x", static_cast<unsigned>(value));
+  return buf;
+}
+
+bool is_valid_id(std::string_view id) {
+  if (id.empty() || id.size() > 64) return false;
+  for (char c : id) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+                    c == '_' || c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+const char* unit_state_name(UnitState state) {
+  switch (state) {
+    case UnitState::free: return "free";
+    case UnitState::allocated: return "allocated";
+    case UnitState::unavailable: return "unavailable";
+  }
+  return "free";
+}
+
+void to_json(json& j, const Stamp& s) {
+  j = json{{"boot_epoch", s.boot_epoch}, {"seq", s.seq}, {"time_us", s.time_us}};
+}
+
+void from_json(const json& j, Stamp& s) {
+  s.boot_epoch = get_required<std::int64_t>(j, "boot_epoch");
+  s.seq = get_required<std::uint64_t>(j, "seq");
+  s.time_us = get_required<std::int64_t>(j, "time_us");
+}
+
+void to_json(json& j, const UnitState& s) { j = unit_state_name(s); }
+
+void from_json(const json& j, UnitState& s) {
+  const auto text = j.get<std::string>();
+  if (text == "free") s = UnitState::free;
+  else if (text == "allocated") s = UnitState::allocated;
+  else if (text == "unavailable") s = UnitState::unavailable;
+  else throw std::invalid_argument("unit state '" + text + "': expected free, allocated or unavailable");
+}
+
+void to_json(json& j, const UnitRecord& u) {
+  j = json{{"unit", u.unit},
+           {"interfaces", u.interfaces},
+           {"class", u.cls},
+           {"subclass", u.subclass},
+           {"protocol", u.protocol},
+           {"function", u.function},
+           {"state", u.state}};
+  put_optional(j, "holder", u.holder);
+  put_optional(j, "lease", u.lease);
+}
+
+void from_json(const json& j, UnitRecord& u) {
+  u.unit = get_required<std::uint32_t>(j, "unit");
+  u.interfaces = j.value("interfaces", std::vector<std::uint8_t>{});
+  u.cls = get_u8(j, "class");
+  u.subclass = get_u8(j, "subclass");
+  u.protocol = get_u8(j, "protocol");
+  u.function = get_required<std::string>(j, "function");
+  u.state = get_required<UnitState>(j, "state");
+  u.holder = get_optional<std::string>(j, "holder");
+  u.lease = get_optional<std::string>(j, "lease");
+}
+
+void to_json(json& j, const DeviceRecord& d) {
+  j = json{{"dtu", d.dtu},
+           {"device", d.device},
+           {"bus", d.bus},
+           {"vid", hex16(d.vid)},
+           {"pid", hex16(d.pid)},
+           {"bcd_device", hex16(d.bcd_device)},
+           {"class", d.cls},
+           {"subclass", d.subclass},
+           {"protocol", d.protocol}};
+  put_optional(j, "serial", d.serial);
+  put_optional(j, "manufacturer", d.manufacturer);
+  put_optional(j, "product", d.product);
+  j["units"] = d.units;
+  j["stamp"] = d.stamp;
+  j["owner"] = d.owner;
+}
+
+void from_json(const json& j, DeviceRecord& d) {
+  d.dtu = get_required<std::string>(j, "dtu");
+  d.device = get_required<std::string>(j, "device");
+  d.bus = j.value("bus", std::string("usb"));
+  d.vid = parse_hex16(j, "vid");
+  d.pid = parse_hex16(j, "pid");
+  d.bcd_device = parse_hex16(j, "bcd_device");
+  d.cls = get_u8(j, "class");
+  d.subclass = get_u8(j, "subclass");
+  d.protocol = get_u8(j, "protocol");
+  d.serial = get_optional<std::string>(j, "serial");
+  d.manufacturer = get_optional<std::string>(j, "manufacturer");
+  d.product = get_optional<std::string>(j, "product");
+  d.units = get_required<std::vector<UnitRecord>>(j, "units");
+  d.stamp = get_required<Stamp>(j, "stamp");
+  d.owner = j.value("owner", std::string());
+}
+
+}  // namespace dtu::common

@@ -1,0 +1,49 @@
+#pragma once
+// ClientSession: the manager's side of one local client (a device service or devmgrctl) on
+// the Unix socket. The kernel's SO_PEERCRED credentials identify the caller; nothing the
+// client says about itself is trusted. State machine:
+//
+//   awaiting_hello --client_hello--> ready
+//
+// Legal messages: awaiting_hello: client_hello. ready: list_devices. Anything else closes
+// this connection with a logged reason. Runs on the manager's io_context thread.
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "dtu/common/link.hpp"
+#include "dtu/common/log.hpp"
+#include "dtu/common/net.hpp"
+#include "dtu/devmgr/device_list.hpp"
+
+namespace dtu::devmgr {
+
+class ClientSession : public std::enable_shared_from_this<ClientSession> {
+ public:
+  enum class State { awaiting_hello, ready, closed };
+
+  ClientSession(std::shared_ptr<common::Link> link, common::PeerCredentials credentials, std::string manager_id,
+                const DeviceList& devices, common::Logger log);
+
+  // `on_closed` runs once when the connection ends.
+  void start(std::function<void(const std::shared_ptr<ClientSession>&)> on_closed);
+  void close(const common::Error& reason) { link_->close(reason); }
+
+  const common::PeerCredentials& credentials() const { return credentials_; }
+  static bool is_legal(State state, common::MessageType type);
+
+ private:
+  void on_frame(common::Frame frame);
+  void protocol_error(const std::string& reason);
+
+  std::shared_ptr<common::Link> link_;
+  common::PeerCredentials credentials_;
+  std::string manager_id_;
+  const DeviceList& devices_;
+  common::Logger log_;
+  State state_ = State::awaiting_hello;
+  std::string client_name_;
+};
+
+}  // namespace dtu::devmgr

@@ -1,0 +1,45 @@
+#pragma once
+// DeviceList: the manager's table of device records, by DTU and port path (DESIGN.md §3).
+// Records of one DTU are ordered by their stamp (boot_epoch, seq), generated on the DTU:
+// an update older than what the list holds for that DTU is stale and ignored, whatever
+// order the network delivered them in. Receive time never decides anything.
+// Not thread-safe: owned by the manager, used on its io_context thread.
+
+#include <cstddef>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "dtu/common/records.hpp"
+
+namespace dtu::devmgr {
+
+class DeviceList {
+ public:
+  enum class Applied { applied, stale };
+
+  // Replaces every record of `dtu` with `devices` (a snapshot).
+  Applied replace(const std::string& dtu, const common::Stamp& stamp, std::vector<common::DeviceRecord> devices);
+  // Adds or replaces one record.
+  Applied upsert(common::DeviceRecord record);
+  // Removes one device.
+  Applied remove(const std::string& dtu, const std::string& device, const common::Stamp& stamp);
+  // Forgets every device of `dtu` (its link is gone); returns how many were removed.
+  // The DTU's last stamp is kept, so a delayed old record cannot resurrect a device.
+  std::size_t drop_dtu(const std::string& dtu);
+
+  // Records sorted by (dtu, device); all DTUs, or only `dtu`.
+  std::vector<common::DeviceRecord> list(const std::optional<std::string>& dtu = std::nullopt) const;
+  std::size_t device_count() const;
+  std::size_t dtu_count() const { return devices_.size(); }
+
+ private:
+  // True (and remembers the stamp) when `stamp` is newer than the last applied for `dtu`.
+  bool advance(const std::string& dtu, const common::Stamp& stamp);
+
+  std::map<std::string, std::map<std::string, common::DeviceRecord>> devices_;  // dtu -> port -> record
+  std::map<std::string, common::Stamp> last_stamp_;
+};
+
+}  // namespace dtu::devmgr

@@ -1,0 +1,34 @@
+#pragma once
+// ManagerOptions: everything a devmgr is configured with — defaults, then the JSON config file,
+// then command-line flags (main.cpp applies them in that order). Plain value; main thread only.
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+#include "dtu/common/clock.hpp"
+#include "dtu/common/config.hpp"
+#include "dtu/common/frame.hpp"
+#include "dtu/common/result.hpp"
+
+namespace dtu::devmgr {
+
+struct ManagerOptions {
+  std::string id = "devmgr";                               // this manager's id in the group
+  common::Endpoint dtu_listen{"127.0.0.1", 4711};          // where DTUs connect (TLS)
+  std::string socket_path = "/run/dtubroker/devmgr.sock";  // services and devmgrctl
+  // Owner and group may connect; services run in the socket's group (docs/operations.md).
+  unsigned socket_mode = 0660;
+  std::string site_dtu_key_file = "/etc/dtubroker/site-dtu.key";
+  std::chrono::milliseconds heartbeat_interval{1000};
+  std::uint32_t heartbeat_misses = 3;
+  std::chrono::milliseconds handshake_timeout{5000};  // TLS plus hello
+  std::size_t max_frame_bytes = common::kDefaultMaxPayload;
+  std::string log_level = "info";
+};
+
+// Reads the keys of a devmgr config file into `options` (absent keys keep their value).
+// Errors name the file, the key and what was expected; unknown keys are errors.
+common::Result<void> apply_config(common::ConfigReader& config, ManagerOptions& options);
+
+}  // namespace dtu::devmgr

@@ -1,0 +1,81 @@
+#include "dtu/devmgr/client_session.hpp"
+
+#include "dtu/common/messages.hpp"
+#include "dtu/common/version.hpp"
+
+namespace dtu::devmgr {
+
+using common::Errc;
+using common::Error;
+using common::Frame;
+using common::MessageType;
+
+ClientSession::ClientSession(std::shared_ptr<common::Link> link, common::PeerCredentials credentials,
+                             std::string manager_id, const DeviceList& devices, common::Logger log)
+    : link_(std::move(link)),
+      credentials_(credentials),
+      manager_id_(std::move(manager_id)),
+      devices_(devices),
+      log_(std::move(log)) {}
+
+bool ClientSession::is_legal(State state, MessageType type) {
+  switch (state) {
+    case State::awaiting_hello: return type == MessageType::client_hello;
+    case State::ready: return type == MessageType::list_devices;
+    case State::closed: return false;
+  }
+  return false;
+}
+
+void ClientSession::start(std::function<void(const std::shared_ptr<ClientSession>&)> on_closed) {
+  std::weak_ptr<ClientSession> weak = shared_from_this();
+  link_->mux().set_receiver(common::FilamentMux::kControlFilament, [weak](Frame frame) {
+    if (auto self = weak.lock()) self->on_frame(std::move(frame));
+  });
+  link_->start([weak, on_closed = std::move(on_closed)](const Error& reason) {
+    auto self = weak.lock();
+    if (!self) return;
+    self->state_ = State::closed;
+    self->log_.debug(self->link_->peer(), "client_closed", {{"client", self->client_name_},
+                                                           {"reason", reason.describe()}});
+    if (on_closed) on_closed(self);
+  });
+}
+
+void ClientSession::protocol_error(const std::string& reason) {
+  log_.warn(link_->peer(), "protocol_error", {{"uid", credentials_.uid}, {"pid", credentials_.pid},
+                                              {"reason", reason}});
+  link_->close(Error(Errc::illegal_state, reason));
+}
+
+void ClientSession::on_frame(Frame frame) {
+  if (state_ == State::closed) return;
+  if (frame.is_binary() || !is_legal(state_, frame.type)) {
+    return protocol_error("message " + std::string(common::message_type_name(frame.type)) +
+                          " is not legal in state " + (state_ == State::awaiting_hello ? "awaiting_hello" : "ready"));
+  }
+  if (!frame.wants_reply()) {
+    return protocol_error(std::string(common::message_type_name(frame.type)) + " must be a request");
+  }
+  switch (frame.type) {
+    case MessageType::client_hello: {
+      auto hello = common::from_frame<common::ClientHelloMsg>(frame);
+      if (!hello.ok()) return protocol_error(hello.error().describe());
+      client_name_ = hello->client;
+      state_ = State::ready;
+      link_->reply(frame, common::to_frame(common::ClientWelcomeMsg{manager_id_, common::kVersion}));
+      log_.debug(link_->peer(), "client_connected", {{"client", client_name_}, {"uid", credentials_.uid},
+                                                     {"gid", credentials_.gid}, {"pid", credentials_.pid}});
+      break;
+    }
+    case MessageType::list_devices: {
+      auto request = common::from_frame<common::ListDevicesMsg>(frame);
+      if (!request.ok()) return protocol_error(request.error().describe());
+      link_->reply(frame, common::to_frame(common::DeviceListMsg{devices_.list(request->dtu)}));
+      break;
+    }
+    default: return protocol_error("unexpected message");
+  }
+}
+
+}  // namespace dtu::devmgr

@@ -1,0 +1,161 @@
+#include "dtu/devmgr/device_manager.hpp"
+
+#include <unistd.h>
+
+#include <asio/experimental/as_tuple.hpp>
+
+#include "dtu/common/async.hpp"
+#include "dtu/common/net.hpp"
+#include "dtu/common/records.hpp"
+#include "dtu/common/tls.hpp"
+
+namespace dtu::devmgr {
+
+using asio::experimental::as_tuple;
+using common::Errc;
+using common::Error;
+
+DeviceManager::DeviceManager(const asio::any_io_executor& ex, const common::Clock& clock, ManagerOptions options,
+                             common::SecretKey site_dtu_key)
+    : executor_(ex), clock_(clock), options_(std::move(options)), site_dtu_key_(std::move(site_dtu_key)) {}
+
+DeviceManager::~DeviceManager() { stop(); }
+
+common::Link::Options DeviceManager::link_options() const {
+  common::Link::Options o;
+  o.max_payload = options_.max_frame_bytes;
+  o.heartbeat_interval = options_.heartbeat_interval;
+  o.heartbeat_misses = options_.heartbeat_misses;
+  return o;
+}
+
+common::Result<void> DeviceManager::start() {
+  // Keys are derived per DTU id; the TLS identity is the DTU id, so a DTU holding its own
+  // derived key cannot complete a handshake under another DTU's id.
+  tls_ = common::make_psk_server_context([key = site_dtu_key_](std::string_view identity) -> std::optional<common::Bytes> {
+    if (!common::is_valid_id(identity)) return std::nullopt;
+    return common::derive_dtu_key(key, identity);
+  });
+  auto acceptor = common::tcp_listen(executor_, options_.dtu_listen);
+  if (!acceptor.ok()) return acceptor.error();
+  dtu_acceptor_.emplace(std::move(acceptor.value()));
+  bound_ = common::Endpoint{options_.dtu_listen.host, dtu_acceptor_->local_endpoint().port()};
+
+  auto unix_acceptor = common::unix_listen(executor_, options_.socket_path, options_.socket_mode);
+  if (!unix_acceptor.ok()) return unix_acceptor.error();
+  client_acceptor_.emplace(std::move(unix_acceptor.value()));
+
+  common::spawn(executor_, accept_dtus(), log_, "accept dtus");
+  common::spawn(executor_, accept_clients(), log_, "accept clients");
+  log_.info("", "listening", {{"id", options_.id}, {"dtu", bound_.to_string()}, {"socket", options_.socket_path},
+                              {"heartbeat_ms", options_.heartbeat_interval.count()},
+                              {"heartbeat_misses", options_.heartbeat_misses}});
+  return {};
+}
+
+void DeviceManager::stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  std::error_code ignored;
+  if (dtu_acceptor_) dtu_acceptor_->close(ignored);
+  if (client_acceptor_) {
+    client_acceptor_->close(ignored);
+    ::unlink(options_.socket_path.c_str());
+  }
+  const Error reason(Errc::closed, "manager stopping");
+  auto pending = hello_pending_;
+  for (auto& s : pending) s->close(reason);
+  auto active = dtus_;
+  for (auto& [id, s] : active) s->close(reason);
+  auto clients = clients_;
+  for (auto& c : clients) c->close(reason);
+}
+
+asio::awaitable<void> DeviceManager::accept_dtus() {
+  while (!stopped_) {
+    auto [ec, socket] = co_await dtu_acceptor_->async_accept(as_tuple(asio::use_awaitable));
+    if (stopped_) co_return;
+    if (ec) {
+      log_.warn("", "accept_failed", {{"listener", "dtu"}, {"reason", ec.message()}});
+      continue;
+    }
+    common::spawn(executor_, admit_dtu(std::move(socket)), log_, "admit dtu");
+  }
+}
+
+asio::awaitable<void> DeviceManager::admit_dtu(asio::ip::tcp::socket socket) {
+  std::error_code ec;
+  const auto remote = socket.remote_endpoint(ec);
+  const std::string peer = ec ? std::string("unknown") : common::to_string(remote);
+  socket.set_option(asio::ip::tcp::no_delay(true), ec);
+  auto handshake = common::tls_accept(std::move(socket), *tls_, options_.handshake_timeout);
+  auto transport = co_await std::move(handshake);
+  if (!transport.ok()) {
+    log_.warn(peer, "handshake_failed", {{"role", "dtu"}, {"reason", transport.error().describe()}});
+    co_return;
+  }
+  if (stopped_) co_return;
+  auto identity = common::accepted_psk_identity((*transport)->ssl());
+  if (!identity) {
+    log_.warn(peer, "handshake_failed", {{"role", "dtu"}, {"reason", "no PSK identity after handshake"}});
+    co_return;
+  }
+  auto link = common::Link::create(executor_, std::move(transport.value()), common::FilamentMux::Side::acceptor,
+                                   clock_, log_, peer, link_options());
+  auto session = std::make_shared<DtuSession>(link, *identity, options_.id, devices_, log_,
+                                              options_.heartbeat_interval, options_.heartbeat_misses,
+                                              options_.handshake_timeout);
+  hello_pending_.insert(session);
+  session->start(DtuSession::Hooks{
+      [this](const std::shared_ptr<DtuSession>& s) { on_dtu_active(s); },
+      [this](const std::shared_ptr<DtuSession>& s, const Error& reason) { on_dtu_closed(s, reason); }});
+}
+
+void DeviceManager::on_dtu_active(const std::shared_ptr<DtuSession>& session) {
+  hello_pending_.erase(session);
+  auto it = dtus_.find(session->dtu());
+  if (it != dtus_.end() && it->second != session) {
+    // The DTU reconnected before its old link timed out: the new connection is the truth.
+    auto old = it->second;
+    dtus_.erase(it);
+    log_.info(old->peer(), "dtu_replaced", {{"dtu", session->dtu()}, {"new_peer", session->peer()}});
+    old->close(Error(Errc::closed, "replaced by a newer connection from the same DTU"));
+  }
+  dtus_[session->dtu()] = session;
+}
+
+void DeviceManager::on_dtu_closed(const std::shared_ptr<DtuSession>& session, const Error& reason) {
+  hello_pending_.erase(session);
+  auto it = dtus_.find(session->dtu());
+  if (it == dtus_.end() || it->second != session) return;
+  dtus_.erase(it);
+  const std::size_t removed = devices_.drop_dtu(session->dtu());
+  log_.warn(session->peer(), "dtu_lost", {{"dtu", session->dtu()}, {"reason", reason.describe()},
+                                          {"devices_removed", removed}});
+}
+
+asio::awaitable<void> DeviceManager::accept_clients() {
+  while (!stopped_) {
+    auto [ec, socket] = co_await client_acceptor_->async_accept(as_tuple(asio::use_awaitable));
+    if (stopped_) co_return;
+    if (ec) {
+      log_.warn("", "accept_failed", {{"listener", "socket"}, {"reason", ec.message()}});
+      continue;
+    }
+    auto credentials = common::peer_credentials(socket);
+    if (!credentials.ok()) {
+      log_.warn("unix", "client_refused", {{"reason", credentials.error().describe()}});
+      continue;
+    }
+    const std::string peer = "unix:pid=" + std::to_string(credentials->pid) + ",uid=" + std::to_string(credentials->uid);
+    common::Link::Options o = link_options();
+    o.heartbeats = false;  // a local socket reports a dead peer itself (EOF)
+    auto link = common::Link::create(executor_, std::make_unique<common::UnixTransport>(std::move(socket)),
+                                     common::FilamentMux::Side::acceptor, clock_, log_, peer, o);
+    auto session = std::make_shared<ClientSession>(link, *credentials, options_.id, devices_, log_);
+    clients_.insert(session);
+    session->start([this](const std::shared_ptr<ClientSession>& s) { clients_.erase(s); });
+  }
+}
+
+}  // namespace dtu::devmgr

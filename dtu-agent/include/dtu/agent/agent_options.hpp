@@ -1,0 +1,35 @@
+#pragma once
+// AgentOptions: how a dtu-agent is configured — defaults, then the JSON config file, then flags
+// (main.cpp applies them in that order). Plain value; main thread only.
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "dtu/common/config.hpp"
+#include "dtu/common/result.hpp"
+
+namespace dtu::agent {
+
+struct AgentOptions {
+  std::string id;                           // this DTU's id (required)
+  std::vector<common::Endpoint> managers;   // the group's managers, in preference order
+  std::string pick = "first";               // first reachable manager of the list
+  std::string key_file = "/etc/dtubroker/dtu.key";  // this DTU's derived key
+  std::string backend = "sim";              // sim (libusb arrives with the USB issue)
+  std::string sim_devices;                  // device catalogue for the sim backend
+  std::string sim_control;                  // Unix socket driving the sim backend (optional)
+  std::chrono::milliseconds connect_timeout{3000};   // TCP connect + TLS + hello, per manager
+  std::chrono::milliseconds reconnect_min{200};      // first retry delay after losing all managers
+  std::chrono::milliseconds reconnect_max{5000};     // cap on the retry delay
+  std::string log_level = "info";
+};
+
+// Reads a dtu-agent config file into `options` (absent keys keep their value). Errors name
+// the file, the key and what was expected; unknown keys are errors.
+common::Result<void> apply_config(common::ConfigReader& config, AgentOptions& options);
+
+// Checks the combination (id valid, at least one manager, known backend, …).
+common::Result<void> validate(const AgentOptions& options);
+
+}  // namespace dtu::agent

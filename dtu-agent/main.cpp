@@ -1,0 +1,102 @@
+// dtu-agent: the desktop unit's agent. Parse config and flags, build the USB backend and the
+// agent, stop on SIGINT/SIGTERM, run.
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <asio.hpp>
+
+#include "dtu/agent/agent_options.hpp"
+#include "dtu/agent/dtu_agent.hpp"
+#include "dtu/agent/sim_backend.hpp"
+#include "dtu/agent/sim_control.hpp"
+#include "dtu/common/clock.hpp"
+#include "dtu/common/crypto.hpp"
+#include "dtu/common/log.hpp"
+#include "dtu/common/version.hpp"
+
+namespace {
+
+int fail(const dtu::common::Logger& log, const std::string& event, const dtu::common::Error& error) {
+  log.error("", event, {{"reason", error.describe()}});
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace dtu;
+  const common::Logger log("dtu-agent");
+  CLI::App app{"dtubroker desktop-unit agent"};
+  std::string config_path;
+  std::optional<std::string> id, key_file, backend_name, sim_devices, sim_control, pick, log_level;
+  std::vector<std::string> managers;
+  app.add_option("-c,--config", config_path, "JSON config file (flags override it)");
+  app.add_option("--id", id, "this DTU's id");
+  app.add_option("-m,--manager", managers, "a manager's address:port (repeat; order is preference)");
+  app.add_option("--pick", pick, "how to choose a manager: first");
+  app.add_option("--key", key_file, "file with this DTU's derived key (devmgrctl keygen --dtu)");
+  app.add_option("--backend", backend_name, "USB backend: sim");
+  app.add_option("--sim-devices", sim_devices, "device catalogue for the sim backend (JSON)");
+  app.add_option("--sim-control", sim_control, "Unix socket to plug/unplug simulated devices (dtu-simctl)");
+  app.add_option("--log-level", log_level, "debug | info | warn | error");
+  app.set_version_flag("--version", common::kVersion);
+  CLI11_PARSE(app, argc, argv);
+
+  agent::AgentOptions options;
+  if (!config_path.empty()) {
+    auto config = common::ConfigReader::load(config_path);
+    if (!config.ok()) return fail(log, "config_error", config.error());
+    if (auto applied = agent::apply_config(*config, options); !applied.ok()) {
+      return fail(log, "config_error", applied.error());
+    }
+  }
+  if (id) options.id = *id;
+  if (!managers.empty()) {
+    options.managers.clear();
+    for (const auto& text : managers) {
+      auto endpoint = common::parse_endpoint(text);
+      if (!endpoint.ok()) return fail(log, "config_error", endpoint.error());
+      options.managers.push_back(*endpoint);
+    }
+  }
+  if (pick) options.pick = *pick;
+  if (key_file) options.key_file = *key_file;
+  if (backend_name) options.backend = *backend_name;
+  if (sim_devices) options.sim_devices = *sim_devices;
+  if (sim_control) options.sim_control = *sim_control;
+  if (log_level) options.log_level = *log_level;
+  common::LogLevel level;
+  if (!common::parse_log_level(options.log_level, level)) {
+    return fail(log, "config_error", common::Error(common::Errc::config_error,
+                                                   "log level '" + options.log_level + "': expected debug, info, warn or error"));
+  }
+  common::set_log_level(level);
+  if (auto valid = agent::validate(options); !valid.ok()) return fail(log, "config_error", valid.error());
+  auto key = common::load_key_file(options.key_file);
+  if (!key.ok()) return fail(log, "key_error", key.error());
+  auto devices = agent::load_sim_devices(options.sim_devices);
+  if (!devices.ok()) return fail(log, "config_error", devices.error());
+
+  asio::io_context io;
+  agent::SimBackend backend(io.get_executor(), std::move(devices.value()));
+  std::optional<agent::SimControlServer> control;
+  if (!options.sim_control.empty()) {
+    control.emplace(io.get_executor(), backend, options.sim_control);
+    if (auto started = control->start(); !started.ok()) return fail(log, "start_failed", started.error());
+  }
+  agent::DtuAgent dtu_agent(io.get_executor(), common::SystemClock::instance(), options, key->bytes, backend);
+  if (auto started = dtu_agent.start(); !started.ok()) return fail(log, "start_failed", started.error());
+
+  asio::signal_set signals(io, SIGINT, SIGTERM);
+  signals.async_wait([&](std::error_code ec, int signo) {
+    if (ec) return;
+    log.info("", "stopping", {{"signal", signo}});
+    dtu_agent.stop();
+    if (control) control->stop();
+    io.stop();
+  });
+  io.run();
+  return 0;
+}
