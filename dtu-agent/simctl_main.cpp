@@ -56,7 +56,8 @@ int main(int argc, char** argv) {
   auto* unplug = app.add_subcommand("unplug", "unplug a device");
   auto* captured = app.add_subcommand("captured", "show, as hex, what was written to a sink endpoint");
   auto* feed = app.add_subcommand("feed", "queue bytes (hex) on an IN endpoint");
-  for (auto* sub : {plug, unplug, captured, feed}) sub->add_option("PORT", port, "port path, e.g. 1-2")->required();
+  for (auto* sub : {plug, unplug, captured, feed})
+    sub->add_option("PORT", port, "port path, e.g. 1-2")->required();
   const CLI::Validator endpoint_address(
       [](std::string& text) { return parse_endpoint(text) ? std::string() : "not an address from 0 to 255"; },
       "0x84|132");
@@ -70,7 +71,8 @@ int main(int argc, char** argv) {
 
   nlohmann::json request;
   if (list->parsed()) request = {{"op", "list"}};
-  if (plug->parsed() || unplug->parsed()) request = {{"op", plug->parsed() ? "plug" : "unplug"}, {"port", port}};
+  if (plug->parsed() || unplug->parsed())
+    request = {{"op", plug->parsed() ? "plug" : "unplug"}, {"port", port}};
   if (captured->parsed() || feed->parsed()) {
     request = {{"op", captured->parsed() ? "captured" : "feed"},
                {"port", port},

@@ -197,6 +197,8 @@ Result<void> FilamentMux::on_frame(Frame frame, MonoTime now) {
     if (frame.type == MessageType::error) {
       auto msg = from_frame<ErrorMsg>(frame);
       Error e = msg.ok() ? Error(errc_from_name(msg->code), msg->reason) : msg.error();
+      // An error reply never completes an operation as a success, whatever code the peer sent.
+      if (!e.code) e.code = make_error_code(Errc::refused);
       complete_pending(frame.txn, std::move(e));
     } else {
       // A reply whose txn is unknown arrived after its deadline: dropped.

@@ -1,5 +1,8 @@
 #include "dtu/common/messages.hpp"
 
+#include <type_traits>
+#include <utility>
+
 #include "dtu/common/json_fields.hpp"
 
 namespace dtu::common {
@@ -7,6 +10,58 @@ namespace dtu::common {
 using nlohmann::json;
 
 namespace {
+
+// nlohmann converts any JSON number to any C++ number: -1 wraps, 1.5 truncates and 1e300 is
+// undefined behaviour. A peer's integer field must hold an integer in the field's range.
+template <typename T>
+T to_integer(const json& v, const char* key) {
+  if (v.is_number_unsigned()) {
+    if (std::in_range<T>(v.get<std::uint64_t>())) return static_cast<T>(v.get<std::uint64_t>());
+  } else if (v.is_number_integer()) {
+    if (std::in_range<T>(v.get<std::int64_t>())) return static_cast<T>(v.get<std::int64_t>());
+  }
+  throw std::invalid_argument(std::string("field '") + key + "': expected an integer in range");
+}
+
+// nlohmann's type errors do not name the field ("type must be string, but is number"). These
+// wrap json_fields.hpp so that a bad_payload detail says which field was wrong.
+template <typename T>
+T field(const json& j, const char* key) {
+  try {
+    if constexpr (std::is_integral_v<T>) {
+      return to_integer<T>(get_required<json>(j, key), key);
+    } else {
+      return get_required<T>(j, key);
+    }
+  } catch (const json::exception& e) {
+    throw std::invalid_argument(std::string("field '") + key + "': " + e.what());
+  }
+}
+
+template <typename T>
+std::optional<T> optional_field(const json& j, const char* key) {
+  try {
+    if constexpr (std::is_integral_v<T>) {
+      const auto value = get_optional<json>(j, key);
+      if (!value) return std::nullopt;
+      return to_integer<T>(*value, key);
+    } else {
+      return get_optional<T>(j, key);
+    }
+  } catch (const json::exception& e) {
+    throw std::invalid_argument(std::string("field '") + key + "': " + e.what());
+  }
+}
+
+template <typename T>
+T field_or(const json& j, const char* key, T fallback) {
+  try {
+    return j.value(key, std::move(fallback));
+  } catch (const json::exception& e) {
+    throw std::invalid_argument(std::string("field '") + key + "': " + e.what());
+  }
+}
+
 // A JSON payload must be an object; a message type with no fields still sends {}.
 void require_object(const json& j) {
   if (!j.is_object()) throw std::invalid_argument("payload must be a JSON object");
@@ -32,8 +87,8 @@ void from_json(const json& j, AckMsg&) { require_object(j); }
 
 void to_json(json& j, const ErrorMsg& m) { j = json{{"code", m.code}, {"reason", m.reason}}; }
 void from_json(const json& j, ErrorMsg& m) {
-  m.code = get_required<std::string>(j, "code");
-  m.reason = j.value("reason", std::string());
+  m.code = field<std::string>(j, "code");
+  m.reason = field_or(j, "reason", std::string());
 }
 
 void to_json(json& j, const HeartbeatMsg& m) {
@@ -42,33 +97,33 @@ void to_json(json& j, const HeartbeatMsg& m) {
   if (m.echo_received_us) j["echo_received_us"] = *m.echo_received_us;
 }
 void from_json(const json& j, HeartbeatMsg& m) {
-  m.sent_us = get_required<std::int64_t>(j, "sent_us");
-  m.echo_sent_us = get_optional<std::int64_t>(j, "echo_sent_us");
-  m.echo_received_us = get_optional<std::int64_t>(j, "echo_received_us");
+  m.sent_us = field<std::int64_t>(j, "sent_us");
+  m.echo_sent_us = optional_field<std::int64_t>(j, "echo_sent_us");
+  m.echo_received_us = optional_field<std::int64_t>(j, "echo_received_us");
 }
 
 void to_json(json& j, const FilamentOpenMsg& m) { j = json{{"name", m.name}}; }
-void from_json(const json& j, FilamentOpenMsg& m) { m.name = get_required<std::string>(j, "name"); }
+void from_json(const json& j, FilamentOpenMsg& m) { m.name = field<std::string>(j, "name"); }
 
 void to_json(json& j, const FilamentCloseMsg& m) { j = json{{"reason", m.reason}}; }
-void from_json(const json& j, FilamentCloseMsg& m) { m.reason = j.value("reason", std::string()); }
+void from_json(const json& j, FilamentCloseMsg& m) { m.reason = field_or(j, "reason", std::string()); }
 
 void to_json(json& j, const DtuHelloMsg& m) {
   j = json{{"dtu", m.dtu}, {"agent_version", m.agent_version}, {"boot_epoch", m.boot_epoch}};
 }
 void from_json(const json& j, DtuHelloMsg& m) {
-  m.dtu = get_required<std::string>(j, "dtu");
-  m.agent_version = j.value("agent_version", std::string());
-  m.boot_epoch = get_required<std::int64_t>(j, "boot_epoch");
+  m.dtu = field<std::string>(j, "dtu");
+  m.agent_version = field_or(j, "agent_version", std::string());
+  m.boot_epoch = field<std::int64_t>(j, "boot_epoch");
 }
 
 void to_json(json& j, const DtuWelcomeMsg& m) {
   j = json{{"manager", m.manager}, {"heartbeat_ms", m.heartbeat_ms}, {"heartbeat_misses", m.heartbeat_misses}};
 }
 void from_json(const json& j, DtuWelcomeMsg& m) {
-  m.manager = get_required<std::string>(j, "manager");
-  m.heartbeat_ms = get_required<std::uint32_t>(j, "heartbeat_ms");
-  m.heartbeat_misses = get_required<std::uint32_t>(j, "heartbeat_misses");
+  m.manager = field<std::string>(j, "manager");
+  m.heartbeat_ms = field<std::uint32_t>(j, "heartbeat_ms");
+  m.heartbeat_misses = field<std::uint32_t>(j, "heartbeat_misses");
   if (m.heartbeat_ms == 0 || m.heartbeat_misses == 0) {
     throw std::invalid_argument("heartbeat_ms and heartbeat_misses must be positive");
   }
@@ -78,30 +133,30 @@ void to_json(json& j, const DeviceSnapshotMsg& m) {
   j = json{{"dtu", m.dtu}, {"stamp", m.stamp}, {"devices", m.devices}};
 }
 void from_json(const json& j, DeviceSnapshotMsg& m) {
-  m.dtu = get_required<std::string>(j, "dtu");
-  m.stamp = get_required<Stamp>(j, "stamp");
-  m.devices = get_required<std::vector<DeviceRecord>>(j, "devices");
+  m.dtu = field<std::string>(j, "dtu");
+  m.stamp = field<Stamp>(j, "stamp");
+  m.devices = field<std::vector<DeviceRecord>>(j, "devices");
 }
 
 void to_json(json& j, const DeviceAttachedMsg& m) { j = json{{"device", m.device}}; }
-void from_json(const json& j, DeviceAttachedMsg& m) { m.device = get_required<DeviceRecord>(j, "device"); }
+void from_json(const json& j, DeviceAttachedMsg& m) { m.device = field<DeviceRecord>(j, "device"); }
 
 void to_json(json& j, const DeviceDetachedMsg& m) {
   j = json{{"dtu", m.dtu}, {"device", m.device}, {"stamp", m.stamp}};
 }
 void from_json(const json& j, DeviceDetachedMsg& m) {
-  m.dtu = get_required<std::string>(j, "dtu");
-  m.device = get_required<std::string>(j, "device");
-  m.stamp = get_required<Stamp>(j, "stamp");
+  m.dtu = field<std::string>(j, "dtu");
+  m.device = field<std::string>(j, "device");
+  m.stamp = field<Stamp>(j, "stamp");
 }
 
 void to_json(json& j, const ClientHelloMsg& m) { j = json{{"client", m.client}}; }
-void from_json(const json& j, ClientHelloMsg& m) { m.client = get_required<std::string>(j, "client"); }
+void from_json(const json& j, ClientHelloMsg& m) { m.client = field<std::string>(j, "client"); }
 
 void to_json(json& j, const ClientWelcomeMsg& m) { j = json{{"manager", m.manager}, {"version", m.version}}; }
 void from_json(const json& j, ClientWelcomeMsg& m) {
-  m.manager = get_required<std::string>(j, "manager");
-  m.version = j.value("version", std::string());
+  m.manager = field<std::string>(j, "manager");
+  m.version = field_or(j, "version", std::string());
 }
 
 void to_json(json& j, const ListDevicesMsg& m) {
@@ -110,12 +165,12 @@ void to_json(json& j, const ListDevicesMsg& m) {
 }
 void from_json(const json& j, ListDevicesMsg& m) {
   require_object(j);
-  m.dtu = get_optional<std::string>(j, "dtu");
+  m.dtu = optional_field<std::string>(j, "dtu");
 }
 
 void to_json(json& j, const DeviceListMsg& m) { j = json{{"devices", m.devices}}; }
 void from_json(const json& j, DeviceListMsg& m) {
-  m.devices = get_required<std::vector<DeviceRecord>>(j, "devices");
+  m.devices = field<std::vector<DeviceRecord>>(j, "devices");
 }
 
 }  // namespace dtu::common

@@ -1,6 +1,8 @@
 #include "dtu/common/records.hpp"
 
 #include <cstdio>
+#include <type_traits>
+#include <utility>
 
 #include "dtu/common/json_fields.hpp"
 
@@ -8,8 +10,63 @@ namespace dtu::common {
 
 using nlohmann::json;
 
+namespace {
+
+// nlohmann converts any JSON number to any C++ number: -1 wraps, 1.5 truncates and 1e300 is
+// undefined behaviour. A peer's integer field must hold an integer in the field's range.
+template <typename T>
+T to_integer(const json& v, const char* key) {
+  if (v.is_number_unsigned()) {
+    if (std::in_range<T>(v.get<std::uint64_t>())) return static_cast<T>(v.get<std::uint64_t>());
+  } else if (v.is_number_integer()) {
+    if (std::in_range<T>(v.get<std::int64_t>())) return static_cast<T>(v.get<std::int64_t>());
+  }
+  throw std::invalid_argument(std::string("field '") + key + "': expected an integer in range");
+}
+
+// nlohmann's type errors do not name the field ("type must be string, but is number"). These
+// wrap json_fields.hpp so that a bad_payload detail says which field was wrong.
+template <typename T>
+T field(const json& j, const char* key) {
+  try {
+    if constexpr (std::is_integral_v<T>) {
+      return to_integer<T>(get_required<json>(j, key), key);
+    } else {
+      return get_required<T>(j, key);
+    }
+  } catch (const json::exception& e) {
+    throw std::invalid_argument(std::string("field '") + key + "': " + e.what());
+  }
+}
+
+template <typename T>
+std::optional<T> optional_field(const json& j, const char* key) {
+  try {
+    if constexpr (std::is_integral_v<T>) {
+      const auto value = get_optional<json>(j, key);
+      if (!value) return std::nullopt;
+      return to_integer<T>(*value, key);
+    } else {
+      return get_optional<T>(j, key);
+    }
+  } catch (const json::exception& e) {
+    throw std::invalid_argument(std::string("field '") + key + "': " + e.what());
+  }
+}
+
+template <typename T>
+T field_or(const json& j, const char* key, T fallback) {
+  try {
+    return j.value(key, std::move(fallback));
+  } catch (const json::exception& e) {
+    throw std::invalid_argument(std::string("field '") + key + "': " + e.what());
+  }
+}
+
+}  // namespace
+
 std::uint16_t parse_hex16(const json& j, const char* key) {
-  const auto text = get_required<std::string>(j, key);
+  const auto text = field<std::string>(j, key);
   if (text.size() != 4) throw std::invalid_argument(std::string("field '") + key + "': expected 4 hex digits");
   std::uint16_t value = 0;
   for (char c : text) {
@@ -24,7 +81,7 @@ std::uint16_t parse_hex16(const json& j, const char* key) {
 }
 
 std::uint8_t get_u8(const json& j, const char* key) {
-  const auto value = get_required<std::int64_t>(j, key);
+  const auto value = field<std::int64_t>(j, key);
   if (value < 0 || value > 255) throw std::invalid_argument(std::string("field '") + key + "': expected 0..255");
   return static_cast<std::uint8_t>(value);
 }
@@ -59,9 +116,9 @@ void to_json(json& j, const Stamp& s) {
 }
 
 void from_json(const json& j, Stamp& s) {
-  s.boot_epoch = get_required<std::int64_t>(j, "boot_epoch");
-  s.seq = get_required<std::uint64_t>(j, "seq");
-  s.time_us = get_required<std::int64_t>(j, "time_us");
+  s.boot_epoch = field<std::int64_t>(j, "boot_epoch");
+  s.seq = field<std::uint64_t>(j, "seq");
+  s.time_us = field<std::int64_t>(j, "time_us");
 }
 
 void to_json(json& j, const UnitState& s) { j = unit_state_name(s); }
@@ -87,15 +144,18 @@ void to_json(json& j, const UnitRecord& u) {
 }
 
 void from_json(const json& j, UnitRecord& u) {
-  u.unit = get_required<std::uint32_t>(j, "unit");
-  u.interfaces = j.value("interfaces", std::vector<std::uint8_t>{});
+  u.unit = field<std::uint32_t>(j, "unit");
+  u.interfaces.clear();
+  for (const json& n : field_or(j, "interfaces", std::vector<json>{})) {
+    u.interfaces.push_back(to_integer<std::uint8_t>(n, "interfaces"));
+  }
   u.cls = get_u8(j, "class");
   u.subclass = get_u8(j, "subclass");
   u.protocol = get_u8(j, "protocol");
-  u.function = get_required<std::string>(j, "function");
-  u.state = get_required<UnitState>(j, "state");
-  u.holder = get_optional<std::string>(j, "holder");
-  u.lease = get_optional<std::string>(j, "lease");
+  u.function = field<std::string>(j, "function");
+  u.state = field<UnitState>(j, "state");
+  u.holder = optional_field<std::string>(j, "holder");
+  u.lease = optional_field<std::string>(j, "lease");
 }
 
 void to_json(json& j, const DeviceRecord& d) {
@@ -117,21 +177,21 @@ void to_json(json& j, const DeviceRecord& d) {
 }
 
 void from_json(const json& j, DeviceRecord& d) {
-  d.dtu = get_required<std::string>(j, "dtu");
-  d.device = get_required<std::string>(j, "device");
-  d.bus = j.value("bus", std::string("usb"));
+  d.dtu = field<std::string>(j, "dtu");
+  d.device = field<std::string>(j, "device");
+  d.bus = field_or(j, "bus", std::string("usb"));
   d.vid = parse_hex16(j, "vid");
   d.pid = parse_hex16(j, "pid");
   d.bcd_device = parse_hex16(j, "bcd_device");
   d.cls = get_u8(j, "class");
   d.subclass = get_u8(j, "subclass");
   d.protocol = get_u8(j, "protocol");
-  d.serial = get_optional<std::string>(j, "serial");
-  d.manufacturer = get_optional<std::string>(j, "manufacturer");
-  d.product = get_optional<std::string>(j, "product");
-  d.units = get_required<std::vector<UnitRecord>>(j, "units");
-  d.stamp = get_required<Stamp>(j, "stamp");
-  d.owner = j.value("owner", std::string());
+  d.serial = optional_field<std::string>(j, "serial");
+  d.manufacturer = optional_field<std::string>(j, "manufacturer");
+  d.product = optional_field<std::string>(j, "product");
+  d.units = field<std::vector<UnitRecord>>(j, "units");
+  d.stamp = field<Stamp>(j, "stamp");
+  d.owner = field_or(j, "owner", std::string());
 }
 
 }  // namespace dtu::common

@@ -1,31 +1,42 @@
 #include "dtu/common/usb_classes.hpp"
 
+#include <array>
+#include <utility>
+
 namespace dtu::common {
+namespace {
+
+// The USB-IF base class codes that name a function; every other code is "unknown".
+constexpr std::array<std::pair<std::uint8_t, const char*>, 20> kFunctionNames{{
+    {0x01, "audio"},
+    {0x02, "communications"},
+    {0x03, "hid"},
+    {0x05, "physical"},
+    {0x06, "scanner"},  // still image: scanners and cameras (PTP)
+    {0x07, "printer"},
+    {0x08, "storage"},
+    {0x09, "hub"},
+    {0x0a, "cdc-data"},
+    {0x0b, "smartcard"},
+    {0x0d, "content-security"},
+    {0x0e, "video"},
+    {0x0f, "healthcare"},
+    {0x10, "audio-video"},
+    {0x11, "billboard"},
+    {0xdc, "diagnostic"},
+    {0xe0, "wireless"},
+    {0xef, "miscellaneous"},
+    {0xfe, "application"},
+    {0xff, "vendor"},
+}};
+
+}  // namespace
 
 std::string usb_function_name(std::uint8_t cls, std::uint8_t /*subclass*/, std::uint8_t /*protocol*/) {
-  switch (cls) {
-    case 0x01: return "audio";
-    case 0x02: return "communications";
-    case 0x03: return "hid";
-    case 0x05: return "physical";
-    case 0x06: return "scanner";  // still-image class: scanners and cameras (PTP)
-    case 0x07: return "printer";
-    case 0x08: return "storage";
-    case 0x09: return "hub";
-    case 0x0a: return "cdc-data";
-    case 0x0b: return "smartcard";
-    case 0x0d: return "content-security";
-    case 0x0e: return "video";
-    case 0x0f: return "healthcare";
-    case 0x10: return "audio-video";
-    case 0x11: return "billboard";
-    case 0xdc: return "diagnostic";
-    case 0xe0: return "wireless";
-    case 0xef: return "miscellaneous";
-    case 0xfe: return "application";
-    case 0xff: return "vendor";
-    default: return "unknown";
+  for (const auto& [code, name] : kFunctionNames) {
+    if (code == cls) return name;
   }
+  return "unknown";
 }
 
 }  // namespace dtu::common

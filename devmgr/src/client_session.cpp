@@ -11,12 +11,14 @@ using common::Frame;
 using common::MessageType;
 
 ClientSession::ClientSession(std::shared_ptr<common::Link> link, common::PeerCredentials credentials,
-                             std::string manager_id, const DeviceList& devices, common::Logger log)
+                             std::string manager_id, const DeviceList& devices, common::Logger log,
+                             std::chrono::milliseconds hello_timeout)
     : link_(std::move(link)),
       credentials_(credentials),
       manager_id_(std::move(manager_id)),
       devices_(devices),
-      log_(std::move(log)) {}
+      log_(std::move(log)),
+      hello_timeout_(hello_timeout) {}
 
 bool ClientSession::is_legal(State state, MessageType type) {
   switch (state) {
@@ -32,9 +34,20 @@ void ClientSession::start(std::function<void(const std::shared_ptr<ClientSession
   link_->mux().set_receiver(common::FilamentMux::kControlFilament, [weak](Frame frame) {
     if (auto self = weak.lock()) self->on_frame(std::move(frame));
   });
+  link_->mux().set_open_handler([weak](std::uint32_t filament, const std::string& name) {
+    if (auto self = weak.lock()) {
+      self->protocol_error("filament_open " + std::to_string(filament) + " (" + name + ") is not legal yet");
+    }
+  });
+  hello_deadline_ = std::make_unique<common::DeadlineGuard>(link_->executor(), hello_timeout_, [weak] {
+    if (auto self = weak.lock(); self && self->state_ == State::awaiting_hello) {
+      self->protocol_error("no client_hello within the handshake timeout");
+    }
+  });
   link_->start([weak, on_closed = std::move(on_closed)](const Error& reason) {
     auto self = weak.lock();
     if (!self) return;
+    self->hello_deadline_.reset();
     self->state_ = State::closed;
     self->log_.debug(self->link_->peer(), "client_closed", {{"client", self->client_name_},
                                                            {"reason", reason.describe()}});
@@ -63,6 +76,7 @@ void ClientSession::on_frame(Frame frame) {
       if (!hello.ok()) return protocol_error(hello.error().describe());
       client_name_ = hello->client;
       state_ = State::ready;
+      hello_deadline_.reset();
       link_->reply(frame, common::to_frame(common::ClientWelcomeMsg{manager_id_, common::kVersion}));
       log_.debug(link_->peer(), "client_connected", {{"client", client_name_}, {"uid", credentials_.uid},
                                                      {"gid", credentials_.gid}, {"pid", credentials_.pid}});

@@ -152,7 +152,8 @@ asio::awaitable<void> DeviceManager::accept_clients() {
     o.heartbeats = false;  // a local socket reports a dead peer itself (EOF)
     auto link = common::Link::create(executor_, std::make_unique<common::UnixTransport>(std::move(socket)),
                                      common::FilamentMux::Side::acceptor, clock_, log_, peer, o);
-    auto session = std::make_shared<ClientSession>(link, *credentials, options_.id, devices_, log_);
+    auto session =
+        std::make_shared<ClientSession>(link, *credentials, options_.id, devices_, log_, options_.handshake_timeout);
     clients_.insert(session);
     session->start([this](const std::shared_ptr<ClientSession>& s) { clients_.erase(s); });
   }

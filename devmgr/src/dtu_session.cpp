@@ -39,6 +39,13 @@ void DtuSession::start(Hooks hooks) {
   link_->mux().set_receiver(common::FilamentMux::kControlFilament, [weak](Frame frame) {
     if (auto self = weak.lock()) self->on_frame(std::move(frame));
   });
+  // A DTU has no use for filaments of its own yet: one opened anyway (before its hello, or
+  // to queue frames nobody reads) is a protocol error.
+  link_->mux().set_open_handler([weak](std::uint32_t filament, const std::string& name) {
+    if (auto self = weak.lock()) {
+      self->protocol_error("filament_open " + std::to_string(filament) + " (" + name + ") is not legal from a DTU");
+    }
+  });
   link_->start([weak](const Error& reason) {
     auto self = weak.lock();
     if (!self) return;
@@ -103,6 +110,9 @@ void DtuSession::on_hello(const Frame& frame) {
 }
 
 void DtuSession::on_device_message(const Frame& frame) {
+  if (!frame.wants_ack()) {
+    return protocol_error(std::string(common::message_type_name(frame.type)) + " must be a post");
+  }
   std::string about;
   DeviceList::Applied applied = DeviceList::Applied::applied;
   switch (frame.type) {

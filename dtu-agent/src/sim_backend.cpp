@@ -35,7 +35,9 @@ std::string hex_text(std::uint64_t value, int digits) {
   return out;
 }
 
-std::string endpoint_text(std::uint8_t address) { return "0x" + hex_text(address, 2); }
+std::string endpoint_text(std::uint8_t address) {
+  return "0x" + hex_text(address, 2);
+}
 
 int hex_digit(char c) {
   if (c >= '0' && c <= '9') return c - '0';
@@ -55,7 +57,8 @@ std::string shown(const json& value) {
 // A JSON integer that is not negative (parsed text gives unsigned numbers, C++ literals signed).
 std::optional<std::uint64_t> non_negative(const json& v) {
   if (v.is_number_unsigned()) return v.get<std::uint64_t>();
-  if (v.is_number_integer() && v.get<std::int64_t>() >= 0) return static_cast<std::uint64_t>(v.get<std::int64_t>());
+  if (v.is_number_integer() && v.get<std::int64_t>() >= 0)
+    return static_cast<std::uint64_t>(v.get<std::int64_t>());
   return std::nullopt;
 }
 
@@ -145,8 +148,8 @@ class Reader {
     if (v == nullptr) return fallback.value_or(0);
     auto n = non_negative(*v);
     if (!n || *n < min || *n > max) {
-      fail(join(where, key), "expected an integer from " + std::to_string(min) + " to " + std::to_string(max) +
-                                 ", got " + shown(*v));
+      fail(join(where, key), "expected an integer from " + std::to_string(min) + " to " +
+                                 std::to_string(max) + ", got " + shown(*v));
       return min;
     }
     return *n;
@@ -213,8 +216,8 @@ bool valid_port(std::string_view port) {
   return true;
 }
 
-void read_endpoint(Reader& r, const json& e, const std::string& where, UsbInterface& interface, SimDevice& device,
-                   std::set<std::uint8_t>& addresses) {
+void read_endpoint(Reader& r, const json& e, const std::string& where, UsbInterface& interface,
+                   SimDevice& device, std::set<std::uint8_t>& addresses) {
   if (!r.object(e, where, {"address", "type", "max_packet_size", "sink", "source"})) return;
   UsbEndpoint ep;
   ep.address = narrow<std::uint8_t>(r.hex(e, where, "address", 0xff, std::nullopt));
@@ -242,7 +245,8 @@ void read_endpoint(Reader& r, const json& e, const std::string& where, UsbInterf
     }
   }
   ep.attributes = type;
-  ep.max_packet_size = narrow<std::uint16_t>(r.count(e, where, "max_packet_size", 1, 0xffff, kDefaultMaxPacketSize));
+  ep.max_packet_size =
+      narrow<std::uint16_t>(r.count(e, where, "max_packet_size", 1, 0xffff, kDefaultMaxPacketSize));
 
   const json* sink = Reader::member(e, "sink");
   const json* source = Reader::member(e, "source");
@@ -276,8 +280,9 @@ void read_endpoint(Reader& r, const json& e, const std::string& where, UsbInterf
       const auto& s = text->get_ref<const std::string&>();
       bytes.assign(s.begin(), s.end());
     } else {
-      auto decoded = hex->is_string() ? hex_decode(hex->get_ref<const std::string&>())
-                                      : Result<std::vector<std::uint8_t>>(Errc::invalid_argument, "not a string");
+      auto decoded = hex->is_string()
+                         ? hex_decode(hex->get_ref<const std::string&>())
+                         : Result<std::vector<std::uint8_t>>(Errc::invalid_argument, "not a string");
       if (!decoded) {
         r.fail(join(at, "hex"), "expected hex digits, got " + shown(*hex));
         return;
@@ -328,7 +333,8 @@ void read_association(Reader& r, const json& a, const std::string& where, SimDev
     bool known = std::any_of(device.info.interfaces.begin(), device.info.interfaces.end(),
                              [&](const UsbInterface& i) { return i.number == n; });
     if (!known) {
-      r.fail(join(where, "count"), "interface " + std::to_string(n) + " is not among the device's interfaces");
+      r.fail(join(where, "count"),
+             "interface " + std::to_string(n) + " is not among the device's interfaces");
       return;
     }
   }
@@ -371,7 +377,8 @@ void read_device(Reader& r, const json& d, const std::string& where_in, SimDevic
   const json* interfaces = r.array(d, where, "interfaces", true);
   if (interfaces == nullptr) return;
   for (std::size_t k = 0; k < interfaces->size() && !r.failed(); ++k) {
-    read_interface(r, (*interfaces)[k], join(where, "interfaces[" + std::to_string(k) + "]"), device, addresses);
+    read_interface(r, (*interfaces)[k], join(where, "interfaces[" + std::to_string(k) + "]"), device,
+                   addresses);
   }
   const json* associations = r.array(d, where, "associations", false);
   if (associations == nullptr) return;
@@ -465,14 +472,15 @@ struct PendingRead {
 };
 
 struct SimBackend::Slot {
-  SimDevice device;  // device.present is the live state
+  SimDevice device;                                            // device.present is the live state
   std::map<std::uint8_t, std::vector<std::uint8_t>> captured;  // sink → bytes written
   std::map<std::uint8_t, std::deque<std::uint8_t>> queued;     // IN endpoint → bytes not yet read
   std::map<std::uint8_t, std::deque<PendingRead>> reads;       // IN endpoint → reads waiting; only
                                                                // while queued is empty
 };
 
-SimBackend::SimBackend(asio::any_io_executor executor, SimDeviceSet devices) : executor_(std::move(executor)) {
+SimBackend::SimBackend(asio::any_io_executor executor, SimDeviceSet devices)
+    : executor_(std::move(executor)) {
   for (auto& device : devices.devices) {
     auto s = std::make_unique<Slot>();
     s->device = std::move(device);
@@ -481,7 +489,9 @@ SimBackend::SimBackend(asio::any_io_executor executor, SimDeviceSet devices) : e
   }
 }
 
-SimBackend::~SimBackend() { stop(); }
+SimBackend::~SimBackend() {
+  stop();
+}
 
 SimBackend::Slot* SimBackend::slot(const std::string& port) {
   for (auto& s : slots_) {
@@ -546,12 +556,12 @@ Result<UsbEndpoint> SimBackend::transfer_endpoint(const std::string& port, std::
     for (const auto& ep : interface.endpoints) {
       if (ep.address != endpoint) continue;
       if (is_in_endpoint(endpoint) != want_in) {
-        return Error{Errc::invalid_argument, "endpoint " + endpoint_text(endpoint) + " on port " + port + " is " +
-                                                 (want_in ? "OUT" : "IN")};
+        return Error{Errc::invalid_argument, "endpoint " + endpoint_text(endpoint) + " on port " + port +
+                                                 " is " + (want_in ? "OUT" : "IN")};
       }
       if ((ep.attributes & kUsbTransferTypeMask) == kUsbTransferIsochronous) {
-        return Error{Errc::invalid_argument, "endpoint " + endpoint_text(endpoint) + " on port " + port +
-                                                 " is isochronous"};
+        return Error{Errc::invalid_argument,
+                     "endpoint " + endpoint_text(endpoint) + " on port " + port + " is isochronous"};
       }
       return ep;
     }
@@ -578,7 +588,8 @@ void SimBackend::bulk_out(const std::string& port, std::uint8_t endpoint, std::v
 }
 
 void SimBackend::bulk_in(const std::string& port, std::uint8_t endpoint, std::size_t max_length,
-                         common::Duration timeout, std::function<void(Result<std::vector<std::uint8_t>>)> done) {
+                         common::Duration timeout,
+                         std::function<void(Result<std::vector<std::uint8_t>>)> done) {
   auto complete = [this, &done](Result<std::vector<std::uint8_t>> result) {
     asio::post(executor_, [done = std::move(done), result = std::move(result)]() mutable {
       if (done) done(std::move(result));
@@ -598,7 +609,8 @@ void SimBackend::bulk_in(const std::string& port, std::uint8_t endpoint, std::si
     return complete(std::move(bytes));
   }
   if (timeout <= common::Duration::zero()) {
-    return complete(Error{Errc::timeout, "no data on endpoint " + endpoint_text(endpoint) + " of port " + port});
+    return complete(
+        Error{Errc::timeout, "no data on endpoint " + endpoint_text(endpoint) + " of port " + port});
   }
   PendingRead read;
   read.id = next_read_id_++;
@@ -639,7 +651,8 @@ void SimBackend::fail_reads(Slot& s, Errc why) {
   }
 }
 
-Result<void> SimBackend::feed(const std::string& port, std::uint8_t endpoint, std::vector<std::uint8_t> bytes) {
+Result<void> SimBackend::feed(const std::string& port, std::uint8_t endpoint,
+                              std::vector<std::uint8_t> bytes) {
   Slot* s = slot(port);
   if (s == nullptr) return Error{Errc::not_found, "no device on port " + port};
   if (!s->device.present) return Error{Errc::unavailable, "device on port " + port + " is unplugged"};
@@ -649,7 +662,8 @@ Result<void> SimBackend::feed(const std::string& port, std::uint8_t endpoint, st
   }
   if (!known) return Error{Errc::not_found, "no endpoint " + endpoint_text(endpoint) + " on port " + port};
   if (!is_in_endpoint(endpoint)) {
-    return Error{Errc::invalid_argument, "endpoint " + endpoint_text(endpoint) + " on port " + port + " is OUT"};
+    return Error{Errc::invalid_argument,
+                 "endpoint " + endpoint_text(endpoint) + " on port " + port + " is OUT"};
   }
   auto& queued = s->queued[endpoint];
   queued.insert(queued.end(), bytes.begin(), bytes.end());

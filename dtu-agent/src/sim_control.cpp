@@ -46,7 +46,9 @@ using Socket = asio::local::stream_protocol::socket;
 // After a failed accept (out of descriptors, say), wait this long before the next: no busy loop.
 constexpr auto kAcceptRetryDelay = std::chrono::milliseconds(100);
 
-std::string dump(const json& value) { return value.dump(-1, ' ', false, json::error_handler_t::replace); }
+std::string dump(const json& value) {
+  return value.dump(-1, ' ', false, json::error_handler_t::replace);
+}
 
 json error_answer(const Error& error) {
   std::string code = "io_error";
@@ -56,14 +58,18 @@ json error_answer(const Error& error) {
   return json{{"ok", false}, {"code", code}, {"error", error.describe()}};
 }
 
-json ok_answer() { return json{{"ok", true}}; }
+json ok_answer() {
+  return json{{"ok", true}};
+}
 
 std::string hex4(std::uint16_t v) {
   std::vector<std::uint8_t> bytes{static_cast<std::uint8_t>(v >> 8), static_cast<std::uint8_t>(v & 0xff)};
   return hex_encode(bytes);
 }
 
-json optional_text(const std::optional<std::string>& s) { return s ? json(*s) : json(nullptr); }
+json optional_text(const std::optional<std::string>& s) {
+  return s ? json(*s) : json(nullptr);
+}
 
 Result<std::string> string_field(const json& request, const char* key) {
   auto it = request.find(key);
@@ -80,7 +86,9 @@ Result<std::uint8_t> endpoint_field(const json& request) {
   return static_cast<std::uint8_t>(it->get<unsigned>());
 }
 
-json answer_of(const Result<void>& r) { return r ? ok_answer() : error_answer(r.error()); }
+json answer_of(const Result<void>& r) {
+  return r ? ok_answer() : error_answer(r.error());
+}
 
 json handle(SimBackend& backend, const json& request) {
   if (!request.is_object()) return error_answer(Error{Errc::bad_payload, "a request is a JSON object"});
@@ -117,8 +125,8 @@ json handle(SimBackend& backend, const json& request) {
     const SimDevice* device = backend.find(*port);
     if (device == nullptr) return error_answer(Error{Errc::not_found, "no device on port " + *port});
     if (device->sinks.count(*endpoint) == 0) {
-      return error_answer(Error{Errc::not_found, "endpoint " + std::to_string(*endpoint) + " on port " + *port +
-                                                     " is not a sink"});
+      return error_answer(Error{
+          Errc::not_found, "endpoint 0x" + hex_encode({*endpoint}) + " on port " + *port + " is not a sink"});
     }
     return json{{"ok", true}, {"hex", hex_encode(backend.captured(*port, *endpoint))}};
   }
@@ -132,7 +140,9 @@ json handle(SimBackend& backend, const json& request) {
   return error_answer(Error{Errc::invalid_argument, "unknown op \"" + *op + "\""});
 }
 
-bool path_fits(const std::string& path) { return !path.empty() && path.size() < sizeof(sockaddr_un::sun_path); }
+bool path_fits(const std::string& path) {
+  return !path.empty() && path.size() < sizeof(sockaddr_un::sun_path);
+}
 
 void log_exception(const common::Logger& log, std::string_view peer, std::exception_ptr e) {
   if (!e) return;
@@ -177,25 +187,26 @@ asio::awaitable<void> serve(std::shared_ptr<State> st, std::uint64_t id, std::sh
     std::error_code read_ec;
     std::error_code idle_ec;
     idle.expires_after(kSimControlIdleTimeout);
-    auto which = co_await (
-        asio::async_read_until(*socket, asio::dynamic_buffer(buffer, kSimControlMaxLine + 1), '\n',
-                               asio::redirect_error(asio::use_awaitable, read_ec)) ||
-        idle.async_wait(asio::redirect_error(asio::use_awaitable, idle_ec)));
+    auto which =
+        co_await (asio::async_read_until(*socket, asio::dynamic_buffer(buffer, kSimControlMaxLine + 1), '\n',
+                                         asio::redirect_error(asio::use_awaitable, read_ec)) ||
+                  idle.async_wait(asio::redirect_error(asio::use_awaitable, idle_ec)));
     if (!st->running) break;
     if (which.index() == 1) {
-      st->log.info(peer, "client_idle", {{"seconds", std::chrono::duration_cast<std::chrono::seconds>(
-                                                         kSimControlIdleTimeout)
-                                                         .count()}});
+      st->log.info(
+          peer, "client_idle",
+          {{"seconds", std::chrono::duration_cast<std::chrono::seconds>(kSimControlIdleTimeout).count()}});
       break;
     }
     if (read_ec == asio::error::not_found) {
       st->log.warn(peer, "line_too_long", {{"max_bytes", kSimControlMaxLine}});
-      std::string answer =
-          dump(error_answer(Error{Errc::frame_too_large, "request line longer than " +
-                                                             std::to_string(kSimControlMaxLine) + " bytes"})) +
-          "\n";
+      std::string answer = dump(error_answer(Error{Errc::frame_too_large,
+                                                   "request line longer than " +
+                                                       std::to_string(kSimControlMaxLine) + " bytes"})) +
+                           "\n";
       std::error_code ignored;
-      co_await asio::async_write(*socket, asio::buffer(answer), asio::redirect_error(asio::use_awaitable, ignored));
+      co_await asio::async_write(*socket, asio::buffer(answer),
+                                 asio::redirect_error(asio::use_awaitable, ignored));
       break;
     }
     if (read_ec) {
@@ -213,7 +224,8 @@ asio::awaitable<void> serve(std::shared_ptr<State> st, std::uint64_t id, std::sh
     }
     std::string text = dump(answer) + "\n";
     std::error_code write_ec;
-    co_await asio::async_write(*socket, asio::buffer(text), asio::redirect_error(asio::use_awaitable, write_ec));
+    co_await asio::async_write(*socket, asio::buffer(text),
+                               asio::redirect_error(asio::use_awaitable, write_ec));
     if (write_ec || !st->running) break;
   }
   std::error_code ignored;
@@ -241,8 +253,9 @@ asio::awaitable<void> accept_loop(std::shared_ptr<State> st) {
     auto shared = std::make_shared<Socket>(std::move(socket));
     st->sessions.emplace(id, shared);
     st->log.debug("simctl#" + std::to_string(id), "client_connected");
-    asio::co_spawn(st->executor, serve(st, id, shared),
-                   [st, id](std::exception_ptr e) { log_exception(st->log, "simctl#" + std::to_string(id), e); });
+    asio::co_spawn(st->executor, serve(st, id, shared), [st, id](std::exception_ptr e) {
+      log_exception(st->log, "simctl#" + std::to_string(id), e);
+    });
   }
 }
 
@@ -253,7 +266,8 @@ Result<void> remove_stale_socket(const std::string& path) {
     if (errno == ENOENT) return {};
     return Error{Errc::io_error, path + ": " + std::error_code(errno, std::generic_category()).message()};
   }
-  if (!S_ISSOCK(info.st_mode)) return Error{Errc::io_error, path + " exists and is not a socket; not removing it"};
+  if (!S_ISSOCK(info.st_mode))
+    return Error{Errc::io_error, path + " exists and is not a socket; not removing it"};
   asio::io_context probe_io;
   Socket probe(probe_io);
   std::error_code ec;
@@ -278,10 +292,13 @@ json handle_sim_control_request(SimBackend& backend, std::string_view line) {
   }
 }
 
-SimControlServer::SimControlServer(asio::any_io_executor executor, SimBackend& backend, std::string socket_path)
+SimControlServer::SimControlServer(asio::any_io_executor executor, SimBackend& backend,
+                                   std::string socket_path)
     : executor_(std::move(executor)), backend_(backend), socket_path_(std::move(socket_path)) {}
 
-SimControlServer::~SimControlServer() { stop(); }
+SimControlServer::~SimControlServer() {
+  stop();
+}
 
 Result<void> SimControlServer::start() {
   if (state_) return Error{Errc::illegal_state, "simulator control server already started"};
@@ -346,7 +363,8 @@ Result<json> sim_control_call(const std::string& socket_path, const json& reques
       return;
     }
     asio::async_read_until(
-        socket, asio::dynamic_buffer(in, kSimControlMaxLine + 1), '\n', [&](std::error_code read_ec, std::size_t n) {
+        socket, asio::dynamic_buffer(in, kSimControlMaxLine + 1), '\n',
+        [&](std::error_code read_ec, std::size_t n) {
           if (read_ec) {
             result = Error{Errc::link_lost, socket_path + " closed without answering: " + read_ec.message()};
             return;

@@ -13,13 +13,26 @@ TEST_CASE("usb_function_name names every assigned interface class") {
     const char* name;
   };
   const Case cases[] = {
-      {0x01, "audio"},      {0x02, "communications"}, {0x03, "hid"},
-      {0x05, "physical"},   {0x06, "scanner"},        {0x07, "printer"},
-      {0x08, "storage"},    {0x09, "hub"},            {0x0a, "cdc-data"},
-      {0x0b, "smartcard"},  {0x0d, "content-security"}, {0x0e, "video"},
-      {0x0f, "healthcare"}, {0x10, "audio-video"},    {0x11, "billboard"},
-      {0xdc, "diagnostic"}, {0xe0, "wireless"},       {0xef, "miscellaneous"},
-      {0xfe, "application"}, {0xff, "vendor"},
+      {0x01, "audio"},
+      {0x02, "communications"},
+      {0x03, "hid"},
+      {0x05, "physical"},
+      {0x06, "scanner"},
+      {0x07, "printer"},
+      {0x08, "storage"},
+      {0x09, "hub"},
+      {0x0a, "cdc-data"},
+      {0x0b, "smartcard"},
+      {0x0d, "content-security"},
+      {0x0e, "video"},
+      {0x0f, "healthcare"},
+      {0x10, "audio-video"},
+      {0x11, "billboard"},
+      {0xdc, "diagnostic"},
+      {0xe0, "wireless"},
+      {0xef, "miscellaneous"},
+      {0xfe, "application"},
+      {0xff, "vendor"},
   };
   for (const auto& c : cases) {
     CAPTURE(static_cast<int>(c.cls));

@@ -7,8 +7,8 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
-#include <initializer_list>
 #include <fstream>
+#include <initializer_list>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -64,7 +64,9 @@ struct Recorder {
   }
 };
 
-Bytes bytes_of(const std::string& s) { return Bytes(s.begin(), s.end()); }
+Bytes bytes_of(const std::string& s) {
+  return Bytes(s.begin(), s.end());
+}
 
 SimDeviceSet demo_devices() {
   auto set = dtu::agent::load_sim_devices(kDemoFile);
@@ -85,12 +87,14 @@ struct Fixture {
 
   Result<std::size_t> write(const std::string& port, std::uint8_t ep, Bytes data) {
     std::optional<Result<std::size_t>> out;
-    backend.bulk_out(port, ep, std::move(data), kNoTimeout, [&](Result<std::size_t> r) { out = std::move(r); });
+    backend.bulk_out(port, ep, std::move(data), kNoTimeout,
+                     [&](Result<std::size_t> r) { out = std::move(r); });
     REQUIRE(run_until(io, [&] { return out.has_value(); }));
     return std::move(*out);
   }
 
-  Result<Bytes> read(const std::string& port, std::uint8_t ep, std::size_t max, dtu::common::Duration timeout) {
+  Result<Bytes> read(const std::string& port, std::uint8_t ep, std::size_t max,
+                     dtu::common::Duration timeout) {
     std::optional<Result<Bytes>> out;
     backend.bulk_in(port, ep, max, timeout, [&](Result<Bytes> r) { out = std::move(r); });
     REQUIRE(run_until(io, [&] { return out.has_value(); }));
@@ -98,7 +102,9 @@ struct Fixture {
   }
 };
 
-bool failed_with(const Result<void>& r, Errc code) { return !r && r.error().code == code; }
+bool failed_with(const Result<void>& r, Errc code) {
+  return !r && r.error().code == code;
+}
 template <typename T>
 bool failed_with(const Result<T>& r, Errc code) {
   return !r && r.error().code == code;
@@ -417,7 +423,8 @@ TEST_CASE("Malformed device files give errors naming the file, the device and th
     check_mentions(parse_error({{"devices", {device}}}), {"devices[0].port"});
   }
   SUBCASE("a duplicate port") {
-    check_mentions(parse_error({{"devices", {minimal_device(), minimal_device()}}}), {"devices[1].port", "appears twice"});
+    check_mentions(parse_error({{"devices", {minimal_device(), minimal_device()}}}),
+                   {"devices[1].port", "appears twice"});
   }
   SUBCASE("a misspelt field") {
     json device = minimal_device();

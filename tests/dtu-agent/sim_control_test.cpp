@@ -87,7 +87,8 @@ class Client {
   void send(std::string bytes) {
     auto data = std::make_shared<std::string>(std::move(bytes));
     std::optional<std::error_code> result;
-    asio::async_write(socket_, asio::buffer(*data), [data, &result](std::error_code ec, std::size_t) { result = ec; });
+    asio::async_write(socket_, asio::buffer(*data),
+                      [data, &result](std::error_code ec, std::size_t) { result = ec; });
     REQUIRE(run_until(io_, [&] { return result.has_value(); }));
     REQUIRE_FALSE(*result);
   }
@@ -96,10 +97,11 @@ class Client {
   std::optional<json> answer() {
     std::optional<std::error_code> result;
     std::size_t n = 0;
-    asio::async_read_until(socket_, asio::dynamic_buffer(buffer_), '\n', [&](std::error_code ec, std::size_t got) {
-      result = ec;
-      n = got;
-    });
+    asio::async_read_until(socket_, asio::dynamic_buffer(buffer_), '\n',
+                           [&](std::error_code ec, std::size_t got) {
+                             result = ec;
+                             n = got;
+                           });
     REQUIRE(run_until(io_, [&] { return result.has_value(); }));
     if (*result) return std::nullopt;
     json out = json::parse(buffer_.substr(0, n - 1));
@@ -205,12 +207,14 @@ TEST_CASE("SimControlServer shows what a sink captured and feeds a source") {
   REQUIRE(run_until(f.io, [&] { return written.has_value(); }));
 
   Client c(f.io, f.path);
-  CHECK(c.request({{"op", "captured"}, {"port", "1-1"}, {"endpoint", 1}}) == json{{"ok", true}, {"hex", "1b406869"}});
+  CHECK(c.request({{"op", "captured"}, {"port", "1-1"}, {"endpoint", 1}}) ==
+        json{{"ok", true}, {"hex", "1b406869"}});
   CHECK(c.request({{"op", "captured"}, {"port", "1-2"}, {"endpoint", 3}}) == json{{"ok", true}, {"hex", ""}});
   CHECK(is_error(c.request({{"op", "captured"}, {"port", "1-1"}, {"endpoint", 0x82}}), "not_found"));
   CHECK(is_error(c.request({{"op", "captured"}, {"port", "9-9"}, {"endpoint", 1}}), "not_found"));
 
-  CHECK(c.request({{"op", "feed"}, {"port", "1-1"}, {"endpoint", 0x82}, {"hex", "0a0b"}}) == json{{"ok", true}});
+  CHECK(c.request({{"op", "feed"}, {"port", "1-1"}, {"endpoint", 0x82}, {"hex", "0a0b"}}) ==
+        json{{"ok", true}});
   std::optional<dtu::common::Result<std::vector<std::uint8_t>>> read;
   f.backend.bulk_in("1-1", 0x82, 64, std::chrono::seconds(1),
                     [&](dtu::common::Result<std::vector<std::uint8_t>> r) { read = std::move(r); });
@@ -218,8 +222,10 @@ TEST_CASE("SimControlServer shows what a sink captured and feeds a source") {
   REQUIRE(*read);
   CHECK(**read == std::vector<std::uint8_t>{0x0a, 0x0b});
 
-  CHECK(is_error(c.request({{"op", "feed"}, {"port", "1-1"}, {"endpoint", 0x82}, {"hex", "xyz"}}), "invalid_argument"));
-  CHECK(is_error(c.request({{"op", "feed"}, {"port", "1-1"}, {"endpoint", 1}, {"hex", "00"}}), "invalid_argument"));
+  CHECK(is_error(c.request({{"op", "feed"}, {"port", "1-1"}, {"endpoint", 0x82}, {"hex", "xyz"}}),
+                 "invalid_argument"));
+  CHECK(is_error(c.request({{"op", "feed"}, {"port", "1-1"}, {"endpoint", 1}, {"hex", "00"}}),
+                 "invalid_argument"));
 }
 
 TEST_CASE("SimControlServer answers a malformed line with an error and keeps the connection") {

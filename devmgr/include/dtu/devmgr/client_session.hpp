@@ -5,13 +5,15 @@
 //
 //   awaiting_hello --client_hello--> ready
 //
-// Legal messages: awaiting_hello: client_hello. ready: list_devices. Anything else closes
-// this connection with a logged reason. Runs on the manager's io_context thread.
+// Legal messages (all requests): awaiting_hello: client_hello. ready: list_devices. Anything
+// else, a filament opened by the client, or no hello within the timeout closes this
+// connection with a logged reason. Runs on the manager's io_context thread.
 
 #include <functional>
 #include <memory>
 #include <string>
 
+#include "dtu/common/async.hpp"
 #include "dtu/common/link.hpp"
 #include "dtu/common/log.hpp"
 #include "dtu/common/net.hpp"
@@ -24,7 +26,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   enum class State { awaiting_hello, ready, closed };
 
   ClientSession(std::shared_ptr<common::Link> link, common::PeerCredentials credentials, std::string manager_id,
-                const DeviceList& devices, common::Logger log);
+                const DeviceList& devices, common::Logger log, std::chrono::milliseconds hello_timeout);
 
   // `on_closed` runs once when the connection ends.
   void start(std::function<void(const std::shared_ptr<ClientSession>&)> on_closed);
@@ -42,6 +44,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::string manager_id_;
   const DeviceList& devices_;
   common::Logger log_;
+  std::chrono::milliseconds hello_timeout_;
+  std::unique_ptr<common::DeadlineGuard> hello_deadline_;
   State state_ = State::awaiting_hello;
   std::string client_name_;
 };

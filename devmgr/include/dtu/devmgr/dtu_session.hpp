@@ -4,9 +4,11 @@
 //
 //   awaiting_hello --dtu_hello (id == TLS identity)--> active --link closed--> closed
 //
-// Legal messages: awaiting_hello: dtu_hello. active: device_snapshot, device_attached,
-// device_detached. Anything else, a hello naming another DTU, or a record for another DTU
-// is a protocol error: logged with the peer and reason, and this connection only is closed.
+// Legal messages: awaiting_hello: dtu_hello (a request). active: device_snapshot,
+// device_attached, device_detached (posts). Anything else — another discipline, a filament
+// opened by the DTU, a hello naming another DTU, a record for another DTU, no hello within
+// the handshake timeout — is a protocol error: logged with the peer and the reason, and this
+// connection only is closed.
 // Runs on the manager's io_context thread.
 
 #include <functional>

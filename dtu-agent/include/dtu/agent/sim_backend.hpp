@@ -107,7 +107,8 @@ class SimBackend final : public UsbBackend {
   std::vector<UsbDeviceInfo> devices() const override;
   void bulk_out(const std::string& port, std::uint8_t endpoint, std::vector<std::uint8_t> data,
                 common::Duration timeout, std::function<void(common::Result<std::size_t>)> done) override;
-  void bulk_in(const std::string& port, std::uint8_t endpoint, std::size_t max_length, common::Duration timeout,
+  void bulk_in(const std::string& port, std::uint8_t endpoint, std::size_t max_length,
+               common::Duration timeout,
                std::function<void(common::Result<std::vector<std::uint8_t>>)> done) override;
 
   // Run-time control. Changes take effect at once (devices(), transfers); the events follow
@@ -143,7 +144,8 @@ class SimBackend final : public UsbBackend {
   Slot* slot(const std::string& port);
   const Slot* slot(const std::string& port) const;
   // The endpoint descriptor `endpoint` of a plugged device, or the error a transfer reports.
-  common::Result<UsbEndpoint> transfer_endpoint(const std::string& port, std::uint8_t endpoint, bool want_in) const;
+  common::Result<UsbEndpoint> transfer_endpoint(const std::string& port, std::uint8_t endpoint,
+                                                bool want_in) const;
   void plug_slot(Slot& s);
   void fail_reads(Slot& s, common::Errc why);
   void on_read_timeout(const std::string& port, std::uint8_t endpoint, std::uint64_t read_id);

@@ -30,7 +30,9 @@ inline constexpr std::uint8_t kUsbTransferIsochronous = 0x01;
 inline constexpr std::uint8_t kUsbTransferBulk = 0x02;
 inline constexpr std::uint8_t kUsbTransferInterrupt = 0x03;
 
-inline bool is_in_endpoint(std::uint8_t address) { return (address & kUsbEndpointDirIn) != 0; }
+inline bool is_in_endpoint(std::uint8_t address) {
+  return (address & kUsbEndpointDirIn) != 0;
+}
 
 // One interface descriptor (one alternate setting of interface `number`).
 struct UsbInterface {

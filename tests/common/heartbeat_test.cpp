@@ -1,0 +1,131 @@
+#include "dtu/common/heartbeat.hpp"
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+
+namespace dtu::common {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+TEST_CASE("Heartbeat should_send after one silent interval, not before") {
+  ManualClock clock;
+  const MonoTime start = clock.now();
+  const Heartbeat hb(seconds(1), 3, start);
+  CHECK_FALSE(hb.should_send(start));
+  CHECK_FALSE(hb.should_send(start + milliseconds(999)));
+  CHECK(hb.should_send(start + seconds(1)));
+  CHECK(hb.should_send(start + seconds(2)));
+}
+
+TEST_CASE("Heartbeat on_send restarts the send interval") {
+  ManualClock clock;
+  Heartbeat hb(seconds(1), 3, clock.now());
+  clock.advance(milliseconds(700));
+  hb.on_send(clock.now());
+  clock.advance(milliseconds(700));
+  CHECK_FALSE(hb.should_send(clock.now()));
+  clock.advance(milliseconds(300));
+  CHECK(hb.should_send(clock.now()));
+}
+
+TEST_CASE("Heartbeat receiving does not count as sending") {
+  ManualClock clock;
+  Heartbeat hb(seconds(1), 3, clock.now());
+  clock.advance(milliseconds(900));
+  hb.on_receive(clock.now());
+  clock.advance(milliseconds(100));
+  CHECK(hb.should_send(clock.now()));
+}
+
+TEST_CASE("Heartbeat is dead after misses times interval of silence, not before") {
+  ManualClock clock;
+  const MonoTime start = clock.now();
+  const Heartbeat hb(seconds(1), 3, start);
+  CHECK(hb.dead_at() == start + seconds(3));
+  CHECK_FALSE(hb.is_dead(start));
+  CHECK_FALSE(hb.is_dead(start + seconds(3) - milliseconds(1)));
+  CHECK(hb.is_dead(start + seconds(3)));
+  CHECK(hb.silence(start + milliseconds(2500)) == milliseconds(2500));
+}
+
+TEST_CASE("Heartbeat any receive resets the dead timer") {
+  ManualClock clock;
+  Heartbeat hb(seconds(1), 3, clock.now());
+  for (int i = 0; i < 10; ++i) {
+    clock.advance(milliseconds(2900));
+    CHECK_FALSE(hb.is_dead(clock.now()));
+    hb.on_receive(clock.now());
+    CHECK(hb.silence(clock.now()) == Duration::zero());
+  }
+  CHECK(hb.dead_at() == clock.now() + seconds(3));
+  clock.advance(seconds(3));
+  CHECK(hb.is_dead(clock.now()));
+}
+
+TEST_CASE("Heartbeat sending does not keep a silent peer alive") {
+  ManualClock clock;
+  Heartbeat hb(seconds(1), 2, clock.now());
+  for (int i = 0; i < 2; ++i) {
+    clock.advance(seconds(1));
+    REQUIRE(hb.should_send(clock.now()));
+    hb.on_send(clock.now());
+  }
+  CHECK(hb.is_dead(clock.now()));
+}
+
+TEST_CASE("Heartbeat next_deadline is the earlier of the next send and the death") {
+  ManualClock clock;
+  const MonoTime start = clock.now();
+  Heartbeat hb(seconds(1), 3, start);
+  CHECK(hb.next_deadline() == start + seconds(1));
+  hb.on_send(start + seconds(1));
+  hb.on_send(start + seconds(2));
+  CHECK(hb.next_deadline() == start + seconds(3));  // send and death coincide
+  hb.on_send(start + milliseconds(2500));
+  CHECK(hb.next_deadline() == start + seconds(3));  // death comes first
+  hb.on_receive(start + milliseconds(2500));
+  CHECK(hb.next_deadline() == start + milliseconds(3500));
+}
+
+TEST_CASE("Heartbeat next_deadline with one miss allowed can be the death") {
+  ManualClock clock;
+  const MonoTime start = clock.now();
+  Heartbeat hb(seconds(1), 1, start);
+  hb.on_send(start + milliseconds(500));
+  CHECK(hb.next_deadline() == start + seconds(1));
+  CHECK(hb.dead_at() == start + seconds(1));
+}
+
+TEST_CASE("Heartbeat reconfigure applies the new parameters to the silence so far") {
+  ManualClock clock;
+  const MonoTime start = clock.now();
+  Heartbeat hb(seconds(1), 3, start);
+  hb.reconfigure(milliseconds(200), 5);
+  CHECK(hb.interval() == milliseconds(200));
+  CHECK(hb.misses() == 5);
+  CHECK(hb.dead_at() == start + seconds(1));
+  CHECK(hb.should_send(start + milliseconds(200)));
+  CHECK_FALSE(hb.should_send(start + milliseconds(199)));
+  CHECK(hb.next_deadline() == start + milliseconds(200));
+  // Silence already past the new limit is dead at once.
+  CHECK(hb.is_dead(start + seconds(1)));
+
+  hb.reconfigure(seconds(10), 4);
+  CHECK_FALSE(hb.is_dead(start + seconds(39)));
+  CHECK(hb.is_dead(start + seconds(40)));
+}
+
+TEST_CASE("Heartbeat handles long intervals and many misses without overflow") {
+  ManualClock clock;
+  const MonoTime start = clock.now();
+  const Heartbeat hb(std::chrono::hours(24), 1000, start);
+  CHECK(hb.dead_at() == start + std::chrono::hours(24) * 1000);
+  CHECK(hb.dead_at() > start);
+  CHECK_FALSE(hb.is_dead(start + std::chrono::hours(24 * 999)));
+}
+
+}  // namespace
+}  // namespace dtu::common

@@ -1,0 +1,46 @@
+#include "dtu/devmgr/manager_options.hpp"
+
+#include <doctest/doctest.h>
+
+#include <nlohmann/json.hpp>
+
+using dtu::common::ConfigReader;
+using dtu::devmgr::apply_config;
+using dtu::devmgr::ManagerOptions;
+
+TEST_CASE("the example devmgr config in packaging/ is valid and read completely") {
+  auto config = ConfigReader::load(DTU_SOURCE_DIR "/packaging/config/devmgr.json");
+  REQUIRE(config.ok());
+  ManagerOptions options;
+  auto applied = apply_config(*config, options);
+  REQUIRE_MESSAGE(applied.ok(), (applied.ok() ? "" : applied.error().describe()));
+  CHECK(options.id == "m1");
+  CHECK(options.dtu_listen.port == 4711);
+  CHECK(options.heartbeat_interval == std::chrono::seconds(1));
+  CHECK(options.heartbeat_misses == 3);
+}
+
+TEST_CASE("a devmgr config error names the file, the key and what was expected") {
+  ConfigReader config(nlohmann::json{{"heartbeat_misses", 0}, {"dtu_listen", "nowhere"}}, "devmgr.json");
+  ManagerOptions options;
+  auto applied = apply_config(config, options);
+  REQUIRE_FALSE(applied.ok());
+  CHECK(applied.error().detail.find("devmgr.json") != std::string::npos);
+  CHECK(applied.error().detail.find("heartbeat_misses") != std::string::npos);
+}
+
+TEST_CASE("a devmgr config with an unknown key is refused") {
+  ConfigReader config(nlohmann::json{{"hearbeat_misses", 3}}, "devmgr.json");
+  ManagerOptions options;
+  auto applied = apply_config(config, options);
+  REQUIRE_FALSE(applied.ok());
+  CHECK(applied.error().detail.find("unknown key 'hearbeat_misses'") != std::string::npos);
+}
+
+TEST_CASE("a bad dtu_listen address in the config is named") {
+  ConfigReader config(nlohmann::json{{"dtu_listen", "127.0.0.1"}}, "devmgr.json");
+  ManagerOptions options;
+  auto applied = apply_config(config, options);
+  REQUIRE_FALSE(applied.ok());
+  CHECK(applied.error().detail.find("devmgr.json: key 'dtu_listen'") != std::string::npos);
+}

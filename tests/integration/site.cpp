@@ -1,0 +1,102 @@
+#include "site.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include <doctest/doctest.h>
+
+namespace dtu::testing {
+
+namespace {
+constexpr std::chrono::milliseconds kToolDeadline{15000};
+}
+
+Site::Site() : dir_("dtu-site") {}
+
+std::filesystem::path Site::site_key() {
+  if (site_key_.empty()) {
+    const auto path = dir_ / "site-dtu.key";
+    auto r = run_command({binary_path("devmgrctl"), "keygen", "--out", path.string()}, kToolDeadline);
+    if (r.exit_code != 0) throw std::runtime_error("devmgrctl keygen failed: " + r.err);
+    site_key_ = path;
+  }
+  return site_key_;
+}
+
+std::filesystem::path Site::dtu_key(const std::string& dtu) {
+  auto it = dtu_keys_.find(dtu);
+  if (it != dtu_keys_.end()) return it->second;
+  const auto path = dir_ / (dtu + ".key");
+  auto r = run_command({binary_path("devmgrctl"), "keygen", "--dtu", dtu, "--site-key", site_key().string(), "--out",
+                        path.string()},
+                       kToolDeadline);
+  if (r.exit_code != 0) throw std::runtime_error("devmgrctl keygen --dtu failed: " + r.err);
+  dtu_keys_[dtu] = path;
+  return path;
+}
+
+Site::Manager& Site::start_manager(const std::string& id, const std::string& ip, std::vector<std::string> extra) {
+  auto m = std::make_unique<Manager>();
+  m->id = id;
+  m->socket = dir_ / (id + ".sock");
+  std::vector<std::string> argv = {binary_path("devmgr"),
+                                   "--id", id,
+                                   "--dtu-listen", ip + ":0",
+                                   "--socket", m->socket.string(),
+                                   "--site-dtu-key", site_key().string(),
+                                   "--heartbeat-ms", std::to_string(kTestHeartbeatMs),
+                                   "--heartbeat-misses", std::to_string(kTestHeartbeatMisses)};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  m->process = std::make_unique<Process>(argv, dir_.path(), Environment{}, id);
+  std::smatch match;
+  const std::regex listening(R"( listening .* dtu=([0-9.]+:[0-9]+) )");
+  if (!m->process->wait_for_log(listening, kSettle, &match)) {
+    throw std::runtime_error("devmgr " + id + " did not start listening:\n" + m->process->log());
+  }
+  m->address = match[1].str();
+  managers_.push_back(std::move(m));
+  return *managers_.back();
+}
+
+Site::Agent& Site::start_agent(const std::string& id, const std::vector<std::string>& managers,
+                               std::vector<std::string> extra) {
+  auto a = std::make_unique<Agent>();
+  a->id = id;
+  a->sim_socket = dir_ / (id + "-sim.sock");
+  std::vector<std::string> argv = {binary_path("dtu-agent"), "--id", id,
+                                   "--sim-devices", source_path("demo/sim-devices.json").string(),
+                                   "--sim-control", a->sim_socket.string()};
+  // A test may hand the agent another key (an impersonation attempt).
+  if (std::find(extra.begin(), extra.end(), "--key") == extra.end()) {
+    argv.push_back("--key");
+    argv.push_back(dtu_key(id).string());
+  }
+  for (const auto& m : managers) {
+    argv.push_back("--manager");
+    argv.push_back(m);
+  }
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  a->process = std::make_unique<Process>(argv, dir_.path(), Environment{}, id);
+  agents_.push_back(std::move(a));
+  return *agents_.back();
+}
+
+CommandResult Site::devmgrctl(const Manager& m, std::vector<std::string> args) {
+  std::vector<std::string> argv = {binary_path("devmgrctl"), "--socket", m.socket.string()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return run_command(argv, kToolDeadline);
+}
+
+nlohmann::json Site::devices(const Manager& m) {
+  auto r = devmgrctl(m, {"devices", "--json"});
+  REQUIRE_MESSAGE(r.exit_code == 0, "devmgrctl devices --json failed: " << r.err);
+  return nlohmann::json::parse(r.out);
+}
+
+CommandResult Site::simctl(const Agent& a, std::vector<std::string> args) {
+  std::vector<std::string> argv = {binary_path("dtu-simctl"), "--socket", a.sim_socket.string()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return run_command(argv, kToolDeadline);
+}
+
+}  // namespace dtu::testing

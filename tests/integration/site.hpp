@@ -1,0 +1,68 @@
+// Site: a dtubroker site for integration tests — keys, devmgr and dtu-agent processes on
+// loopback addresses, and the command-line tools run against them. Each test gives its managers
+// their own 127.0.0.x address so tests can run in parallel. Main test thread only.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "harness.hpp"
+
+namespace dtu::testing {
+
+// How long a test waits for something a healthy site does at once (start, connect, report).
+inline constexpr std::chrono::milliseconds kSettle{10000};
+// Heartbeats for tests: failures are noticed within 3 x 200 ms.
+inline constexpr int kTestHeartbeatMs = 200;
+inline constexpr int kTestHeartbeatMisses = 3;
+
+class Site {
+ public:
+  struct Manager {
+    std::string id;
+    std::string address;  // "127.0.0.x:port" where DTUs connect
+    std::filesystem::path socket;
+    std::unique_ptr<Process> process;
+  };
+  struct Agent {
+    std::string id;
+    std::filesystem::path sim_socket;
+    std::unique_ptr<Process> process;
+  };
+
+  Site();
+
+  const TempDir& dir() const { return dir_; }
+  // The site DTU key file (generated once with devmgrctl keygen).
+  std::filesystem::path site_key();
+  // A DTU's derived key file (devmgrctl keygen --dtu ID --site-key ...).
+  std::filesystem::path dtu_key(const std::string& dtu);
+
+  // Starts a devmgr on `ip` (port chosen by the kernel) and waits until it listens.
+  Manager& start_manager(const std::string& id, const std::string& ip, std::vector<std::string> extra = {});
+  // Starts a dtu-agent on the simulated backend (demo/sim-devices.json) with its own derived key,
+  // unless `extra` gives --key.
+  Agent& start_agent(const std::string& id, const std::vector<std::string>& managers,
+                     std::vector<std::string> extra = {});
+
+  CommandResult devmgrctl(const Manager& m, std::vector<std::string> args);
+  // `devmgrctl devices --json`, parsed; CHECKs the command succeeded.
+  nlohmann::json devices(const Manager& m);
+  CommandResult simctl(const Agent& a, std::vector<std::string> args);
+
+ private:
+  TempDir dir_;
+  std::filesystem::path site_key_;
+  std::map<std::string, std::filesystem::path> dtu_keys_;
+  std::vector<std::unique_ptr<Manager>> managers_;
+  std::vector<std::unique_ptr<Agent>> agents_;
+};
+
+}  // namespace dtu::testing
