@@ -50,7 +50,7 @@ test-asan: deps
 
 fuzz-build: deps
 	$(call configure,build-fuzz,-DDTU_FUZZ=ON -DDTU_TESTS=OFF,CC=clang CXX=clang++)
-	cmake --build build-fuzz -j$(JOBS)
+	cmake --build build-fuzz --target fuzz_all -j$(JOBS)
 
 fuzz-smoke: fuzz-build
 	ctest --test-dir build-fuzz -L fuzz --output-on-failure --no-tests=error -j$(JOBS)

@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
   if (!answer) {
     std::cerr << "dtu-simctl: " << answer.error().describe() << "\n"
               << "Is dtu-agent running with the simulated backend and its control socket at " << socket_path
-              << "? Start it that way, or pass the socket it was given with --socket.\n";
+              << "? Start it with --sim-control " << socket_path << ", or pass the socket it was given with --socket.\n";
     return 2;
   }
   std::cout << answer->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";

@@ -103,6 +103,12 @@ Result<ConfigReader> ConfigReader::load(const std::string& path) {
     const std::string_view why = colon == std::string_view::npos ? what : what.substr(colon + 2);
     return Error{Errc::config_error, path + ":" + std::to_string(line) + ":" + std::to_string(column) +
                                          ": invalid JSON: " + std::string(why)};
+  } catch (const nlohmann::json::exception& e) {
+    // A number beyond double ("1e500") throws out_of_range.406, not parse_error, and has no position.
+    const std::string_view what = e.what();
+    const size_t bracket = what.find("] ");
+    const std::string_view why = bracket == std::string_view::npos ? what : what.substr(bracket + 2);
+    return Error{Errc::config_error, path + ": invalid JSON: " + std::string(why)};
   }
   ConfigReader reader(std::move(doc), path);
   if (!reader.ok()) return reader.error();
@@ -110,14 +116,14 @@ Result<ConfigReader> ConfigReader::load(const std::string& path) {
 }
 
 const nlohmann::json* ConfigReader::find(std::string_view key) {
-  CHECK(!key.empty());
+  DTU_CHECK(!key.empty());
   read_keys_.emplace(key);
   const nlohmann::json* node = &doc_;
   size_t begin = 0;
   while (true) {
     const size_t dot = key.find('.', begin);
     const std::string_view part = key.substr(begin, dot == std::string_view::npos ? dot : dot - begin);
-    CHECK(!part.empty());
+    DTU_CHECK(!part.empty());
     if (!node->is_object()) {
       // A top level that is not an object was reported by the constructor.
       if (begin > 0) add_type_error(key.substr(0, begin - 1), "an object", *node);
@@ -191,7 +197,7 @@ void ConfigReader::read(std::string_view key, std::chrono::milliseconds& out) {
 }
 
 void ConfigReader::read_int(std::string_view key, int64_t& out, int64_t min, int64_t max) {
-  CHECK(min <= max);
+  DTU_CHECK(min <= max);
   const nlohmann::json* value = find(key);
   if (!value) return;
   const auto number = as_int64(*value);
@@ -230,7 +236,7 @@ void ConfigReader::collect_unknown(const nlohmann::json& object, const std::stri
 }
 
 Error ConfigReader::error() const {
-  CHECK(!ok());
+  DTU_CHECK(!ok());
   std::string text;
   for (const std::string& e : errors_) {
     if (!text.empty()) text += "; ";

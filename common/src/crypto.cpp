@@ -91,11 +91,11 @@ class Cleanser {
 }  // namespace
 
 Bytes random_bytes(std::size_t n) {
-  CHECK(n <= static_cast<std::size_t>(INT_MAX));
+  DTU_CHECK(n <= static_cast<std::size_t>(INT_MAX));
   Bytes out(n);
   if (n == 0) return out;
   // A failing CSPRNG must stop us: predictable nonces and keys break every guarantee.
-  CHECK(RAND_bytes(out.data(), static_cast<int>(n)) == 1);
+  DTU_CHECK(RAND_bytes(out.data(), static_cast<int>(n)) == 1);
   return out;
 }
 
@@ -105,18 +105,18 @@ Bytes hmac_sha256(std::span<const std::uint8_t> key, std::span<const std::uint8_
   const unsigned char* data_ptr = data.empty() ? kEmpty : data.data();
   const unsigned char* mac = EVP_Q_mac(nullptr, "HMAC", nullptr, "SHA256", nullptr, param_data(key), key.size(),
                                        data_ptr, data.size(), out.data(), out.size(), &out_len);
-  CHECK(mac != nullptr);
-  CHECK(out_len == kHmacSha256Bytes);
+  DTU_CHECK(mac != nullptr);
+  DTU_CHECK(out_len == kHmacSha256Bytes);
   return out;
 }
 
 Bytes hkdf_sha256(std::span<const std::uint8_t> ikm, std::span<const std::uint8_t> salt,
                   std::span<const std::uint8_t> info, std::size_t length) {
-  CHECK(length >= 1 && length <= kMaxHkdfSha256Bytes);
+  DTU_CHECK(length >= 1 && length <= kMaxHkdfSha256Bytes);
   std::unique_ptr<EVP_KDF, KdfDeleter> kdf(EVP_KDF_fetch(nullptr, "HKDF", nullptr));
-  CHECK(kdf != nullptr);
+  DTU_CHECK(kdf != nullptr);
   std::unique_ptr<EVP_KDF_CTX, KdfCtxDeleter> ctx(EVP_KDF_CTX_new(kdf.get()));
-  CHECK(ctx != nullptr);
+  DTU_CHECK(ctx != nullptr);
 
   char digest[] = "SHA256";
   const OSSL_PARAM params[] = {
@@ -127,7 +127,7 @@ Bytes hkdf_sha256(std::span<const std::uint8_t> ikm, std::span<const std::uint8_
       OSSL_PARAM_construct_end(),
   };
   Bytes out(length);
-  CHECK(EVP_KDF_derive(ctx.get(), out.data(), out.size(), params) == 1);
+  DTU_CHECK(EVP_KDF_derive(ctx.get(), out.data(), out.size(), params) == 1);
   return out;
 }
 
@@ -210,7 +210,7 @@ Result<SecretKey> load_key_file(const std::string& path) {
 }
 
 Result<void> write_key_file(const std::string& path, const SecretKey& key) {
-  CHECK(key.bytes.size() == kKeyBytes);
+  DTU_CHECK(key.bytes.size() == kKeyBytes);
   const std::string where = "key file " + path;
   // O_NOFOLLOW: a symlink planted at path must not redirect the key somewhere readable.
   FdGuard fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
@@ -239,13 +239,13 @@ Result<void> write_key_file(const std::string& path, const SecretKey& key) {
 SecretKey generate_key() { return SecretKey{random_bytes(kKeyBytes)}; }
 
 Bytes derive_dtu_key(const SecretKey& site_dtu_key, std::string_view dtu_id) {
-  CHECK(!site_dtu_key.bytes.empty());
+  DTU_CHECK(!site_dtu_key.bytes.empty());
   return hkdf_sha256(site_dtu_key.bytes, as_bytes(kDtuPskSalt), as_bytes(dtu_id), kKeyBytes);
 }
 
 Bytes derive_pair_key(const SecretKey& group_key, std::string_view id_a, std::string_view id_b) {
-  CHECK(!group_key.bytes.empty());
-  CHECK(id_a.size() <= 0xffff && id_b.size() <= 0xffff);
+  DTU_CHECK(!group_key.bytes.empty());
+  DTU_CHECK(id_a.size() <= 0xffff && id_b.size() <= 0xffff);
   // Sorted, so both ends of the link build the same info; string_view compares bytes unsigned.
   const std::string_view first = std::min(id_a, id_b);
   const std::string_view second = std::max(id_a, id_b);

@@ -194,6 +194,11 @@ Result<void> FilamentMux::on_frame(Frame frame, MonoTime now) {
   if (failed_) return {};
   Result<void> result;
   if (frame.is_reply()) {
+    // A reply names its operation by (filament, txn): one on another filament answers nothing.
+    if (auto p = pending_.find(frame.txn); p == pending_.end() || p->second.filament != frame.filament) {
+      flush();
+      return {};
+    }
     if (frame.type == MessageType::error) {
       auto msg = from_frame<ErrorMsg>(frame);
       Error e = msg.ok() ? Error(errc_from_name(msg->code), msg->reason) : msg.error();

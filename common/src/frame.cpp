@@ -20,8 +20,8 @@ void put_u32(std::vector<std::uint8_t>& out, std::uint32_t v) {
 }  // namespace
 
 void encode_frame(const Frame& frame, std::vector<std::uint8_t>& out) {
-  CHECK(frame.payload.size() <= 0xffffffffu);
-  CHECK((frame.flags & ~kKnownFlags) == 0);
+  DTU_CHECK(frame.payload.size() <= 0xffffffffu);
+  DTU_CHECK((frame.flags & ~kKnownFlags) == 0);
   out.reserve(out.size() + kFrameHeaderSize + frame.payload.size());
   put_u32(out, static_cast<std::uint32_t>(frame.payload.size()));
   out.push_back(kProtocolVersion);

@@ -53,7 +53,7 @@ void from_json(const nlohmann::json& j, HlcTimestamp& ts) {
 
 HybridLogicalClock::HybridLogicalClock(const Clock& clock, Duration max_forward_skew)
     : clock_(clock), max_forward_skew_us_(std::chrono::floor<microseconds>(max_forward_skew).count()) {
-  CHECK(max_forward_skew >= Duration::zero());
+  DTU_CHECK(max_forward_skew >= Duration::zero());
 }
 
 int64_t HybridLogicalClock::physical_us() const {

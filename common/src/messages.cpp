@@ -11,57 +11,6 @@ using nlohmann::json;
 
 namespace {
 
-// nlohmann converts any JSON number to any C++ number: -1 wraps, 1.5 truncates and 1e300 is
-// undefined behaviour. A peer's integer field must hold an integer in the field's range.
-template <typename T>
-T to_integer(const json& v, const char* key) {
-  if (v.is_number_unsigned()) {
-    if (std::in_range<T>(v.get<std::uint64_t>())) return static_cast<T>(v.get<std::uint64_t>());
-  } else if (v.is_number_integer()) {
-    if (std::in_range<T>(v.get<std::int64_t>())) return static_cast<T>(v.get<std::int64_t>());
-  }
-  throw std::invalid_argument(std::string("field '") + key + "': expected an integer in range");
-}
-
-// nlohmann's type errors do not name the field ("type must be string, but is number"). These
-// wrap json_fields.hpp so that a bad_payload detail says which field was wrong.
-template <typename T>
-T field(const json& j, const char* key) {
-  try {
-    if constexpr (std::is_integral_v<T>) {
-      return to_integer<T>(get_required<json>(j, key), key);
-    } else {
-      return get_required<T>(j, key);
-    }
-  } catch (const json::exception& e) {
-    throw std::invalid_argument(std::string("field '") + key + "': " + e.what());
-  }
-}
-
-template <typename T>
-std::optional<T> optional_field(const json& j, const char* key) {
-  try {
-    if constexpr (std::is_integral_v<T>) {
-      const auto value = get_optional<json>(j, key);
-      if (!value) return std::nullopt;
-      return to_integer<T>(*value, key);
-    } else {
-      return get_optional<T>(j, key);
-    }
-  } catch (const json::exception& e) {
-    throw std::invalid_argument(std::string("field '") + key + "': " + e.what());
-  }
-}
-
-template <typename T>
-T field_or(const json& j, const char* key, T fallback) {
-  try {
-    return j.value(key, std::move(fallback));
-  } catch (const json::exception& e) {
-    throw std::invalid_argument(std::string("field '") + key + "': " + e.what());
-  }
-}
-
 // A JSON payload must be an object; a message type with no fields still sends {}.
 void require_object(const json& j) {
   if (!j.is_object()) throw std::invalid_argument("payload must be a JSON object");

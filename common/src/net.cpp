@@ -23,7 +23,7 @@ std::string to_string(const tcp::endpoint& ep) {
   return host + ":" + std::to_string(ep.port());
 }
 
-asio::awaitable<Result<tcp::socket>> tcp_connect(const Endpoint& endpoint, Duration timeout) {
+asio::awaitable<Result<tcp::socket>> tcp_connect(Endpoint endpoint, Duration timeout) {
   auto ex = co_await asio::this_coro::executor;
   tcp::resolver resolver(ex);
   tcp::socket socket(ex);

@@ -29,7 +29,7 @@ int64_t ns(WallTime t) {
 }  // namespace
 
 ClockOffsetEstimator::ClockOffsetEstimator(size_t window) : window_(window) {
-  CHECK(window >= 1);
+  DTU_CHECK(window >= 1);
 }
 
 Result<OffsetSample> ClockOffsetEstimator::add_sample(WallTime t1, WallTime t2, WallTime t3, WallTime t4,

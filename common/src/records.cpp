@@ -10,61 +10,6 @@ namespace dtu::common {
 
 using nlohmann::json;
 
-namespace {
-
-// nlohmann converts any JSON number to any C++ number: -1 wraps, 1.5 truncates and 1e300 is
-// undefined behaviour. A peer's integer field must hold an integer in the field's range.
-template <typename T>
-T to_integer(const json& v, const char* key) {
-  if (v.is_number_unsigned()) {
-    if (std::in_range<T>(v.get<std::uint64_t>())) return static_cast<T>(v.get<std::uint64_t>());
-  } else if (v.is_number_integer()) {
-    if (std::in_range<T>(v.get<std::int64_t>())) return static_cast<T>(v.get<std::int64_t>());
-  }
-  throw std::invalid_argument(std::string("field '") + key + "': expected an integer in range");
-}
-
-// nlohmann's type errors do not name the field ("type must be string, but is number"). These
-// wrap json_fields.hpp so that a bad_payload detail says which field was wrong.
-template <typename T>
-T field(const json& j, const char* key) {
-  try {
-    if constexpr (std::is_integral_v<T>) {
-      return to_integer<T>(get_required<json>(j, key), key);
-    } else {
-      return get_required<T>(j, key);
-    }
-  } catch (const json::exception& e) {
-    throw std::invalid_argument(std::string("field '") + key + "': " + e.what());
-  }
-}
-
-template <typename T>
-std::optional<T> optional_field(const json& j, const char* key) {
-  try {
-    if constexpr (std::is_integral_v<T>) {
-      const auto value = get_optional<json>(j, key);
-      if (!value) return std::nullopt;
-      return to_integer<T>(*value, key);
-    } else {
-      return get_optional<T>(j, key);
-    }
-  } catch (const json::exception& e) {
-    throw std::invalid_argument(std::string("field '") + key + "': " + e.what());
-  }
-}
-
-template <typename T>
-T field_or(const json& j, const char* key, T fallback) {
-  try {
-    return j.value(key, std::move(fallback));
-  } catch (const json::exception& e) {
-    throw std::invalid_argument(std::string("field '") + key + "': " + e.what());
-  }
-}
-
-}  // namespace
-
 std::uint16_t parse_hex16(const json& j, const char* key) {
   const auto text = field<std::string>(j, key);
   if (text.size() != 4) throw std::invalid_argument(std::string("field '") + key + "': expected 4 hex digits");
@@ -80,12 +25,6 @@ std::uint16_t parse_hex16(const json& j, const char* key) {
   return value;
 }
 
-std::uint8_t get_u8(const json& j, const char* key) {
-  const auto value = field<std::int64_t>(j, key);
-  if (value < 0 || value > 255) throw std::invalid_argument(std::string("field '") + key + "': expected 0..255");
-  return static_cast<std::uint8_t>(value);
-}
-
 std::string hex16(std::uint16_t value) {
   char buf[8];
   std::snprintf(buf, sizeof buf, "%04x", static_cast<unsigned>(value));
@@ -94,6 +33,8 @@ std::string hex16(std::uint16_t value) {
 
 bool is_valid_id(std::string_view id) {
   if (id.empty() || id.size() > 64) return false;
+  // Not "." or "..", nor anything that reads as a hidden file or a command-line flag.
+  if (id.front() == '.' || id.front() == '-') return false;
   for (char c : id) {
     const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
                     c == '_' || c == '-';
@@ -149,9 +90,9 @@ void from_json(const json& j, UnitRecord& u) {
   for (const json& n : field_or(j, "interfaces", std::vector<json>{})) {
     u.interfaces.push_back(to_integer<std::uint8_t>(n, "interfaces"));
   }
-  u.cls = get_u8(j, "class");
-  u.subclass = get_u8(j, "subclass");
-  u.protocol = get_u8(j, "protocol");
+  u.cls = field<std::uint8_t>(j, "class");
+  u.subclass = field<std::uint8_t>(j, "subclass");
+  u.protocol = field<std::uint8_t>(j, "protocol");
   u.function = field<std::string>(j, "function");
   u.state = field<UnitState>(j, "state");
   u.holder = optional_field<std::string>(j, "holder");
@@ -183,9 +124,9 @@ void from_json(const json& j, DeviceRecord& d) {
   d.vid = parse_hex16(j, "vid");
   d.pid = parse_hex16(j, "pid");
   d.bcd_device = parse_hex16(j, "bcd_device");
-  d.cls = get_u8(j, "class");
-  d.subclass = get_u8(j, "subclass");
-  d.protocol = get_u8(j, "protocol");
+  d.cls = field<std::uint8_t>(j, "class");
+  d.subclass = field<std::uint8_t>(j, "subclass");
+  d.protocol = field<std::uint8_t>(j, "protocol");
   d.serial = optional_field<std::string>(j, "serial");
   d.manufacturer = optional_field<std::string>(j, "manufacturer");
   d.product = optional_field<std::string>(j, "product");

@@ -52,13 +52,13 @@ void free_resolver(void* /*parent*/, void* ptr, CRYPTO_EX_DATA* /*ad*/, int /*id
 
 int psk_state_index() {
   static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, dup_psk_state, free_psk_state);
-  CHECK(index > 0);
+  DTU_CHECK(index > 0);
   return index;
 }
 
 int resolver_index() {
   static const int index = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, free_resolver);
-  CHECK(index > 0);
+  DTU_CHECK(index > 0);
   return index;
 }
 
@@ -67,7 +67,7 @@ PskState* psk_state(SSL* ssl) { return static_cast<PskState*>(SSL_get_ex_data(ss
 PskState& ensure_psk_state(SSL* ssl) {
   if (PskState* existing = psk_state(ssl)) return *existing;
   auto* state = new PskState;
-  CHECK(SSL_set_ex_data(ssl, psk_state_index(), state) == 1);
+  DTU_CHECK(SSL_set_ex_data(ssl, psk_state_index(), state) == 1);
   return *state;
 }
 
@@ -152,20 +152,20 @@ int reject_every_certificate(int /*preverify_ok*/, X509_STORE_CTX* /*store*/) { 
 
 void configure_common(SSL_CTX* ctx) {
   // Threat: downgrade to an older protocol without the TLS 1.3 PSK binder and key schedule.
-  CHECK(SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) == 1);
-  CHECK(SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) == 1);
-  CHECK(SSL_CTX_set_ciphersuites(ctx, kCipherSuites) == 1);
+  DTU_CHECK(SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) == 1);
+  DTU_CHECK(SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) == 1);
+  DTU_CHECK(SSL_CTX_set_ciphersuites(ctx, kCipherSuites) == 1);
   // Threat: a stolen PSK decrypting recorded traffic. Without this option OpenSSL offers and
   // accepts only psk_dhe_ke, so every connection runs an ephemeral (EC)DHE.
   SSL_CTX_clear_options(ctx, SSL_OP_ALLOW_NO_DHE_KEX);
   // Every connection re-proves the PSK: no tickets issued, none cached, nothing resumed.
   SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
-  CHECK(SSL_CTX_set_num_tickets(ctx, 0) == 1);
+  DTU_CHECK(SSL_CTX_set_num_tickets(ctx, 0) == 1);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
   // Threat: replay of 0-RTT data, which has no replay protection.
-  CHECK(SSL_CTX_set_max_early_data(ctx, 0) == 1);
-  CHECK(SSL_CTX_set_recv_max_early_data(ctx, 0) == 1);
-  CHECK((SSL_CTX_get_options(ctx) & SSL_OP_ALLOW_NO_DHE_KEX) == 0);
+  DTU_CHECK(SSL_CTX_set_max_early_data(ctx, 0) == 1);
+  DTU_CHECK(SSL_CTX_set_recv_max_early_data(ctx, 0) == 1);
+  DTU_CHECK((SSL_CTX_get_options(ctx) & SSL_OP_ALLOW_NO_DHE_KEX) == 0);
 }
 
 const char* hint_for(int reason) {
@@ -204,9 +204,9 @@ std::shared_ptr<asio::ssl::context> make_psk_client_context() {
 }
 
 void set_client_psk(SSL* ssl, std::string identity, Bytes key) {
-  CHECK(ssl != nullptr && !SSL_is_server(ssl));
-  CHECK(!identity.empty() && identity.size() <= kMaxPskIdentityBytes);
-  CHECK(key.size() >= kMinPskBytes && key.size() <= kMaxPskBytes);
+  DTU_CHECK(ssl != nullptr && !SSL_is_server(ssl));
+  DTU_CHECK(!identity.empty() && identity.size() <= kMaxPskIdentityBytes);
+  DTU_CHECK(key.size() >= kMinPskBytes && key.size() <= kMaxPskBytes);
   PskState& state = ensure_psk_state(ssl);
   cleanse(state.key);
   state.identity = std::move(identity);
@@ -214,7 +214,7 @@ void set_client_psk(SSL* ssl, std::string identity, Bytes key) {
 }
 
 std::shared_ptr<asio::ssl::context> make_psk_server_context(PskResolver resolver) {
-  CHECK(static_cast<bool>(resolver));
+  DTU_CHECK(static_cast<bool>(resolver));
   auto context = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
   SSL_CTX* ctx = context->native_handle();
   configure_common(ctx);
@@ -222,7 +222,7 @@ std::shared_ptr<asio::ssl::context> make_psk_server_context(PskResolver resolver
   auto* owned = new PskResolver(std::move(resolver));  // freed with the SSL_CTX (free_resolver)
   if (SSL_CTX_set_ex_data(ctx, resolver_index(), owned) != 1) {
     delete owned;
-    CHECK(false);
+    DTU_CHECK(false);
   }
   SSL_CTX_set_psk_find_session_callback(ctx, server_find_psk_session);
   return context;

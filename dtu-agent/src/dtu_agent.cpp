@@ -91,7 +91,7 @@ asio::awaitable<void> DtuAgent::run() {
   }
 }
 
-asio::awaitable<Error> DtuAgent::serve(const common::Endpoint& manager) {
+asio::awaitable<Error> DtuAgent::serve(common::Endpoint manager) {
   const std::string peer = manager.to_string();
   auto connect = common::tcp_connect(manager, options_.connect_timeout);
   auto socket = co_await std::move(connect);

@@ -5,11 +5,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-// GCC 12 at -O2 reports a "potential null pointer dereference" inside Asio's scheduler
-// (scheduler.ipp, compensating_work_started) when socket operations are inlined: a false positive
-// in a system header that -Wnull-dereference cannot tell from ours.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wnull-dereference"
 #include <asio/buffer.hpp>
 #include <asio/co_spawn.hpp>
 #include <asio/experimental/awaitable_operators.hpp>
@@ -21,7 +16,6 @@
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
-#pragma GCC diagnostic pop
 #include <cerrno>
 #include <cstdint>
 #include <exception>

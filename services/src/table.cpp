@@ -7,7 +7,7 @@
 namespace dtu::services {
 
 void Table::add_row(std::vector<std::string> cells) {
-  CHECK(cells.size() == headers_.size());
+  DTU_CHECK(cells.size() == headers_.size());
   rows_.push_back(std::move(cells));
 }
 

@@ -22,7 +22,9 @@ using std::chrono::milliseconds;
 using std::chrono::seconds;
 using Side = FilamentMux::Side;
 
-bool contains(const std::string& text, std::string_view part) { return text.find(part) != std::string::npos; }
+bool contains(const std::string& text, std::string_view part) {
+  return text.find(part) != std::string::npos;
+}
 
 // A link in memory: an initiator and an acceptor mux whose outboxes are carried to each other
 // through the real encoder and decoder, and one ManualClock for both.
@@ -101,7 +103,9 @@ struct CloseResult {
   std::error_code code() const { return result && !result->ok() ? result->error().code : std::error_code(); }
 };
 
-Frame hello(std::string client) { return to_frame(ClientHelloMsg{std::move(client)}); }
+Frame hello(std::string client) {
+  return to_frame(ClientHelloMsg{std::move(client)});
+}
 
 std::string client_of(const Frame& f) {
   auto msg = from_frame<ClientHelloMsg>(f);
@@ -578,8 +582,10 @@ TEST_CASE("FilamentMux serves waiting readers in the order they asked") {
   Link link;
   const std::uint32_t id = open_from_a(link);
   std::vector<std::string> order;
-  link.b.receive(id, Duration(-1), link.clock.now(), [&](Result<Frame> r) { order.push_back("1:" + client_of(*r)); });
-  link.b.receive(id, Duration(-1), link.clock.now(), [&](Result<Frame> r) { order.push_back("2:" + client_of(*r)); });
+  link.b.receive(id, Duration(-1), link.clock.now(),
+                 [&](Result<Frame> r) { order.push_back("1:" + client_of(*r)); });
+  link.b.receive(id, Duration(-1), link.clock.now(),
+                 [&](Result<Frame> r) { order.push_back("2:" + client_of(*r)); });
   link.a.notify(id, hello("a"));
   link.a.notify(id, hello("b"));
   link.pump();
@@ -910,4 +916,24 @@ TEST_CASE("FilamentMux output hook fires when the outbox gains frames") {
 }
 
 }  // namespace
+
+TEST_CASE("FilamentMux ignores a reply that names the right txn on another filament") {
+  Link link;
+  const std::uint32_t data = open_from_a(link);
+  Done done;
+  link.a.request(data, hello("x"), link.in(std::chrono::seconds(1)), done.send());
+  link.pump();
+  REQUIRE(link.a_sent.size() >= 2);
+  const Frame& request = link.a_sent.back();
+  // A peer answering on the control filament with the request's txn answers nothing.
+  Frame stray = to_frame(ClientWelcomeMsg{"m", "v"});
+  stray.filament = FilamentMux::kControlFilament;
+  stray.txn = request.txn;
+  stray.flags = kFlagReply;
+  CHECK(link.a.on_frame(stray, link.clock.now()).ok());
+  CHECK(done.calls == 0);
+  link.advance(std::chrono::seconds(1));
+  CHECK(done.code() == Errc::timeout);
+}
+
 }  // namespace dtu::common

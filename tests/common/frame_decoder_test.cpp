@@ -16,7 +16,9 @@ namespace {
 using Bytes = std::vector<std::uint8_t>;
 using Status = FrameDecoder::Status;
 
-bool contains(const std::string& text, std::string_view part) { return text.find(part) != std::string::npos; }
+bool contains(const std::string& text, std::string_view part) {
+  return text.find(part) != std::string::npos;
+}
 
 Frame make_frame(MessageType type, std::uint8_t flags, std::uint32_t filament, std::uint32_t txn,
                  std::string_view payload) {
@@ -144,7 +146,8 @@ TEST_CASE("FrameDecoder keeps decoding a long stream fed in odd-sized chunks") {
   Bytes stream;
   const std::uint32_t count = 300;
   for (std::uint32_t i = 0; i < count; ++i) {
-    encode_frame(make_frame(MessageType::device_attached, kFlagBinary, i, i, std::string(1000 + i, 'a')), stream);
+    encode_frame(make_frame(MessageType::device_attached, kFlagBinary, i, i, std::string(1000 + i, 'a')),
+                 stream);
   }
   FrameDecoder decoder;
   std::uint32_t seen = 0;
@@ -228,11 +231,13 @@ TEST_CASE("FrameDecoder with a cap of zero accepts only empty payloads") {
 
 TEST_CASE("FrameDecoder default cap is 1 MiB") {
   FrameDecoder at_cap;
-  at_cap.feed(raw_header(static_cast<std::uint32_t>(kDefaultMaxPayload), kProtocolVersion, kFlagBinary, kHeartbeat));
+  at_cap.feed(
+      raw_header(static_cast<std::uint32_t>(kDefaultMaxPayload), kProtocolVersion, kFlagBinary, kHeartbeat));
   Frame f;
   CHECK(at_cap.next(f) == Status::need_more);
   FrameDecoder above;
-  above.feed(raw_header(static_cast<std::uint32_t>(kDefaultMaxPayload + 1), kProtocolVersion, kFlagBinary, kHeartbeat));
+  above.feed(raw_header(static_cast<std::uint32_t>(kDefaultMaxPayload + 1), kProtocolVersion, kFlagBinary,
+                        kHeartbeat));
   check_invalid(above, Errc::frame_too_large, "1048577");
 }
 
@@ -246,8 +251,8 @@ TEST_CASE("FrameDecoder rejects a protocol version other than 1") {
 }
 
 TEST_CASE("FrameDecoder rejects an unknown message type number") {
-  for (std::uint16_t type : {std::uint16_t{0}, std::uint16_t{6}, std::uint16_t{15}, std::uint16_t{999},
-                             std::uint16_t{0xffff}}) {
+  for (std::uint16_t type :
+       {std::uint16_t{0}, std::uint16_t{6}, std::uint16_t{15}, std::uint16_t{999}, std::uint16_t{0xffff}}) {
     CAPTURE(type);
     FrameDecoder decoder;
     decoder.feed(raw_header(2, kProtocolVersion, 0, type));
@@ -256,8 +261,8 @@ TEST_CASE("FrameDecoder rejects an unknown message type number") {
 }
 
 TEST_CASE("FrameDecoder rejects reserved flag bits") {
-  for (std::uint8_t flags : {std::uint8_t{0x10}, std::uint8_t{0x20}, std::uint8_t{0x40}, std::uint8_t{0x80},
-                             std::uint8_t{0xff}}) {
+  for (std::uint8_t flags :
+       {std::uint8_t{0x10}, std::uint8_t{0x20}, std::uint8_t{0x40}, std::uint8_t{0x80}, std::uint8_t{0xff}}) {
     CAPTURE(static_cast<int>(flags));
     FrameDecoder decoder;
     decoder.feed(raw_header(0, kProtocolVersion, flags, kHeartbeat));
@@ -266,9 +271,9 @@ TEST_CASE("FrameDecoder rejects reserved flag bits") {
 }
 
 TEST_CASE("FrameDecoder rejects a reply that also requests a confirmation") {
-  for (std::uint8_t flags : {std::uint8_t{kFlagReply | kFlagAckRequested},
-                             std::uint8_t{kFlagReply | kFlagReplyRequested},
-                             std::uint8_t{kFlagReply | kFlagAckRequested | kFlagReplyRequested | kFlagBinary}}) {
+  for (std::uint8_t flags :
+       {std::uint8_t{kFlagReply | kFlagAckRequested}, std::uint8_t{kFlagReply | kFlagReplyRequested},
+        std::uint8_t{kFlagReply | kFlagAckRequested | kFlagReplyRequested | kFlagBinary}}) {
     CAPTURE(static_cast<int>(flags));
     FrameDecoder decoder;
     decoder.feed(raw_header(0, kProtocolVersion, flags, kHeartbeat, 1, 1));

@@ -14,7 +14,9 @@ namespace {
 
 using Bytes = std::vector<std::uint8_t>;
 
-Bytes bytes_of(std::string_view text) { return Bytes(text.begin(), text.end()); }
+Bytes bytes_of(std::string_view text) {
+  return Bytes(text.begin(), text.end());
+}
 
 Frame make_frame(MessageType type, std::uint8_t flags, std::uint32_t filament, std::uint32_t txn,
                  Bytes payload) {
@@ -61,12 +63,24 @@ TEST_CASE("encode_frame matches the dtu_hello header of docs/protocol.md") {
 TEST_CASE("encode_frame writes every header field big-endian") {
   const Frame f = make_frame(MessageType::device_list, kFlagBinary | kFlagReply, 0x01020304, 0xa0b0c0d0,
                              Bytes{0xde, 0xad});
-  const Bytes expected{0x00, 0x00, 0x00, 0x02,  // payload_length
-                       kProtocolVersion, 0x03,  // version, flags
-                       0x00, 67,                // type device_list
-                       0x01, 0x02, 0x03, 0x04,  // filament
-                       0xa0, 0xb0, 0xc0, 0xd0,  // txn
-                       0xde, 0xad};
+  const Bytes expected{0x00,
+                       0x00,
+                       0x00,
+                       0x02,  // payload_length
+                       kProtocolVersion,
+                       0x03,  // version, flags
+                       0x00,
+                       67,  // type device_list
+                       0x01,
+                       0x02,
+                       0x03,
+                       0x04,  // filament
+                       0xa0,
+                       0xb0,
+                       0xc0,
+                       0xd0,  // txn
+                       0xde,
+                       0xad};
   CHECK(encode_frame(f) == expected);
 }
 

@@ -47,7 +47,8 @@ TEST_CASE("format_log_line renders level, component, peer, event and fields in o
 }
 
 TEST_CASE("format_log_line writes - for an empty peer") {
-  CHECK(format_log_line(LogLevel::info, "devmgr", "", "started", {{"id", "mgr-a"}}) == "info devmgr - started id=mgr-a");
+  CHECK(format_log_line(LogLevel::info, "devmgr", "", "started", {{"id", "mgr-a"}}) ==
+        "info devmgr - started id=mgr-a");
 }
 
 TEST_CASE("format_log_line quotes a value with spaces") {
@@ -58,7 +59,8 @@ TEST_CASE("format_log_line quotes a value with spaces") {
 TEST_CASE("format_log_line escapes quotes and backslashes inside a quoted value") {
   CHECK(format_log_line(LogLevel::info, "c", "p", "e", {{"product", R"(ET "2750")"}}) ==
         R"(info c p e product="ET \"2750\"")");
-  CHECK(format_log_line(LogLevel::info, "c", "p", "e", {{"path", R"(C:\x)"}}) == R"(info c p e path="C:\\x")");
+  CHECK(format_log_line(LogLevel::info, "c", "p", "e", {{"path", R"(C:\x)"}}) ==
+        R"(info c p e path="C:\\x")");
   CHECK(format_log_line(LogLevel::info, "c", "p", "e", {{"q", "\""}}) == R"(info c p e q="\"")");
 }
 
@@ -74,8 +76,10 @@ TEST_CASE("format_log_line escapes newlines and control characters, so a value c
   CHECK(line == R"(info c p e reason="one\nerror devmgr - forged")");
   CHECK(line.find('\n') == std::string::npos);
   CHECK(format_log_line(LogLevel::info, "c", "p", "e", {{"v", "a\rb\tc"}}) == R"(info c p e v="a\rb\tc")");
-  CHECK(format_log_line(LogLevel::info, "c", "p", "e", {{"v", std::string("a\x01" "b\x1f", 4)}}) ==
-        R"(info c p e v="a\x01b\x1f")");
+  CHECK(format_log_line(LogLevel::info, "c", "p", "e",
+                        {{"v", std::string("a\x01"
+                                           "b\x1f",
+                                           4)}}) == R"(info c p e v="a\x01b\x1f")");
   CHECK(format_log_line(LogLevel::info, "c", "p", "e", {{"v", std::string("a\0b", 3)}}) ==
         R"(info c p e v="a\x00b")");
 }
@@ -87,30 +91,34 @@ TEST_CASE("format_log_line quotes an empty value") {
 }
 
 TEST_CASE("format_log_line quotes a peer that needs it") {
-  CHECK(format_log_line(LogLevel::info, "c", "unix:pid=4,uid=0", "e", {}) == R"(info c "unix:pid=4,uid=0" e)");
+  CHECK(format_log_line(LogLevel::info, "c", "unix:pid=4,uid=0", "e", {}) ==
+        R"(info c "unix:pid=4,uid=0" e)");
   CHECK(format_log_line(LogLevel::info, "c", "evil\npeer", "e", {}) == R"(info c "evil\npeer" e)");
 }
 
 TEST_CASE("format_log_line leaves plain values and UTF-8 unquoted") {
   CHECK(format_log_line(LogLevel::info, "c", "p", "e", {{"path", "/run/dtubroker/devmgr.sock"}}) ==
         "info c p e path=/run/dtubroker/devmgr.sock");
-  CHECK(format_log_line(LogLevel::info, "c", "p", "e", {{"name", "Caf\xc3\xa9"}}) == "info c p e name=Caf\xc3\xa9");
+  CHECK(format_log_line(LogLevel::info, "c", "p", "e", {{"name", "Caf\xc3\xa9"}}) ==
+        "info c p e name=Caf\xc3\xa9");
 }
 
 TEST_CASE("LogField renders integers, booleans, doubles and error codes as text") {
   const std::error_code timeout = make_error_code(Errc::timeout);
-  CHECK(format_log_line(LogLevel::info, "c", "p", "e",
-                        {{"n", std::int64_t{-5}},
-                         {"u", std::uint16_t{0x04b8}},
-                         {"big", std::uint64_t{18446744073709551615u}},
-                         {"yes", true},
-                         {"no", false},
-                         {"ratio", 0.25},
-                         {"ec", timeout}}) ==
-        R"(info c p e n=-5 u=1208 big=18446744073709551615 yes=true no=false ratio=0.25 ec="deadline passed")");
+  CHECK(
+      format_log_line(LogLevel::info, "c", "p", "e",
+                      {{"n", std::int64_t{-5}},
+                       {"u", std::uint16_t{0x04b8}},
+                       {"big", std::uint64_t{18446744073709551615u}},
+                       {"yes", true},
+                       {"no", false},
+                       {"ratio", 0.25},
+                       {"ec", timeout}}) ==
+      R"(info c p e n=-5 u=1208 big=18446744073709551615 yes=true no=false ratio=0.25 ec="deadline passed")");
   std::string owned = "mgr-a";
   std::string_view view = owned;
-  CHECK(format_log_line(LogLevel::info, "c", "p", "e", {{"s", owned}, {"v", view}}) == "info c p e s=mgr-a v=mgr-a");
+  CHECK(format_log_line(LogLevel::info, "c", "p", "e", {{"s", owned}, {"v", view}}) ==
+        "info c p e s=mgr-a v=mgr-a");
 }
 
 TEST_CASE("set_log_sink captures each line once, without a trailing newline") {

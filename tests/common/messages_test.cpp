@@ -15,7 +15,9 @@ namespace {
 
 using nlohmann::json;
 
-bool contains(const std::string& text, std::string_view part) { return text.find(part) != std::string::npos; }
+bool contains(const std::string& text, std::string_view part) {
+  return text.find(part) != std::string::npos;
+}
 
 Frame json_frame(MessageType type, std::string_view text) {
   Frame f;
@@ -250,7 +252,8 @@ TEST_CASE("from_frame names a missing required field") {
       {MessageType::dtu_hello, R"({"dtu":"d"})", "boot_epoch"},
       {MessageType::dtu_hello, R"({"boot_epoch":1})", "dtu"},
       {MessageType::dtu_welcome, R"({"manager":"m","heartbeat_ms":1})", "heartbeat_misses"},
-      {MessageType::device_snapshot, R"({"dtu":"d","stamp":{"boot_epoch":1,"seq":1,"time_us":1}})", "devices"},
+      {MessageType::device_snapshot, R"({"dtu":"d","stamp":{"boot_epoch":1,"seq":1,"time_us":1}})",
+       "devices"},
       {MessageType::device_snapshot, R"({"dtu":"d","devices":[]})", "stamp"},
       {MessageType::device_attached, "{}", "device"},
       {MessageType::device_detached, R"({"dtu":"d","device":"1-1"})", "stamp"},
@@ -263,18 +266,41 @@ TEST_CASE("from_frame names a missing required field") {
     CAPTURE(c.payload);
     Error e;
     switch (c.type) {
-      case MessageType::error: e = error_of<ErrorMsg>(frame); break;
-      case MessageType::heartbeat: e = error_of<HeartbeatMsg>(frame); break;
-      case MessageType::filament_open: e = error_of<FilamentOpenMsg>(frame); break;
-      case MessageType::dtu_hello: e = error_of<DtuHelloMsg>(frame); break;
-      case MessageType::dtu_welcome: e = error_of<DtuWelcomeMsg>(frame); break;
-      case MessageType::device_snapshot: e = error_of<DeviceSnapshotMsg>(frame); break;
-      case MessageType::device_attached: e = error_of<DeviceAttachedMsg>(frame); break;
-      case MessageType::device_detached: e = error_of<DeviceDetachedMsg>(frame); break;
-      case MessageType::client_hello: e = error_of<ClientHelloMsg>(frame); break;
-      case MessageType::client_welcome: e = error_of<ClientWelcomeMsg>(frame); break;
-      case MessageType::device_list: e = error_of<DeviceListMsg>(frame); break;
-      default: FAIL("no case for this type");
+      case MessageType::error:
+        e = error_of<ErrorMsg>(frame);
+        break;
+      case MessageType::heartbeat:
+        e = error_of<HeartbeatMsg>(frame);
+        break;
+      case MessageType::filament_open:
+        e = error_of<FilamentOpenMsg>(frame);
+        break;
+      case MessageType::dtu_hello:
+        e = error_of<DtuHelloMsg>(frame);
+        break;
+      case MessageType::dtu_welcome:
+        e = error_of<DtuWelcomeMsg>(frame);
+        break;
+      case MessageType::device_snapshot:
+        e = error_of<DeviceSnapshotMsg>(frame);
+        break;
+      case MessageType::device_attached:
+        e = error_of<DeviceAttachedMsg>(frame);
+        break;
+      case MessageType::device_detached:
+        e = error_of<DeviceDetachedMsg>(frame);
+        break;
+      case MessageType::client_hello:
+        e = error_of<ClientHelloMsg>(frame);
+        break;
+      case MessageType::client_welcome:
+        e = error_of<ClientWelcomeMsg>(frame);
+        break;
+      case MessageType::device_list:
+        e = error_of<DeviceListMsg>(frame);
+        break;
+      default:
+        FAIL("no case for this type");
     }
     CHECK(e.code == make_error_code(Errc::bad_payload));
     CHECK(contains(e.detail, std::string(message_type_name(c.type))));
@@ -287,12 +313,13 @@ TEST_CASE("from_frame names a field of the wrong JSON type") {
   CHECK(open.code == make_error_code(Errc::bad_payload));
   CHECK(contains(open.detail, "'name'"));
 
-  const Error hello = error_of<DtuHelloMsg>(json_frame(MessageType::dtu_hello, R"({"dtu":"d","boot_epoch":"soon"})"));
+  const Error hello =
+      error_of<DtuHelloMsg>(json_frame(MessageType::dtu_hello, R"({"dtu":"d","boot_epoch":"soon"})"));
   CHECK(hello.code == make_error_code(Errc::bad_payload));
   CHECK(contains(hello.detail, "'boot_epoch'"));
 
-  const Error version =
-      error_of<DtuHelloMsg>(json_frame(MessageType::dtu_hello, R"({"dtu":"d","agent_version":1,"boot_epoch":1})"));
+  const Error version = error_of<DtuHelloMsg>(
+      json_frame(MessageType::dtu_hello, R"({"dtu":"d","agent_version":1,"boot_epoch":1})"));
   CHECK(contains(version.detail, "'agent_version'"));
 
   const Error heartbeat =
@@ -305,12 +332,14 @@ TEST_CASE("from_frame names a field of the wrong JSON type") {
   const Error devices = error_of<DeviceListMsg>(json_frame(MessageType::device_list, R"({"devices":{}})"));
   CHECK(contains(devices.detail, "'devices'"));
 
-  const Error reason = error_of<ErrorMsg>(json_frame(MessageType::error, R"({"code":"timeout","reason":[]})"));
+  const Error reason =
+      error_of<ErrorMsg>(json_frame(MessageType::error, R"({"code":"timeout","reason":[]})"));
   CHECK(contains(reason.detail, "'reason'"));
 
   json device = sample_device("1-1", 1);
   device["units"][0]["function"] = 12;
-  const Error nested = error_of<DeviceAttachedMsg>(object_frame(MessageType::device_attached, json{{"device", device}}));
+  const Error nested =
+      error_of<DeviceAttachedMsg>(object_frame(MessageType::device_attached, json{{"device", device}}));
   CHECK(nested.code == make_error_code(Errc::bad_payload));
   CHECK(contains(nested.detail, "'function'"));
 }
@@ -345,11 +374,12 @@ TEST_CASE("from_frame rejects a negative, fractional or out-of-range number in a
     CHECK_MESSAGE(contains(e.detail, std::string("'") + c.field + "'"), e.detail);
   }
   // The edges of each range still pass.
-  const auto edge = from_frame<DtuWelcomeMsg>(
-      json_frame(MessageType::dtu_welcome, R"({"manager":"m","heartbeat_ms":4294967295,"heartbeat_misses":1})"));
+  const auto edge = from_frame<DtuWelcomeMsg>(json_frame(
+      MessageType::dtu_welcome, R"({"manager":"m","heartbeat_ms":4294967295,"heartbeat_misses":1})"));
   REQUIRE(edge.ok());
   CHECK(edge->heartbeat_ms == 4294967295u);
-  const auto low = from_frame<HeartbeatMsg>(json_frame(MessageType::heartbeat, R"({"sent_us":-9223372036854775808})"));
+  const auto low =
+      from_frame<HeartbeatMsg>(json_frame(MessageType::heartbeat, R"({"sent_us":-9223372036854775808})"));
   REQUIRE(low.ok());
   CHECK(low->sent_us == std::numeric_limits<std::int64_t>::min());
 }
@@ -357,7 +387,8 @@ TEST_CASE("from_frame rejects a negative, fractional or out-of-range number in a
 TEST_CASE("from_frame rejects a bad hex id inside a device, naming the field") {
   json device = sample_device("1-1", 1);
   device["vid"] = "04b";
-  const Error e = error_of<DeviceAttachedMsg>(object_frame(MessageType::device_attached, json{{"device", device}}));
+  const Error e =
+      error_of<DeviceAttachedMsg>(object_frame(MessageType::device_attached, json{{"device", device}}));
   CHECK(e.code == make_error_code(Errc::bad_payload));
   CHECK(contains(e.detail, "device_attached"));
   CHECK(contains(e.detail, "field 'vid'"));
@@ -366,12 +397,14 @@ TEST_CASE("from_frame rejects a bad hex id inside a device, naming the field") {
 TEST_CASE("from_frame rejects a class above 255, naming the field") {
   json device = sample_device("1-1", 1);
   device["class"] = 256;
-  const Error e = error_of<DeviceListMsg>(object_frame(MessageType::device_list, json{{"devices", json::array({device})}}));
+  const Error e = error_of<DeviceListMsg>(
+      object_frame(MessageType::device_list, json{{"devices", json::array({device})}}));
   CHECK(e.code == make_error_code(Errc::bad_payload));
   CHECK(contains(e.detail, "field 'class'"));
   json unit_device = sample_device("1-1", 1);
   unit_device["units"][0]["subclass"] = 1000;
-  const Error u = error_of<DeviceListMsg>(object_frame(MessageType::device_list, json{{"devices", json::array({unit_device})}}));
+  const Error u = error_of<DeviceListMsg>(
+      object_frame(MessageType::device_list, json{{"devices", json::array({unit_device})}}));
   CHECK(contains(u.detail, "field 'subclass'"));
 }
 
@@ -414,4 +447,17 @@ TEST_CASE("parse_payload returns the JSON object of a frame") {
 }
 
 }  // namespace
+
+TEST_CASE("to_frame replaces invalid UTF-8 from a device string instead of throwing") {
+  DeviceRecord d = sample_device("1-1", 1);
+  d.product = std::string("Printer \xff\xfe");
+  Frame f;
+  CHECK_NOTHROW(f = to_frame(DeviceAttachedMsg{d}));
+  auto back = from_frame<DeviceAttachedMsg>(f);
+  REQUIRE(back.ok());
+  REQUIRE(back->device.product.has_value());
+  CHECK(back->device.product->rfind("Printer ", 0) == 0);
+  CHECK(*back->device.product != *d.product);
+}
+
 }  // namespace dtu::common

@@ -18,7 +18,9 @@ namespace {
 
 using nlohmann::json;
 
-bool contains(const std::string& text, std::string_view part) { return text.find(part) != std::string::npos; }
+bool contains(const std::string& text, std::string_view part) {
+  return text.find(part) != std::string::npos;
+}
 
 // What converting `j` to T throws, or "" when it does not throw.
 template <typename T>
@@ -81,7 +83,9 @@ DeviceRecord full_device() {
 }
 
 // The JSON of full_device(), for cases that break one field of it.
-json device_json() { return json(full_device()); }
+json device_json() {
+  return json(full_device());
+}
 
 TEST_CASE("Stamp orders by boot epoch first, then by sequence number") {
   CHECK(stamp(1, 99) < stamp(2, 0));
@@ -189,8 +193,8 @@ TEST_CASE("DeviceRecord from_json defaults the optional fields it may miss") {
 }
 
 TEST_CASE("DeviceRecord from_json names each missing required field") {
-  for (const char* key : {"dtu", "device", "vid", "pid", "bcd_device", "class", "subclass", "protocol", "units",
-                          "stamp"}) {
+  for (const char* key :
+       {"dtu", "device", "vid", "pid", "bcd_device", "class", "subclass", "protocol", "units", "stamp"}) {
     const std::string name = key;
     CAPTURE(name);
     json j = device_json();
@@ -208,9 +212,9 @@ TEST_CASE("DeviceRecord from_json names each missing required field") {
 
 TEST_CASE("DeviceRecord from_json names a field of the wrong JSON type") {
   const std::pair<const char*, json> cases[] = {
-      {"dtu", json(5)},          {"device", json::array()}, {"vid", json(1208)},  {"class", json("7")},
-      {"serial", json(true)},    {"units", json("none")},   {"bus", json(1)},     {"owner", json::object()},
-      {"product", json(1.5)},
+      {"dtu", json(5)},     {"device", json::array()}, {"vid", json(1208)},
+      {"class", json("7")}, {"serial", json(true)},    {"units", json("none")},
+      {"bus", json(1)},     {"owner", json::object()}, {"product", json(1.5)},
   };
   for (const auto& [key, value] : cases) {
     const std::string name = key;
@@ -222,7 +226,8 @@ TEST_CASE("DeviceRecord from_json names a field of the wrong JSON type") {
     CHECK_MESSAGE(contains(error, "'" + name + "'"), error);
   }
   const std::pair<const char*, json> unit_cases[] = {
-      {"unit", json("one")}, {"function", json(3)}, {"state", json(1)}, {"holder", json(7)}, {"interfaces", json(1)},
+      {"unit", json("one")}, {"function", json(3)},   {"state", json(1)},
+      {"holder", json(7)},   {"interfaces", json(1)},
   };
   for (const auto& [key, value] : unit_cases) {
     const std::string name = key;
@@ -311,10 +316,10 @@ TEST_CASE("DeviceRecord from_json rejects a class outside 0..255") {
     CAPTURE(bad);
     json j = device_json();
     j["class"] = bad;
-    CHECK(contains(error_of<DeviceRecord>(j), "field 'class': expected 0..255"));
+    CHECK(contains(error_of<DeviceRecord>(j), "field 'class': expected an integer in [0, 255]"));
     json k = device_json();
     k["units"][0]["protocol"] = bad;
-    CHECK(contains(error_of<DeviceRecord>(k), "field 'protocol': expected 0..255"));
+    CHECK(contains(error_of<DeviceRecord>(k), "field 'protocol': expected an integer in [0, 255]"));
   }
   json edge = device_json();
   edge["class"] = 255;
@@ -335,11 +340,12 @@ TEST_CASE("hex16 writes four lower-case digits and parse_hex16 reads them back")
   }
 }
 
-TEST_CASE("get_u8 accepts 0 through 255 and names the key otherwise") {
-  CHECK(get_u8(json{{"k", 0}}, "k") == 0);
-  CHECK(get_u8(json{{"k", 255}}, "k") == 255);
-  CHECK_THROWS_WITH_AS(get_u8(json{{"k", 256}}, "k"), "field 'k': expected 0..255", std::invalid_argument);
-  CHECK_THROWS_WITH_AS(get_u8(json::object(), "k"), "missing field 'k'", std::invalid_argument);
+TEST_CASE("an 8-bit field accepts 0 through 255 and names the key otherwise") {
+  CHECK(field<std::uint8_t>(json{{"k", 0}}, "k") == 0);
+  CHECK(field<std::uint8_t>(json{{"k", 255}}, "k") == 255);
+  CHECK_THROWS_WITH_AS(field<std::uint8_t>(json{{"k", 256}}, "k"), "field 'k': expected an integer in [0, 255]",
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(field<std::uint8_t>(json::object(), "k"), "missing field 'k'", std::invalid_argument);
 }
 
 TEST_CASE("is_valid_id accepts 1 to 64 characters of letters, digits, dot, underscore and dash") {
@@ -359,6 +365,10 @@ TEST_CASE("is_valid_id rejects empty, too long and every other character") {
     CHECK_FALSE(is_valid_id(bad));
   }
   CHECK_FALSE(is_valid_id(std::string_view("dtu\0x", 5)));
+  CHECK_FALSE(is_valid_id("."));
+  CHECK_FALSE(is_valid_id(".."));
+  CHECK_FALSE(is_valid_id(".hidden"));
+  CHECK_FALSE(is_valid_id("-flag"));
 }
 
 }  // namespace

@@ -4,11 +4,6 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
-// GCC 12 at -O2 reports a "potential null pointer dereference" inside Asio's scheduler
-// (scheduler.ipp, compensating_work_started) when socket operations are inlined: a false positive
-// in a system header that -Wnull-dereference cannot tell from ours.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wnull-dereference"
 #include <asio/buffer.hpp>
 #include <asio/executor_work_guard.hpp>
 #include <asio/io_context.hpp>
@@ -16,7 +11,6 @@
 #include <asio/post.hpp>
 #include <asio/read_until.hpp>
 #include <asio/write.hpp>
-#pragma GCC diagnostic pop
 #include <chrono>
 #include <filesystem>
 #include <fstream>

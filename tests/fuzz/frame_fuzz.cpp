@@ -56,7 +56,9 @@ struct HeaderVerdict {
   bool unknown_type = false;
   bool reply_requests = false;
 
-  bool valid() const { return !bad_version && !too_large && !unknown_flags && !unknown_type && !reply_requests; }
+  bool valid() const {
+    return !bad_version && !too_large && !unknown_flags && !unknown_type && !reply_requests;
+  }
   // Whether `code` names one of the rules this header breaks.
   bool explains(const std::error_code& code) const {
     const auto is = [&code](Errc errc) { return code == dtu::common::make_error_code(errc); };
@@ -161,7 +163,8 @@ class Run {
     FUZZ_REQUIRE(read_header(&stream_[consumed_], cap_).valid());
     const std::vector<std::uint8_t> encoded = dtu::common::encode_frame(frame_);
     FUZZ_REQUIRE(encoded.size() == size);
-    FUZZ_REQUIRE(std::equal(encoded.begin(), encoded.end(), stream_.begin() + static_cast<std::ptrdiff_t>(consumed_)));
+    FUZZ_REQUIRE(
+        std::equal(encoded.begin(), encoded.end(), stream_.begin() + static_cast<std::ptrdiff_t>(consumed_)));
     // The copies repeat the first one's frames: decode messages once.
     if (consumed_ < first_copy_) dtu::fuzz::check_every_message(frame_);
     consumed_ += size;

@@ -1,7 +1,8 @@
 #pragma once
 // Shared by the fuzz targets: FUZZ_REQUIRE, which traps (so libFuzzer records a crash and the
-// replay test fails) when a decoder breaks one of its promises, and check_message<M>, the
-// properties every message decoder must keep for any frame. Single-threaded, like libFuzzer.
+// replay test fails) when a decoder breaks one of its promises, and the properties every message
+// decoder must keep for any frame (check_own_message, check_every_message).
+// Single-threaded, like libFuzzer.
 
 #include <cstdio>
 #include <exception>
@@ -23,9 +24,9 @@ namespace dtu::fuzz {
   __builtin_trap();
 }
 
-#define FUZZ_REQUIRE(cond)                                              \
-  do {                                                                  \
-    if (!(cond)) ::dtu::fuzz::violated(#cond, __FILE__, __LINE__);      \
+#define FUZZ_REQUIRE(cond)                                         \
+  do {                                                             \
+    if (!(cond)) ::dtu::fuzz::violated(#cond, __FILE__, __LINE__); \
   } while (false)
 
 inline bool has_code(const common::Error& error, common::Errc code) {
@@ -34,7 +35,8 @@ inline bool has_code(const common::Error& error, common::Errc code) {
 
 // from_frame<M> on a frame of M's type: never throws; a binary or undecodable payload is
 // bad_payload; a message it accepts re-encodes (to_frame) into a frame that decodes to the same
-// message, so a relayed message never changes or fails on the way.
+// message and encodes to the same bytes again, so a relayed message never changes or fails on
+// the way.
 template <typename M>
 void check_message(const common::Frame& frame) {
   using common::Errc;
@@ -54,6 +56,7 @@ void check_message(const common::Frame& frame) {
     const common::Result<M> redecoded = common::from_frame<M>(again);
     FUZZ_REQUIRE(redecoded.ok());
     FUZZ_REQUIRE(nlohmann::json(redecoded.value()) == nlohmann::json(decoded.value()));
+    FUZZ_REQUIRE(common::to_frame(redecoded.value(), frame.filament).payload == again.payload);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "exception: %s\n", e.what());
     violated("no exception escapes from_frame/to_frame", __FILE__, __LINE__);
@@ -82,33 +85,61 @@ void check_all_refuse(const common::Frame& frame) {
 // added without a case here fails to compile (-Wswitch with -Werror) instead of going unfuzzed.
 // REQUIRES: is_known_message_type(frame.type).
 inline void check_own_message(const common::Frame& frame) {
-  using namespace common;  // NOLINT: the message list reads better unqualified
   switch (frame.type) {
-    case MessageType::ack: check_message<AckMsg>(frame); break;
-    case MessageType::error: check_message<ErrorMsg>(frame); break;
-    case MessageType::heartbeat: check_message<HeartbeatMsg>(frame); break;
-    case MessageType::filament_open: check_message<FilamentOpenMsg>(frame); break;
-    case MessageType::filament_close: check_message<FilamentCloseMsg>(frame); break;
-    case MessageType::dtu_hello: check_message<DtuHelloMsg>(frame); break;
-    case MessageType::dtu_welcome: check_message<DtuWelcomeMsg>(frame); break;
-    case MessageType::device_snapshot: check_message<DeviceSnapshotMsg>(frame); break;
-    case MessageType::device_attached: check_message<DeviceAttachedMsg>(frame); break;
-    case MessageType::device_detached: check_message<DeviceDetachedMsg>(frame); break;
-    case MessageType::client_hello: check_message<ClientHelloMsg>(frame); break;
-    case MessageType::client_welcome: check_message<ClientWelcomeMsg>(frame); break;
-    case MessageType::list_devices: check_message<ListDevicesMsg>(frame); break;
-    case MessageType::device_list: check_message<DeviceListMsg>(frame); break;
+    case common::MessageType::ack:
+      check_message<common::AckMsg>(frame);
+      break;
+    case common::MessageType::error:
+      check_message<common::ErrorMsg>(frame);
+      break;
+    case common::MessageType::heartbeat:
+      check_message<common::HeartbeatMsg>(frame);
+      break;
+    case common::MessageType::filament_open:
+      check_message<common::FilamentOpenMsg>(frame);
+      break;
+    case common::MessageType::filament_close:
+      check_message<common::FilamentCloseMsg>(frame);
+      break;
+    case common::MessageType::dtu_hello:
+      check_message<common::DtuHelloMsg>(frame);
+      break;
+    case common::MessageType::dtu_welcome:
+      check_message<common::DtuWelcomeMsg>(frame);
+      break;
+    case common::MessageType::device_snapshot:
+      check_message<common::DeviceSnapshotMsg>(frame);
+      break;
+    case common::MessageType::device_attached:
+      check_message<common::DeviceAttachedMsg>(frame);
+      break;
+    case common::MessageType::device_detached:
+      check_message<common::DeviceDetachedMsg>(frame);
+      break;
+    case common::MessageType::client_hello:
+      check_message<common::ClientHelloMsg>(frame);
+      break;
+    case common::MessageType::client_welcome:
+      check_message<common::ClientWelcomeMsg>(frame);
+      break;
+    case common::MessageType::list_devices:
+      check_message<common::ListDevicesMsg>(frame);
+      break;
+    case common::MessageType::device_list:
+      check_message<common::DeviceListMsg>(frame);
+      break;
   }
 }
 
 // Every message type in messages.hpp against one frame: the decoder of frame.type decodes it,
 // every other decoder refuses it. REQUIRES: is_known_message_type(frame.type).
 inline void check_every_message(const common::Frame& frame) {
-  using namespace common;  // NOLINT: the message list reads better unqualified
   check_own_message(frame);
-  check_all_refuse<AckMsg, ErrorMsg, HeartbeatMsg, FilamentOpenMsg, FilamentCloseMsg, DtuHelloMsg,
-                   DtuWelcomeMsg, DeviceSnapshotMsg, DeviceAttachedMsg, DeviceDetachedMsg, ClientHelloMsg,
-                   ClientWelcomeMsg, ListDevicesMsg, DeviceListMsg>(frame);
+  check_all_refuse<common::AckMsg, common::ErrorMsg, common::HeartbeatMsg, common::FilamentOpenMsg,
+                   common::FilamentCloseMsg, common::DtuHelloMsg, common::DtuWelcomeMsg,
+                   common::DeviceSnapshotMsg, common::DeviceAttachedMsg, common::DeviceDetachedMsg,
+                   common::ClientHelloMsg, common::ClientWelcomeMsg, common::ListDevicesMsg,
+                   common::DeviceListMsg>(frame);
 }
 
 }  // namespace dtu::fuzz

@@ -154,7 +154,8 @@ Frame to_frame(const M& msg, std::uint32_t filament = 0) {
   Frame f;
   f.type = M::kType;
   f.filament = filament;
-  const std::string text = nlohmann::json(msg).dump();
+  // Strings from devices (USB descriptors) may not be valid UTF-8: replace, never throw.
+  const std::string text = nlohmann::json(msg).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   f.payload.assign(text.begin(), text.end());
   return f;
 }

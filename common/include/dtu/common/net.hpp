@@ -20,7 +20,7 @@ namespace dtu::common {
 std::string to_string(const asio::ip::tcp::endpoint& ep);
 
 // Resolves (numeric addresses need no DNS) and connects within `timeout`.
-asio::awaitable<Result<asio::ip::tcp::socket>> tcp_connect(const Endpoint& endpoint, Duration timeout);
+asio::awaitable<Result<asio::ip::tcp::socket>> tcp_connect(Endpoint endpoint, Duration timeout);
 
 // Client side of TLS 1.3 with an external PSK (identity, key), within `timeout`.
 asio::awaitable<Result<std::unique_ptr<TlsTransport>>> tls_connect(asio::ip::tcp::socket socket,

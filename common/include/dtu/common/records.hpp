@@ -69,8 +69,8 @@ struct DeviceRecord {
 };
 
 const char* unit_state_name(UnitState state);
-// A DTU or manager id: 1–64 characters of [A-Za-z0-9._-]. Ids appear in logs, file names and
-// TLS identities, so nothing else is accepted.
+// A DTU or manager id: 1–64 characters of [A-Za-z0-9._-], not starting with '.' or '-'. Ids
+// appear in logs, file names, command lines and TLS identities, so nothing else is accepted.
 bool is_valid_id(std::string_view id);
 // "04b8" for 0x04b8.
 std::string hex16(std::uint16_t value);

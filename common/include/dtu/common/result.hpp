@@ -38,16 +38,16 @@ class [[nodiscard]] Result {
   explicit operator bool() const { return ok(); }
 
   // REQUIRES: ok()
-  T& value() & { CHECK(ok()); return std::get<T>(v_); }
-  const T& value() const& { CHECK(ok()); return std::get<T>(v_); }
-  T&& value() && { CHECK(ok()); return std::get<T>(std::move(v_)); }
+  T& value() & { DTU_CHECK(ok()); return std::get<T>(v_); }
+  const T& value() const& { DTU_CHECK(ok()); return std::get<T>(v_); }
+  T&& value() && { DTU_CHECK(ok()); return std::get<T>(std::move(v_)); }
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
   T& operator*() & { return value(); }
   const T& operator*() const& { return value(); }
 
   // REQUIRES: !ok()
-  const Error& error() const { CHECK(!ok()); return std::get<Error>(v_); }
+  const Error& error() const { DTU_CHECK(!ok()); return std::get<Error>(v_); }
 
  private:
   std::variant<T, Error> v_;
@@ -63,7 +63,7 @@ class [[nodiscard]] Result<void> {
   bool ok() const { return !failed_; }
   explicit operator bool() const { return ok(); }
   // REQUIRES: !ok()
-  const Error& error() const { CHECK(failed_); return error_; }
+  const Error& error() const { DTU_CHECK(failed_); return error_; }
 
  private:
   Error error_;

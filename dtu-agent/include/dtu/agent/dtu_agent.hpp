@@ -47,7 +47,7 @@ class DtuAgent {
  private:
   asio::awaitable<void> run();
   // Connects to one manager and serves the link until it closes. Returns why it ended.
-  asio::awaitable<common::Error> serve(const common::Endpoint& manager);
+  asio::awaitable<common::Error> serve(common::Endpoint manager);
   void on_attached(UsbDeviceInfo info);
   void on_detached(const std::string& port);
   void send_device_message(common::Frame frame, const std::string& what);
