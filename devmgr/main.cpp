@@ -61,12 +61,10 @@ int main(int argc, char** argv) {
   if (heartbeat_ms) options.heartbeat_interval = std::chrono::milliseconds(*heartbeat_ms);
   if (heartbeat_misses) options.heartbeat_misses = static_cast<std::uint32_t>(*heartbeat_misses);
   if (log_level) options.log_level = *log_level;
-  common::LogLevel level;
-  if (!common::parse_log_level(options.log_level, level)) {
+  if (!common::set_log_level(options.log_level)) {
     return fail(log, "config_error", common::Error(common::Errc::config_error,
                                                    "log level '" + options.log_level + "': expected debug, info, warn or error"));
   }
-  common::set_log_level(level);
   if (!common::is_valid_id(options.id)) {
     return fail(log, "config_error", common::Error(common::Errc::config_error,
                                                    "manager id '" + options.id + "': expected 1-64 of [A-Za-z0-9._-]"));

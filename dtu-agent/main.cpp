@@ -67,12 +67,10 @@ int main(int argc, char** argv) {
   if (sim_devices) options.sim_devices = *sim_devices;
   if (sim_control) options.sim_control = *sim_control;
   if (log_level) options.log_level = *log_level;
-  common::LogLevel level;
-  if (!common::parse_log_level(options.log_level, level)) {
+  if (!common::set_log_level(options.log_level)) {
     return fail(log, "config_error", common::Error(common::Errc::config_error,
                                                    "log level '" + options.log_level + "': expected debug, info, warn or error"));
   }
-  common::set_log_level(level);
   if (auto valid = agent::validate(options); !valid.ok()) return fail(log, "config_error", valid.error());
   auto key = common::load_key_file(options.key_file);
   if (!key.ok()) return fail(log, "key_error", key.error());

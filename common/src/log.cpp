@@ -141,6 +141,13 @@ bool parse_log_level(std::string_view text, LogLevel& out) {
   return true;
 }
 
+bool set_log_level(std::string_view text) {
+  LogLevel level;
+  if (!parse_log_level(text, level)) return false;
+  set_log_level(level);
+  return true;
+}
+
 void set_log_sink(std::function<void(std::string_view)> sink) {
   std::lock_guard lock(g_sink_mutex);
   g_sink = std::move(sink);

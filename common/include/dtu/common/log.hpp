@@ -68,6 +68,8 @@ void set_log_level(LogLevel level);
 LogLevel log_level();
 // Parses "debug" | "info" | "warn" | "error"; false when unknown.
 bool parse_log_level(std::string_view text, LogLevel& out);
+// Parses and sets the level; false when `text` is not a level (the level stays).
+bool set_log_level(std::string_view text);
 
 // Replaces the sink (default: stderr) — for tests. Pass nullptr to restore stderr.
 void set_log_sink(std::function<void(std::string_view line)> sink);
