@@ -176,7 +176,7 @@ void FilamentMux::complete_pending(std::uint32_t txn, Result<Frame> result) {
   finish_close_if_drained(p.filament);
 }
 
-void FilamentMux::deliver(std::uint32_t filament, Filament& f, Frame frame) {
+void FilamentMux::deliver(Filament& f, Frame frame) {
   if (f.receiver) {
     defer([r = f.receiver, frame = std::move(frame)]() mutable { r(std::move(frame)); });
   } else if (!f.waiters.empty()) {
@@ -186,7 +186,6 @@ void FilamentMux::deliver(std::uint32_t filament, Filament& f, Frame frame) {
   } else {
     f.queue.push_back(std::move(frame));
   }
-  (void)filament;
 }
 
 Result<void> FilamentMux::on_frame(Frame frame, MonoTime now) {
@@ -260,7 +259,7 @@ Result<void> FilamentMux::on_frame(Frame frame, MonoTime now) {
         ack.flags = kFlagReply;
         emit(std::move(ack));
       }
-      deliver(frame.filament, it->second, std::move(frame));
+      deliver(it->second, std::move(frame));
     }
   }
   flush();

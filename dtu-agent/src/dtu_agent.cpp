@@ -81,7 +81,6 @@ asio::awaitable<void> DtuAgent::run() {
       if (stopped_) co_return;
       if (welcomed_) served = true;
       welcomed_ = false;
-      owner_.reset();
       log_.warn(manager.to_string(), served ? "manager_lost" : "manager_unreachable", {{"reason", why.describe()}});
       if (served) break;  // start again from the top of the list
     }
@@ -126,7 +125,6 @@ asio::awaitable<Error> DtuAgent::serve(common::Endpoint manager) {
       link_->close(welcome.error());
     } else {
       welcomed_ = true;
-      owner_ = welcome->manager;
       link_->set_heartbeat(std::chrono::milliseconds(welcome->heartbeat_ms), welcome->heartbeat_misses);
       common::DeviceSnapshotMsg snapshot;
       snapshot.dtu = options_.id;

@@ -107,7 +107,7 @@ class FilamentMux {
 
   void send(std::uint32_t filament, Frame frame, std::uint8_t flag, MonoTime deadline, SendDone done);
   void emit(Frame frame);
-  void deliver(std::uint32_t filament, Filament& f, Frame frame);
+  void deliver(Filament& f, Frame frame);
   void complete_pending(std::uint32_t txn, Result<Frame> result);
   void finish_close_if_drained(std::uint32_t filament);
   void drop_filament(std::uint32_t filament, const Error& error);

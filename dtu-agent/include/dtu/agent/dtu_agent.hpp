@@ -40,10 +40,6 @@ class DtuAgent {
   // Closes the link and stops the backend. Idempotent.
   void stop();
 
-  // The manager currently serving this DTU, if connected and welcomed.
-  std::optional<std::string> owner() const { return owner_; }
-  std::size_t device_count() const { return records_.size(); }
-
  private:
   asio::awaitable<void> run();
   // Connects to one manager and serves the link until it closes. Returns why it ended.
@@ -66,7 +62,6 @@ class DtuAgent {
   std::map<std::string, common::DeviceRecord> records_;  // by port
   std::shared_ptr<common::Link> link_;                   // set while connected
   bool welcomed_ = false;
-  std::optional<std::string> owner_;
   asio::steady_timer link_closed_;  // cancelled when the link closes
   asio::steady_timer retry_timer_;
   std::mt19937 rng_;
