@@ -1,5 +1,6 @@
 // dtu-agent: the desktop unit's agent. Parse config and flags, build the USB backend and the
 // agent, stop on SIGINT/SIGTERM, run.
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -9,6 +10,7 @@
 
 #include "dtu/agent/agent_options.hpp"
 #include "dtu/agent/dtu_agent.hpp"
+#include "dtu/agent/libusb_backend.hpp"
 #include "dtu/agent/sim_backend.hpp"
 #include "dtu/agent/sim_control.hpp"
 #include "dtu/common/clock.hpp"
@@ -37,7 +39,7 @@ int main(int argc, char** argv) {
   app.add_option("-m,--manager", managers, "a manager's address:port (repeat; order is preference)");
   app.add_option("--pick", pick, "how to choose a manager: first");
   app.add_option("--key", key_file, "file with this DTU's derived key (devmgrctl keygen --dtu)");
-  app.add_option("--backend", backend_name, "USB backend: sim");
+  app.add_option("--backend", backend_name, "USB backend: sim (default) | libusb");
   app.add_option("--sim-devices", sim_devices, "device catalogue for the sim backend (JSON)");
   app.add_option("--sim-control", sim_control, "Unix socket to plug/unplug simulated devices (dtu-simctl)");
   app.add_option("--log-level", log_level, "debug | info | warn | error");
@@ -74,17 +76,25 @@ int main(int argc, char** argv) {
   if (auto valid = agent::validate(options); !valid.ok()) return fail(log, "config_error", valid.error());
   auto key = common::load_key_file(options.key_file);
   if (!key.ok()) return fail(log, "key_error", key.error());
-  auto devices = agent::load_sim_devices(options.sim_devices);
-  if (!devices.ok()) return fail(log, "config_error", devices.error());
 
   asio::io_context io;
-  agent::SimBackend backend(io.get_executor(), std::move(devices.value()));
+  std::unique_ptr<agent::UsbBackend> backend;
+  agent::SimBackend* sim = nullptr;
+  if (options.backend == "sim") {
+    auto devices = agent::load_sim_devices(options.sim_devices);
+    if (!devices.ok()) return fail(log, "config_error", devices.error());
+    auto sim_backend = std::make_unique<agent::SimBackend>(io.get_executor(), std::move(devices.value()));
+    sim = sim_backend.get();
+    backend = std::move(sim_backend);
+  } else {
+    backend = std::make_unique<agent::LibusbBackend>(io.get_executor());
+  }
   std::optional<agent::SimControlServer> control;
-  if (!options.sim_control.empty()) {
-    control.emplace(io.get_executor(), backend, options.sim_control);
+  if (sim != nullptr && !options.sim_control.empty()) {
+    control.emplace(io.get_executor(), *sim, options.sim_control);
     if (auto started = control->start(); !started.ok()) return fail(log, "start_failed", started.error());
   }
-  agent::DtuAgent dtu_agent(io.get_executor(), common::SystemClock::instance(), options, key->bytes, backend);
+  agent::DtuAgent dtu_agent(io.get_executor(), common::SystemClock::instance(), options, key->bytes, *backend);
   if (auto started = dtu_agent.start(); !started.ok()) return fail(log, "start_failed", started.error());
 
   asio::signal_set signals(io, SIGINT, SIGTERM);

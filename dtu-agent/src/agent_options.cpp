@@ -41,10 +41,15 @@ common::Result<void> validate(const AgentOptions& options) {
   if (options.pick != "first") {
     return Error(Errc::config_error, "pick '" + options.pick + "': expected 'first'");
   }
-  if (options.backend != "sim") {
-    return Error(Errc::config_error, "backend '" + options.backend + "': expected 'sim'");
+  if (options.backend == "sim") {
+    if (options.sim_devices.empty()) return Error(Errc::config_error, "the sim backend needs a device file (--sim-devices)");
+  } else if (options.backend == "libusb") {
+    if (!options.sim_devices.empty() || !options.sim_control.empty()) {
+      return Error(Errc::config_error, "--sim-devices and --sim-control need the sim backend, not libusb");
+    }
+  } else {
+    return Error(Errc::config_error, "backend '" + options.backend + "': expected 'sim' or 'libusb'");
   }
-  if (options.sim_devices.empty()) return Error(Errc::config_error, "the sim backend needs a device file (--sim-devices)");
   if (options.reconnect_min.count() <= 0 || options.reconnect_max < options.reconnect_min) {
     return Error(Errc::config_error, "reconnect delays: expected 0 < reconnect_min <= reconnect_max");
   }

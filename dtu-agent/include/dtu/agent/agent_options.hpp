@@ -16,7 +16,7 @@ struct AgentOptions {
   std::vector<common::Endpoint> managers;   // the group's managers, in preference order
   std::string pick = "first";               // first reachable manager of the list
   std::string key_file = "/etc/dtubroker/dtu.key";  // this DTU's derived key
-  std::string backend = "sim";              // sim (libusb arrives with the USB issue)
+  std::string backend = "sim";              // sim (a JSON catalogue) or libusb (real USB)
   std::string sim_devices;                  // device catalogue for the sim backend
   std::string sim_control;                  // Unix socket driving the sim backend (optional)
   std::chrono::milliseconds connect_timeout{3000};   // TCP connect + TLS + hello, per manager
