@@ -63,9 +63,12 @@ Site::Agent& Site::start_agent(const std::string& id, const std::vector<std::str
   auto a = std::make_unique<Agent>();
   a->id = id;
   a->sim_socket = dir_ / (id + "-sim.sock");
-  std::vector<std::string> argv = {binary_path("dtu-agent"), "--id", id,
-                                   "--sim-devices", source_path("demo/sim-devices.json").string(),
-                                   "--sim-control", a->sim_socket.string()};
+  std::vector<std::string> argv = {binary_path("dtu-agent"), "--id", id};
+  // The simulated backend unless the test chose another (--backend libusb under umockdev).
+  if (std::find(extra.begin(), extra.end(), "--backend") == extra.end()) {
+    argv.insert(argv.end(), {"--sim-devices", source_path("demo/sim-devices.json").string(), "--sim-control",
+                             a->sim_socket.string()});
+  }
   // A test may hand the agent another key (an impersonation attempt).
   if (std::find(extra.begin(), extra.end(), "--key") == extra.end()) {
     argv.push_back("--key");

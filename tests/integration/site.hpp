@@ -48,7 +48,7 @@ class Site {
   // Starts a devmgr on `ip` (port chosen by the kernel) and waits until it listens.
   Manager& start_manager(const std::string& id, const std::string& ip, std::vector<std::string> extra = {});
   // Starts a dtu-agent on the simulated backend (demo/sim-devices.json) with its own derived key,
-  // unless `extra` gives --key.
+  // unless `extra` gives --backend or --key.
   Agent& start_agent(const std::string& id, const std::vector<std::string>& managers,
                      std::vector<std::string> extra = {});
 
