@@ -12,6 +12,8 @@
 #include <sstream>
 #include <utility>
 
+#include "dtu/common/log.hpp"
+
 namespace dtu::agent {
 namespace {
 
@@ -22,8 +24,27 @@ using nlohmann::json;
 
 // A bulk endpoint's largest packet at high speed; the default when a file gives none.
 constexpr std::uint16_t kDefaultMaxPacketSize = 512;
+// Control requests the simulated devices answer (USB 2.0 §9.4; USB printer class 1.1 §4.2.1).
+constexpr std::uint8_t kStandardDeviceIn = 0x80;  // bmRequestType: IN, standard, device
+constexpr std::uint8_t kClassInterfaceIn = 0xA1;  // bmRequestType: IN, class, interface
+constexpr std::uint8_t kRecipientMask = 0x1f;
+constexpr std::uint8_t kRequestGetStatus = 0;
+constexpr std::uint8_t kRequestGetDescriptor = 6;
+constexpr std::uint8_t kRequestGetDeviceId = 0;  // printer class
+constexpr std::uint8_t kDescriptorTypeDevice = 1;
+constexpr std::uint8_t kDeviceDescriptorLength = 18;
+constexpr std::uint8_t kControlMaxPacketSize = 64;  // bMaxPacketSize0 of a high-speed device
+// The value of a simulated device's only configuration.
+constexpr std::uint8_t kFirstConfiguration = 1;
 // USB 2.0, the usual bcdUSB of the devices a DTU sees.
 constexpr std::uint16_t kDefaultBcdUsb = 0x0200;
+// An IEEE 1284 device id travels after a 2-byte length that counts itself.
+constexpr std::size_t kMaxDeviceIdLength = 0xffff - 2;
+
+const common::Logger& logger() {
+  static const common::Logger log("sim-backend");
+  return log;
+}
 
 std::string hex_text(std::uint64_t value, int digits) {
   static constexpr char kDigits[] = "0123456789abcdef";
@@ -296,14 +317,22 @@ void read_endpoint(Reader& r, const json& e, const std::string& where, UsbInterf
 
 void read_interface(Reader& r, const json& i, const std::string& where, SimDevice& device,
                     std::set<std::uint8_t>& addresses) {
-  if (!r.object(i, where, {"number", "alternate", "class", "subclass", "protocol", "endpoints"})) return;
+  if (!r.object(i, where,
+                {"number", "alternate", "class", "subclass", "protocol", "device_id", "endpoints"})) {
+    return;
+  }
   UsbInterface interface;
   interface.number = narrow<std::uint8_t>(r.count(i, where, "number", 0, 0xff, std::nullopt));
   interface.alternate = narrow<std::uint8_t>(r.count(i, where, "alternate", 0, 0xff, 0));
   interface.cls = narrow<std::uint8_t>(r.hex(i, where, "class", 0xff, std::nullopt));
   interface.subclass = narrow<std::uint8_t>(r.hex(i, where, "subclass", 0xff, 0));
   interface.protocol = narrow<std::uint8_t>(r.hex(i, where, "protocol", 0xff, 0));
+  std::optional<std::string> device_id = r.optional_string(i, where, "device_id");
   if (r.failed()) return;
+  if (device_id && device_id->size() > kMaxDeviceIdLength) {
+    r.fail(join(where, "device_id"), "longer than " + std::to_string(kMaxDeviceIdLength) + " bytes");
+    return;
+  }
   for (const auto& other : device.info.interfaces) {
     if (other.number == interface.number && other.alternate == interface.alternate) {
       r.fail(join(where, "number"), "interface " + std::to_string(interface.number) + " alternate " +
@@ -317,6 +346,7 @@ void read_interface(Reader& r, const json& i, const std::string& where, SimDevic
     read_endpoint(r, (*endpoints)[k], join(where, "endpoints[" + std::to_string(k) + "]"), interface, device,
                   addresses);
   }
+  if (device_id) device.device_ids[interface.number] = std::move(*device_id);
   device.info.interfaces.push_back(std::move(interface));
 }
 
@@ -477,6 +507,7 @@ struct SimBackend::Slot {
   std::map<std::uint8_t, std::deque<std::uint8_t>> queued;     // IN endpoint → bytes not yet read
   std::map<std::uint8_t, std::deque<PendingRead>> reads;       // IN endpoint → reads waiting; only
                                                                // while queued is empty
+  std::set<std::uint8_t> claimed;                              // interface numbers
 };
 
 SimBackend::SimBackend(asio::any_io_executor executor, SimDeviceSet devices)
@@ -524,7 +555,9 @@ Result<void> SimBackend::start(UsbEvents events) {
   started_ = true;
   events_ = std::move(events);
   for (const auto& s : slots_) {
-    if (s->device.present) post_attached(s->device.info);
+    if (!s->device.present) continue;
+    configure(*s);
+    post_attached(s->device.info);
   }
   return {};
 }
@@ -534,7 +567,10 @@ void SimBackend::stop() {
   started_ = false;
   ++generation_;
   events_ = {};
-  for (auto& s : slots_) fail_reads(*s, Errc::closed);
+  for (auto& s : slots_) {
+    fail_reads(*s, Errc::closed);
+    s->claimed.clear();
+  }
 }
 
 std::vector<UsbDeviceInfo> SimBackend::devices() const {
@@ -546,8 +582,16 @@ std::vector<UsbDeviceInfo> SimBackend::devices() const {
   return out;
 }
 
+Result<SimBackend::Slot*> SimBackend::plugged(const std::string& port) {
+  if (!started_) return Error{Errc::closed, "simulated USB backend is not running"};
+  Slot* s = slot(port);
+  if (s == nullptr) return Error{Errc::not_found, "no device on port " + port};
+  if (!s->device.present) return Error{Errc::unavailable, "device on port " + port + " is unplugged"};
+  return s;
+}
+
 Result<UsbEndpoint> SimBackend::transfer_endpoint(const std::string& port, std::uint8_t endpoint,
-                                                  bool want_in) const {
+                                                  bool want_in, std::size_t length) const {
   if (!started_) return Error{Errc::closed, "simulated USB backend is not running"};
   const Slot* s = slot(port);
   if (s == nullptr) return Error{Errc::not_found, "no device on port " + port};
@@ -559,9 +603,16 @@ Result<UsbEndpoint> SimBackend::transfer_endpoint(const std::string& port, std::
         return Error{Errc::invalid_argument, "endpoint " + endpoint_text(endpoint) + " on port " + port +
                                                  " is " + (want_in ? "OUT" : "IN")};
       }
-      if ((ep.attributes & kUsbTransferTypeMask) == kUsbTransferIsochronous) {
-        return Error{Errc::invalid_argument,
-                     "endpoint " + endpoint_text(endpoint) + " on port " + port + " is isochronous"};
+      const std::uint8_t type = ep.attributes & kUsbTransferTypeMask;
+      if (type != kUsbTransferBulk && type != kUsbTransferInterrupt) {
+        return Error{Errc::invalid_argument, "endpoint " + endpoint_text(endpoint) + " on port " + port +
+                                                 " is neither bulk nor interrupt"};
+      }
+      if (length == 0) return Error{Errc::invalid_argument, "a transfer of 0 bytes"};
+      if (s->claimed.count(interface.number) == 0) {
+        return Error{Errc::illegal_state, "interface " + std::to_string(interface.number) + " of port " +
+                                              port + " (endpoint " + endpoint_text(endpoint) +
+                                              ") is not claimed"};
       }
       return ep;
     }
@@ -569,11 +620,105 @@ Result<UsbEndpoint> SimBackend::transfer_endpoint(const std::string& port, std::
   return Error{Errc::not_found, "no endpoint " + endpoint_text(endpoint) + " on port " + port};
 }
 
-void SimBackend::bulk_out(const std::string& port, std::uint8_t endpoint, std::vector<std::uint8_t> data,
-                          common::Duration /*timeout: a simulated device always accepts at once*/,
-                          std::function<void(Result<std::size_t>)> done) {
+template <typename T>
+void SimBackend::post_result(std::function<void(Result<T>)> done, Result<T> result) {
+  asio::post(executor_, [done = std::move(done), result = std::move(result)]() mutable {
+    if (done) done(std::move(result));
+  });
+}
+
+void SimBackend::claim(const std::string& port, std::uint8_t interface,
+                       std::function<void(Result<void>)> done) {
+  Result<void> result = [&]() -> Result<void> {
+    auto s = plugged(port);
+    if (!s) return s.error();
+    const auto& interfaces = (*s)->device.info.interfaces;
+    if (std::none_of(interfaces.begin(), interfaces.end(),
+                     [&](const UsbInterface& i) { return i.number == interface; })) {
+      return Error{Errc::not_found, "no interface " + std::to_string(interface) + " on port " + port};
+    }
+    (*s)->claimed.insert(interface);
+    return {};
+  }();
+  post_result(std::move(done), std::move(result));
+}
+
+void SimBackend::release(const std::string& port, std::uint8_t interface,
+                         std::function<void(Result<void>)> done) {
+  Result<void> result = [&]() -> Result<void> {
+    auto s = plugged(port);
+    if (!s) return s.error();
+    const auto& interfaces = (*s)->device.info.interfaces;
+    if (std::none_of(interfaces.begin(), interfaces.end(),
+                     [&](const UsbInterface& i) { return i.number == interface; })) {
+      return Error{Errc::not_found, "no interface " + std::to_string(interface) + " on port " + port};
+    }
+    (*s)->claimed.erase(interface);
+    return {};
+  }();
+  post_result(std::move(done), std::move(result));
+}
+
+std::optional<std::vector<std::uint8_t>> SimBackend::answer_control(const Slot& s,
+                                                                    const UsbControlSetup& setup) const {
+  const UsbDeviceInfo& info = s.device.info;
+  std::vector<std::uint8_t> reply;
+  if (setup.request_type == kStandardDeviceIn && setup.request == kRequestGetDescriptor &&
+      (setup.value >> 8) == kDescriptorTypeDevice) {
+    auto le16 = [&](std::uint16_t v) {
+      reply.push_back(static_cast<std::uint8_t>(v & 0xff));
+      reply.push_back(static_cast<std::uint8_t>(v >> 8));
+    };
+    reply = {kDeviceDescriptorLength, kDescriptorTypeDevice};
+    le16(info.bcd_usb);
+    reply.insert(reply.end(), {info.cls, info.subclass, info.protocol, kControlMaxPacketSize});
+    le16(info.vid);
+    le16(info.pid);
+    le16(info.bcd_device);
+    reply.push_back(info.manufacturer ? 1 : 0);
+    reply.push_back(info.product ? 2 : 0);
+    reply.push_back(info.serial ? 3 : 0);
+    reply.push_back(1);  // one configuration
+  } else if ((setup.request_type & ~kRecipientMask) == kStandardDeviceIn &&
+             setup.request == kRequestGetStatus) {
+    reply = {0, 0};
+  } else if (setup.request_type == kClassInterfaceIn && setup.request == kRequestGetDeviceId) {
+    auto id = s.device.device_ids.find(static_cast<std::uint8_t>(setup.index >> 8));
+    if (id == s.device.device_ids.end()) return std::nullopt;
+    const std::size_t length = id->second.size() + 2;
+    reply = {static_cast<std::uint8_t>(length >> 8), static_cast<std::uint8_t>(length & 0xff)};
+    reply.insert(reply.end(), id->second.begin(), id->second.end());
+  } else {
+    return std::nullopt;
+  }
+  if (reply.size() > setup.length) reply.resize(setup.length);
+  return reply;
+}
+
+void SimBackend::control(const std::string& port, UsbControlSetup setup, std::vector<std::uint8_t> data,
+                         common::Duration /*timeout: a simulated device answers at once*/,
+                         std::function<void(Result<std::vector<std::uint8_t>>)> done) {
+  Result<std::vector<std::uint8_t>> result = [&]() -> Result<std::vector<std::uint8_t>> {
+    auto s = plugged(port);
+    if (!s) return s.error();
+    const bool in = (setup.request_type & kUsbEndpointDirIn) != 0;
+    if (!in && data.size() != setup.length) {
+      return Error{Errc::invalid_argument, "control OUT with wLength " + std::to_string(setup.length) +
+                                               " and " + std::to_string(data.size()) + " bytes"};
+    }
+    auto reply = answer_control(**s, setup);
+    if (!reply) return Error{Errc::refused, "the device on port " + port + " STALLed the control request"};
+    if (!in) return std::vector<std::uint8_t>{};
+    return std::move(*reply);
+  }();
+  post_result(std::move(done), std::move(result));
+}
+
+void SimBackend::transfer_out(const std::string& port, std::uint8_t endpoint, std::vector<std::uint8_t> data,
+                              common::Duration /*timeout: a simulated device always accepts at once*/,
+                              std::function<void(Result<std::size_t>)> done) {
   Result<std::size_t> result = [&]() -> Result<std::size_t> {
-    auto ep = transfer_endpoint(port, endpoint, /*want_in=*/false);
+    auto ep = transfer_endpoint(port, endpoint, /*want_in=*/false, data.size());
     if (!ep) return ep.error();
     Slot* s = slot(port);
     if (s->device.sinks.count(endpoint) != 0) {
@@ -582,22 +727,17 @@ void SimBackend::bulk_out(const std::string& port, std::uint8_t endpoint, std::v
     }
     return data.size();
   }();
-  asio::post(executor_, [done = std::move(done), result = std::move(result)]() mutable {
-    if (done) done(std::move(result));
-  });
+  post_result(std::move(done), std::move(result));
 }
 
-void SimBackend::bulk_in(const std::string& port, std::uint8_t endpoint, std::size_t max_length,
-                         common::Duration timeout,
-                         std::function<void(Result<std::vector<std::uint8_t>>)> done) {
+void SimBackend::transfer_in(const std::string& port, std::uint8_t endpoint, std::size_t max_length,
+                             common::Duration timeout,
+                             std::function<void(Result<std::vector<std::uint8_t>>)> done) {
   auto complete = [this, &done](Result<std::vector<std::uint8_t>> result) {
-    asio::post(executor_, [done = std::move(done), result = std::move(result)]() mutable {
-      if (done) done(std::move(result));
-    });
+    post_result(std::move(done), std::move(result));
   };
-  auto ep = transfer_endpoint(port, endpoint, /*want_in=*/true);
+  auto ep = transfer_endpoint(port, endpoint, /*want_in=*/true, max_length);
   if (!ep) return complete(ep.error());
-  if (max_length == 0) return complete(Error{Errc::invalid_argument, "bulk_in with max_length 0"});
   Slot* s = slot(port);
   auto& queued = s->queued[endpoint];
   if (!queued.empty()) {
@@ -696,8 +836,17 @@ void SimBackend::plug_slot(Slot& s) {
   s.captured.clear();
   s.queued.clear();
   s.reads.clear();  // none: an unplugged device has no waiting reads
+  s.claimed.clear();
   for (const auto& [ep, bytes] : s.device.sources) s.queued[ep].assign(bytes.begin(), bytes.end());
-  if (started_) post_attached(s.device.info);
+  if (!started_) return;
+  configure(s);
+  post_attached(s.device.info);
+}
+
+void SimBackend::configure(Slot& s) {
+  if (s.device.info.configuration != 0) return;
+  s.device.info.configuration = kFirstConfiguration;
+  logger().info(s.device.info.port, "usb_configured", {{"configuration", kFirstConfiguration}});
 }
 
 Result<void> SimBackend::plug(const std::string& port) {
@@ -728,6 +877,7 @@ Result<void> SimBackend::unplug(const std::string& port) {
   if (s == nullptr) return Error{Errc::not_found, "no catalogue device on port " + port};
   if (!s->device.present) return Error{Errc::illegal_state, "device on port " + port + " is not plugged"};
   s->device.present = false;
+  s->claimed.clear();
   fail_reads(*s, Errc::unavailable);
   if (started_) post_detached(port);
   return {};

@@ -38,6 +38,7 @@
 namespace {
 
 using dtu::agent::LibusbBackend;
+using dtu::agent::UsbControlSetup;
 using dtu::agent::UsbDeviceInfo;
 using dtu::agent::UsbEndpoint;
 using dtu::agent::UsbEvents;
@@ -49,6 +50,10 @@ using dtu::common::Result;
 
 // Bounds every wait for a callback; events arrive in milliseconds, so this only ends a broken test.
 constexpr auto kWaitLimit = std::chrono::seconds(5);
+// The transfer timeout where the test expects data: long enough never to fire on a healthy run.
+constexpr auto kTransferLimit = std::chrono::seconds(5);
+// One turn of a poll for a condition no callback announces (the emulated device's state).
+constexpr auto kPollStep = std::chrono::milliseconds(5);
 
 // Collects log lines (they come from the backend's event thread).
 class LogCapture {
@@ -66,7 +71,8 @@ class LogCapture {
   std::size_t count(std::string_view a, std::string_view b) {
     std::lock_guard lock(mutex_);
     std::size_t n = 0;
-    for (const auto& line : lines_) n += line.find(a) != std::string::npos && line.find(b) != std::string::npos;
+    for (const auto& line : lines_)
+      n += line.find(a) != std::string::npos && line.find(b) != std::string::npos;
     return n;
   }
 
@@ -106,7 +112,59 @@ struct Fixture {
     }
     return nullptr;
   }
+
+  // Runs the io_context in short turns until `done()` holds or kWaitLimit passes: for conditions
+  // that no handler signals (the emulated device's state).
+  template <typename Done>
+  bool eventually(Done done) {
+    const auto deadline = std::chrono::steady_clock::now() + kWaitLimit;
+    while (!done()) {
+      if (std::chrono::steady_clock::now() >= deadline) return false;
+      io.run_for(kPollStep);
+    }
+    return true;
+  }
+
+  // Starts the backend and waits for `count` devices.
+  void start(std::size_t count) {
+    REQUIRE(backend.start(events()).ok());
+    REQUIRE(run_until([&] { return attached.size() >= count; }));
+  }
+
+  template <typename T, typename Call>
+  Result<T> wait_for(Call call) {
+    std::optional<Result<T>> out;
+    call([&](Result<T> r) { out.emplace(std::move(r)); });
+    REQUIRE(run_until([&] { return out.has_value(); }));
+    return std::move(*out);
+  }
+  Result<void> claim(const std::string& port, std::uint8_t interface) {
+    return wait_for<void>([&](auto done) { backend.claim(port, interface, done); });
+  }
+  Result<void> release(const std::string& port, std::uint8_t interface) {
+    return wait_for<void>([&](auto done) { backend.release(port, interface, done); });
+  }
+  Result<std::size_t> write(const std::string& port, std::uint8_t endpoint, Bytes data) {
+    return wait_for<std::size_t>(
+        [&](auto done) { backend.transfer_out(port, endpoint, data, kTransferLimit, done); });
+  }
+  Result<Bytes> read(const std::string& port, std::uint8_t endpoint, std::size_t max,
+                     dtu::common::Duration timeout = kTransferLimit) {
+    return wait_for<Bytes>([&](auto done) { backend.transfer_in(port, endpoint, max, timeout, done); });
+  }
+  Result<Bytes> control(const std::string& port, UsbControlSetup setup, Bytes data = {}) {
+    return wait_for<Bytes>([&](auto done) { backend.control(port, setup, data, kTransferLimit, done); });
+  }
 };
+
+template <typename T>
+bool failed_with(const Result<T>& r, Errc code) {
+  return !r.ok() && r.error().code == make_error_code(code);
+}
+
+Bytes bytes_of(std::string_view text) {
+  return Bytes(text.begin(), text.end());
+}
 
 }  // namespace
 
@@ -194,7 +252,8 @@ TEST_CASE("LibusbBackend without hotplug finds plugs and unplugs by rescanning t
   CHECK(f.backend.devices()[0].port == "1-3");
 }
 
-TEST_CASE("LibusbBackend reports a device whose strings cannot be read with absent strings and one log line") {
+TEST_CASE(
+    "LibusbBackend reports a device whose strings cannot be read with absent strings and one log line") {
   LogCapture log;
   Fixture f;
   f.usb.plug(mute_device());
@@ -233,19 +292,208 @@ TEST_CASE("LibusbBackend delivers no callback after stop() returns and can start
   f.backend.stop();
 }
 
-TEST_CASE("LibusbBackend refuses in-band transfers until the lease work lands") {
+TEST_CASE("LibusbBackend claims the printer interface and the printer receives bulk OUT bytes exactly") {
+  Fixture f;
+  FakeDeviceHandler* device = f.usb.plug(printer());
+  f.start(1);
+  REQUIRE(f.claim("1-1", 0));
+  CHECK(device->claimed() == std::set<std::uint8_t>{0});
+
+  const Bytes job = bytes_of("\x1b@Hello printer\x0c");
+  auto written = f.write("1-1", 0x01, job);
+  REQUIRE(written);
+  CHECK(*written == job.size());
+  CHECK(device->out_data(0x01) == job);
+
+  Bytes big(4 * 1024 * 1024 + 17);  // a multi-megabyte job, not a multiple of the packet size
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<std::uint8_t>(i * 7 + i / 4096);
+  auto large = f.write("1-1", 0x01, big);
+  REQUIRE(large);
+  CHECK(*large == big.size());
+  Bytes expected = job;
+  expected.insert(expected.end(), big.begin(), big.end());
+  CHECK(device->out_data(0x01) == expected);
+
+  REQUIRE(f.release("1-1", 0));
+  CHECK(device->claimed().empty());
+}
+
+TEST_CASE("LibusbBackend reads bulk IN from the scanner interface of the multi-function device") {
+  Fixture f;
+  FakeDeviceHandler* device = f.usb.plug(multi_function());
+  device->queue_in(0x84, bytes_of("SCAN\x01\x02\x03"));
+  f.start(1);
+  REQUIRE(f.claim("1-2", 1));
+  CHECK(device->claimed() == std::set<std::uint8_t>{1});
+  auto scan = f.read("1-2", 0x84, 512);
+  REQUIRE(scan);
+  CHECK(*scan == bytes_of("SCAN\x01\x02\x03"));
+  // Nothing more to read: the deadline passes.
+  CHECK(failed_with(f.read("1-2", 0x84, 512, std::chrono::milliseconds(20)), Errc::timeout));
+}
+
+TEST_CASE("A LibusbBackend IN read waits for data while other transfers go on") {
+  Fixture f;
+  FakeDeviceHandler* device = f.usb.plug(multi_function());
+  f.start(1);
+  REQUIRE(f.claim("1-2", 0));
+  REQUIRE(f.claim("1-2", 1));
+  std::optional<Result<Bytes>> scan;
+  f.backend.transfer_in("1-2", 0x84, 512, kTransferLimit,
+                        [&](Result<Bytes> r) { scan.emplace(std::move(r)); });
+  REQUIRE(f.eventually([&] { return device->pending_in() == 1; }));
+
+  auto written = f.write("1-2", 0x01, bytes_of("page"));  // not held up by the waiting read
+  REQUIRE(written);
+  CHECK(device->out_data(0x01) == bytes_of("page"));
+  CHECK_FALSE(scan.has_value());
+
+  device->queue_in(0x84, bytes_of("late scan"));
+  REQUIRE(f.run_until([&] { return scan.has_value(); }));
+  REQUIRE(*scan);
+  CHECK(**scan == bytes_of("late scan"));
+}
+
+TEST_CASE("Unplugging during a pending LibusbBackend IN read fails it with unavailable") {
+  Fixture f;
+  FakeDeviceHandler* device = f.usb.plug(multi_function());
+  f.start(1);
+  REQUIRE(f.claim("1-2", 1));
+  std::optional<Result<Bytes>> scan;
+  f.backend.transfer_in("1-2", 0x84, 512, kTransferLimit,
+                        [&](Result<Bytes> r) { scan.emplace(std::move(r)); });
+  REQUIRE(f.eventually([&] { return device->pending_in() == 1; }));
+
+  f.usb.unplug(multi_function());
+  REQUIRE(f.run_until([&] { return scan.has_value() && !f.detached.empty(); }));
+  CHECK(failed_with(*scan, Errc::unavailable));
+  CHECK(f.detached == std::vector<std::string>{"1-2"});
+  CHECK(failed_with(f.read("1-2", 0x84, 512), Errc::not_found));  // the port is empty now
+}
+
+TEST_CASE(
+    "A LibusbBackend transfer on an unclaimed interface fails with illegal_state naming the interface") {
+  Fixture f;
+  FakeDeviceHandler* device = f.usb.plug(multi_function());
+  device->queue_in(0x84, bytes_of("SCAN"));
+  f.start(1);
+  REQUIRE(f.claim("1-2", 0));
+  auto read = f.read("1-2", 0x84, 512);
+  REQUIRE(failed_with(read, Errc::illegal_state));
+  CHECK(read.error().detail.find("interface 1") != std::string::npos);
+  CHECK(failed_with(f.write("1-2", 0x03, bytes_of("x")), Errc::illegal_state));
+  REQUIRE(f.release("1-2", 0));
+  CHECK(failed_with(f.write("1-2", 0x01, bytes_of("x")), Errc::illegal_state));
+  CHECK(device->out_data(0x01).empty());
+  CHECK(device->out_data(0x03).empty());
+}
+
+TEST_CASE(
+    "LibusbBackend rejects unknown ports, interfaces and endpoints, wrong directions and empty transfers") {
   Fixture f;
   f.usb.plug(printer());
-  REQUIRE(f.backend.start(f.events()).ok());
-  std::optional<Result<std::size_t>> written;
-  std::optional<Result<Bytes>> read;
-  f.backend.bulk_out("1-1", 0x01, Bytes{1, 2, 3}, std::chrono::seconds(1),
-                     [&](Result<std::size_t> r) { written.emplace(std::move(r)); });
-  f.backend.bulk_in("1-1", 0x82, 64, std::chrono::seconds(1), [&](Result<Bytes> r) { read.emplace(std::move(r)); });
-  CHECK_FALSE(written.has_value());  // never from inside the call
-  REQUIRE(f.run_until([&] { return written.has_value() && read.has_value(); }));
-  REQUIRE_FALSE(written->ok());
-  CHECK(written->error().code == make_error_code(Errc::unavailable));
-  REQUIRE_FALSE(read->ok());
-  CHECK(read->error().code == make_error_code(Errc::unavailable));
+  f.start(1);
+  REQUIRE(f.claim("1-1", 0));
+  CHECK(failed_with(f.claim("9-9", 0), Errc::not_found));
+  CHECK(failed_with(f.claim("1-1", 4), Errc::not_found));
+  CHECK(failed_with(f.write("9-9", 0x01, bytes_of("x")), Errc::not_found));
+  CHECK(failed_with(f.write("1-1", 0x07, bytes_of("x")), Errc::not_found));
+  CHECK(failed_with(f.read("1-1", 0x8e, 64), Errc::not_found));
+  CHECK(failed_with(f.write("1-1", 0x82, bytes_of("x")), Errc::invalid_argument));
+  CHECK(failed_with(f.read("1-1", 0x01, 64), Errc::invalid_argument));
+  CHECK(failed_with(f.read("1-1", 0x82, 0), Errc::invalid_argument));
+  CHECK(failed_with(f.write("1-1", 0x01, Bytes{}), Errc::invalid_argument));
+}
+
+TEST_CASE("LibusbBackend detaches a bound kernel driver on claim and re-attaches it on release") {
+  LogCapture log;
+  Fixture f;
+  FakeSpec spec = printer();
+  spec.bound_drivers[0] = "usblp";
+  FakeDeviceHandler* device = f.usb.plug(spec);
+  f.start(1);
+  CHECK(device->bound_driver(0) == "usblp");
+  REQUIRE(f.claim("1-1", 0));
+  CHECK(device->bound_driver(0).empty());
+  CHECK(device->claimed() == std::set<std::uint8_t>{0});
+  CHECK(log.count("usb_driver_detached", "1-1") == 1);
+  REQUIRE(f.write("1-1", 0x01, bytes_of("x")));
+
+  REQUIRE(f.release("1-1", 0));
+  CHECK(device->claimed().empty());
+  CHECK(device->bound_driver(0) == "usblp");
+  CHECK(log.count("usb_driver_reattached", "1-1") == 1);
+}
+
+TEST_CASE("LibusbBackend answers the printer-class GET_DEVICE_ID control request, and a STALL is refused") {
+  Fixture f;
+  FakeSpec spec = printer();
+  const std::string id = "MFG:EPSON;CMD:ESCPL2,BDC;MDL:Stylus Test Printer;CLS:PRINTER;";
+  spec.device_ids[0] = id;
+  f.usb.plug(spec);
+  f.start(1);
+  auto answer = f.control("1-1", UsbControlSetup{0xA1, 0, 0, 0x0000, 1024});  // no claim needed
+  REQUIRE(answer);
+  REQUIRE(answer->size() == id.size() + 2);
+  CHECK((*answer)[0] * 256 + (*answer)[1] == static_cast<int>(id.size() + 2));
+  CHECK(std::string(answer->begin() + 2, answer->end()) == id);
+  auto status = f.control("1-1", UsbControlSetup{0x80, 0, 0, 0, 2});
+  REQUIRE(status);
+  CHECK(*status == Bytes{0, 0});
+  CHECK(failed_with(f.control("1-1", UsbControlSetup{0xC0, 0x55, 0, 0, 4}), Errc::refused));
+  CHECK(
+      failed_with(f.control("1-1", UsbControlSetup{0x40, 0x55, 0, 0, 2}, Bytes{1}), Errc::invalid_argument));
+}
+
+TEST_CASE("LibusbBackend configures a device that arrives unconfigured and reports it with its units") {
+  LogCapture log;
+  Fixture f;
+  FakeSpec spec = multi_function();
+  spec.unconfigured = true;
+  FakeDeviceHandler* device = f.usb.plug(spec);
+  CHECK(device->configuration() == 0);
+  f.start(1);
+  const UsbDeviceInfo& d = f.attached[0];
+  CHECK(d.port == "1-2");
+  CHECK(d.configuration == 1);
+  CHECK(d.interfaces.size() == 3);
+  CHECK(d.product == "Test MFP Printer-Scanner-Storage");
+  CHECK(device->configuration() == 1);
+  CHECK(log.count("usb_configured", "1-2") == 1);
+  REQUIRE(f.claim("1-2", 0));
+  CHECK(f.write("1-2", 0x01, bytes_of("x")));
+}
+
+TEST_CASE("LibusbBackend reports a device whose configuration descriptor libusb refuses, with a warning") {
+  LogCapture log;
+  Fixture f;
+  FakeSpec spec = printer();
+  spec.malformed_config = true;
+  f.usb.plug(spec);
+  f.start(1);
+  const UsbDeviceInfo& d = f.attached[0];
+  CHECK(d.port == "1-1");
+  CHECK(d.vid == 0x04b8);
+  CHECK(d.product == "Stylus Test Printer");
+  CHECK(d.interfaces.empty());
+  CHECK(log.count("usb_config_unreadable", "1-1") == 1);
+}
+
+TEST_CASE("LibusbBackend stop() completes pending transfers with closed and gives claims back") {
+  Fixture f;
+  FakeSpec spec = multi_function();
+  spec.bound_drivers[1] = "vendor-scanner";
+  FakeDeviceHandler* device = f.usb.plug(spec);
+  f.start(1);
+  REQUIRE(f.claim("1-2", 1));
+  std::optional<Result<Bytes>> scan;
+  f.backend.transfer_in("1-2", 0x84, 512, kTransferLimit,
+                        [&](Result<Bytes> r) { scan.emplace(std::move(r)); });
+  REQUIRE(f.eventually([&] { return device->pending_in() == 1; }));
+  f.backend.stop();
+  REQUIRE(f.run_until([&] { return scan.has_value(); }));
+  CHECK(failed_with(*scan, Errc::closed));
+  CHECK(device->claimed().empty());
+  CHECK(device->bound_driver(1) == "vendor-scanner");
+  CHECK(failed_with(f.claim("1-2", 1), Errc::closed));
 }

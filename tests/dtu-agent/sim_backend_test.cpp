@@ -23,6 +23,7 @@ namespace {
 using dtu::agent::SimBackend;
 using dtu::agent::SimDevice;
 using dtu::agent::SimDeviceSet;
+using dtu::agent::UsbControlSetup;
 using dtu::agent::UsbDeviceInfo;
 using dtu::agent::UsbEvents;
 using dtu::common::Errc;
@@ -83,12 +84,40 @@ struct Fixture {
   Fixture() {
     REQUIRE(backend.start(rec.events()));
     REQUIRE(run_until(io, [&] { return rec.attached.size() == 2; }));
+    claim_all("1-1");
+    claim_all("1-2");
+  }
+
+  Result<void> claim(const std::string& port, std::uint8_t interface) {
+    std::optional<Result<void>> out;
+    backend.claim(port, interface, [&](Result<void> r) { out = std::move(r); });
+    REQUIRE(run_until(io, [&] { return out.has_value(); }));
+    return std::move(*out);
+  }
+
+  Result<void> release(const std::string& port, std::uint8_t interface) {
+    std::optional<Result<void>> out;
+    backend.release(port, interface, [&](Result<void> r) { out = std::move(r); });
+    REQUIRE(run_until(io, [&] { return out.has_value(); }));
+    return std::move(*out);
+  }
+
+  // Claims every interface of the device on `port`, as a lease holder would.
+  void claim_all(const std::string& port) {
+    for (const auto& interface : backend.find(port)->info.interfaces) REQUIRE(claim(port, interface.number));
+  }
+
+  Result<Bytes> control(const std::string& port, UsbControlSetup setup, Bytes data = {}) {
+    std::optional<Result<Bytes>> out;
+    backend.control(port, setup, std::move(data), kNoTimeout, [&](Result<Bytes> r) { out = std::move(r); });
+    REQUIRE(run_until(io, [&] { return out.has_value(); }));
+    return std::move(*out);
   }
 
   Result<std::size_t> write(const std::string& port, std::uint8_t ep, Bytes data) {
     std::optional<Result<std::size_t>> out;
-    backend.bulk_out(port, ep, std::move(data), kNoTimeout,
-                     [&](Result<std::size_t> r) { out = std::move(r); });
+    backend.transfer_out(port, ep, std::move(data), kNoTimeout,
+                         [&](Result<std::size_t> r) { out = std::move(r); });
     REQUIRE(run_until(io, [&] { return out.has_value(); }));
     return std::move(*out);
   }
@@ -96,7 +125,7 @@ struct Fixture {
   Result<Bytes> read(const std::string& port, std::uint8_t ep, std::size_t max,
                      dtu::common::Duration timeout) {
     std::optional<Result<Bytes>> out;
-    backend.bulk_in(port, ep, max, timeout, [&](Result<Bytes> r) { out = std::move(r); });
+    backend.transfer_in(port, ep, max, timeout, [&](Result<Bytes> r) { out = std::move(r); });
     REQUIRE(run_until(io, [&] { return out.has_value(); }));
     return std::move(*out);
   }
@@ -266,8 +295,8 @@ TEST_CASE("A sink endpoint records every byte written to it") {
 TEST_CASE("A transfer completes through the executor, never inside the call") {
   Fixture f;
   bool called = false;
-  f.backend.bulk_out("1-1", 0x01, bytes_of("x"), kNoTimeout, [&](Result<std::size_t>) { called = true; });
-  f.backend.bulk_in("9-9", 0x81, 64, kNoTimeout, [&](Result<Bytes>) { called = true; });
+  f.backend.transfer_out("1-1", 0x01, bytes_of("x"), kNoTimeout, [&](Result<std::size_t>) { called = true; });
+  f.backend.transfer_in("9-9", 0x81, 64, kNoTimeout, [&](Result<Bytes>) { called = true; });
   CHECK_FALSE(called);
   drain(f.io);
   CHECK(called);
@@ -294,7 +323,7 @@ TEST_CASE("feed completes a waiting read and queues the rest") {
   Fixture f;
   REQUIRE(f.read("1-2", 0x84, 100, kNoTimeout));  // empties the scan
   std::optional<Result<Bytes>> got;
-  f.backend.bulk_in("1-2", 0x84, 4, kNoTimeout, [&](Result<Bytes> r) { got = std::move(r); });
+  f.backend.transfer_in("1-2", 0x84, 4, kNoTimeout, [&](Result<Bytes> r) { got = std::move(r); });
   drain(f.io);
   CHECK_FALSE(got.has_value());  // waits for data
   REQUIRE(f.backend.feed("1-2", 0x84, Bytes{1, 2, 3, 4, 5, 6}));
@@ -331,7 +360,7 @@ TEST_CASE("Unplugging fails waiting reads and later transfers with unavailable")
   Fixture f;
   REQUIRE(f.read("1-2", 0x84, 100, kNoTimeout));  // empties the scan
   std::optional<Result<Bytes>> got;
-  f.backend.bulk_in("1-2", 0x84, 64, kNoTimeout, [&](Result<Bytes> r) { got = std::move(r); });
+  f.backend.transfer_in("1-2", 0x84, 64, kNoTimeout, [&](Result<Bytes> r) { got = std::move(r); });
   drain(f.io);
   REQUIRE_FALSE(got.has_value());
   REQUIRE(f.backend.unplug("1-2"));
@@ -350,6 +379,9 @@ TEST_CASE("Replugging a device resets its sources and its captured bytes") {
   CHECK(f.backend.captured("1-2", 0x01) == bytes_of("job"));  // kept while unplugged
   REQUIRE(f.backend.plug("1-2"));
   CHECK(f.backend.captured("1-2", 0x01).empty());
+  CHECK(
+      failed_with(f.read("1-2", 0x84, 100, kNoTimeout), Errc::illegal_state));  // claims end with the unplug
+  f.claim_all("1-2");
   auto scan = f.read("1-2", 0x84, 100, kNoTimeout);
   REQUIRE(scan);
   CHECK(*scan == Bytes{'S', 'C', 'A', 'N', 1, 2, 3});
@@ -359,7 +391,7 @@ TEST_CASE("After stop no event is delivered and waiting reads fail with closed")
   Fixture f;
   REQUIRE(f.read("1-2", 0x84, 100, kNoTimeout));
   std::optional<Result<Bytes>> got;
-  f.backend.bulk_in("1-2", 0x84, 64, kNoTimeout, [&](Result<Bytes> r) { got = std::move(r); });
+  f.backend.transfer_in("1-2", 0x84, 64, kNoTimeout, [&](Result<Bytes> r) { got = std::move(r); });
   REQUIRE(f.backend.unplug("1-1"));  // its detached event is posted, not yet delivered
   f.backend.stop();
   REQUIRE(run_until(f.io, [&] { return got.has_value(); }));
@@ -512,4 +544,88 @@ TEST_CASE("hex_encode and hex_decode round-trip bytes") {
   CHECK(*spaced == Bytes{0x0a, 0xff, 0x10});
   CHECK(failed_with(dtu::agent::hex_decode("abc"), Errc::invalid_argument));
   CHECK(failed_with(dtu::agent::hex_decode("zz"), Errc::invalid_argument));
+}
+
+TEST_CASE("SimBackend transfers need the interface claimed; release and unplug end the claim") {
+  Fixture f;
+  REQUIRE(f.release("1-2", 1));
+  auto unclaimed = f.read("1-2", 0x84, 64, kNoTimeout);
+  REQUIRE(failed_with(unclaimed, Errc::illegal_state));
+  CHECK(unclaimed.error().detail.find("interface 1") != std::string::npos);
+  CHECK(failed_with(f.write("1-2", 0x03, bytes_of("x")), Errc::illegal_state));
+  CHECK(f.write("1-2", 0x01, bytes_of("x")));  // interface 0 is still claimed
+  CHECK(f.release("1-2", 1));                  // releasing an unclaimed interface succeeds
+  CHECK(f.claim("1-2", 1));
+  CHECK(f.claim("1-2", 1));  // and so does claiming a claimed one
+  CHECK(f.read("1-2", 0x84, 64, kNoTimeout));
+
+  CHECK(failed_with(f.claim("1-2", 7), Errc::not_found));
+  CHECK(failed_with(f.claim("9-9", 0), Errc::not_found));
+  CHECK(failed_with(f.claim("1-3", 0), Errc::unavailable));  // in the catalogue, not plugged
+}
+
+TEST_CASE("SimBackend moves data on interrupt endpoints like on bulk ones") {
+  Fixture f;
+  REQUIRE(f.backend.plug("1-3"));
+  REQUIRE(run_until(f.io, [&] { return f.rec.attached.size() == 3; }));
+  REQUIRE(f.claim("1-3", 0));
+  REQUIRE(f.backend.feed("1-3", 0x81, Bytes{0x50, 0x03}));
+  auto slot_change = f.read("1-3", 0x81, 8, kNoTimeout);
+  REQUIRE(slot_change);
+  CHECK(*slot_change == Bytes{0x50, 0x03});
+}
+
+TEST_CASE("SimBackend answers GET_DEVICE_ID, GET_STATUS and GET_DESCRIPTOR and STALLs anything else") {
+  Fixture f;
+  const std::string id = "MFG:EPSON;CMD:ESCPL2,BDC;MDL:Stylus Test Printer;CLS:PRINTER;";
+  auto answer = f.control("1-1", UsbControlSetup{0xA1, 0, 0, 0x0000, 1024});
+  REQUIRE(answer);
+  REQUIRE(answer->size() == id.size() + 2);
+  CHECK((*answer)[0] * 256 + (*answer)[1] == static_cast<int>(id.size() + 2));
+  CHECK(std::string(answer->begin() + 2, answer->end()) == id);
+  auto shortened = f.control("1-1", UsbControlSetup{0xA1, 0, 0, 0x0000, 2});
+  REQUIRE(shortened);
+  CHECK(shortened->size() == 2);  // the length only: a host reads it first, then the rest
+
+  auto status = f.control("1-2", UsbControlSetup{0x80, 0, 0, 0, 2});
+  REQUIRE(status);
+  CHECK(*status == Bytes{0, 0});
+  auto descriptor = f.control("1-2", UsbControlSetup{0x80, 6, 0x0100, 0, 18});
+  REQUIRE(descriptor);
+  REQUIRE(descriptor->size() == 18);
+  CHECK((*descriptor)[8] == 0xb8);  // idVendor 04b8, little-endian
+  CHECK((*descriptor)[9] == 0x04);
+  CHECK((*descriptor)[10] == 0xa1);
+
+  CHECK(failed_with(f.control("1-2", UsbControlSetup{0xA1, 0, 0, 0x0100, 1024}), Errc::refused));  // no id
+  CHECK(failed_with(f.control("1-1", UsbControlSetup{0x40, 0x55, 0, 0, 0}), Errc::refused));  // vendor OUT
+  CHECK(
+      failed_with(f.control("1-1", UsbControlSetup{0x40, 0x55, 0, 0, 2}, Bytes{1}), Errc::invalid_argument));
+  CHECK(failed_with(f.control("9-9", UsbControlSetup{0x80, 0, 0, 0, 2}), Errc::not_found));
+}
+
+TEST_CASE("SimBackend configures a device that arrives unconfigured before reporting it") {
+  asio::io_context io;
+  auto set = demo_devices();
+  set.devices[0].info.configuration = 0;
+  set.devices[2].info.configuration = 0;  // the card reader, plugged later
+  SimBackend backend(io.get_executor(), std::move(set));
+  Recorder rec;
+  REQUIRE(backend.start(rec.events()));
+  REQUIRE(run_until(io, [&] { return rec.attached.size() == 2; }));
+  CHECK(rec.attached[0].configuration == 1);
+  CHECK(rec.attached[0].interfaces.size() == 1);
+  REQUIRE(backend.plug("1-3"));
+  REQUIRE(run_until(io, [&] { return rec.attached.size() == 3; }));
+  CHECK(rec.attached[2].configuration == 1);
+}
+
+TEST_CASE("Device files take an optional IEEE 1284 device id per interface") {
+  json device = minimal_device();
+  device["interfaces"][0]["device_id"] = "MFG:ACME;MDL:Laser;CLS:PRINTER;";
+  auto parsed = dtu::agent::sim_device_from_json(device, "");
+  REQUIRE(parsed);
+  CHECK(parsed->device_ids.at(0) == "MFG:ACME;MDL:Laser;CLS:PRINTER;");
+  device["interfaces"][0]["device_id"] = 7;
+  check_mentions(dtu::agent::sim_device_from_json(device, "").error().detail, {"device_id"});
 }

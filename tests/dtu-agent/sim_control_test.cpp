@@ -195,9 +195,13 @@ TEST_CASE("SimControlServer plugs a device described in the request") {
 
 TEST_CASE("SimControlServer shows what a sink captured and feeds a source") {
   Fixture f;
+  std::optional<dtu::common::Result<void>> claimed;
+  f.backend.claim("1-1", 0, [&](dtu::common::Result<void> r) { claimed = std::move(r); });
+  REQUIRE(run_until(f.io, [&] { return claimed.has_value(); }));
+  REQUIRE(*claimed);
   std::optional<dtu::common::Result<std::size_t>> written;
-  f.backend.bulk_out("1-1", 0x01, {0x1b, 0x40, 'h', 'i'}, std::chrono::seconds(1),
-                     [&](dtu::common::Result<std::size_t> r) { written = std::move(r); });
+  f.backend.transfer_out("1-1", 0x01, {0x1b, 0x40, 'h', 'i'}, std::chrono::seconds(1),
+                         [&](dtu::common::Result<std::size_t> r) { written = std::move(r); });
   REQUIRE(run_until(f.io, [&] { return written.has_value(); }));
 
   Client c(f.io, f.path);
@@ -210,8 +214,8 @@ TEST_CASE("SimControlServer shows what a sink captured and feeds a source") {
   CHECK(c.request({{"op", "feed"}, {"port", "1-1"}, {"endpoint", 0x82}, {"hex", "0a0b"}}) ==
         json{{"ok", true}});
   std::optional<dtu::common::Result<std::vector<std::uint8_t>>> read;
-  f.backend.bulk_in("1-1", 0x82, 64, std::chrono::seconds(1),
-                    [&](dtu::common::Result<std::vector<std::uint8_t>> r) { read = std::move(r); });
+  f.backend.transfer_in("1-1", 0x82, 64, std::chrono::seconds(1),
+                        [&](dtu::common::Result<std::vector<std::uint8_t>> r) { read = std::move(r); });
   REQUIRE(run_until(f.io, [&] { return read.has_value(); }));
   REQUIRE(*read);
   CHECK(**read == std::vector<std::uint8_t>{0x0a, 0x0b});

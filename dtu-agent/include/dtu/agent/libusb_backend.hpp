@@ -4,17 +4,29 @@
 // rescan every kRescanInterval that diffs the device list).
 //
 // Threading: the public methods run on the agent's io_context thread, like every UsbBackend.
-// start() creates a libusb context and a thread of its own that runs libusb's event loop, reads
-// descriptors and strings, and hands each result to the executor with asio::post. That post is
-// the only structure the two threads share; the backend's state lives on the io_context thread
-// and the event thread's state lives on the event thread. stop() joins the event thread.
+// start() creates a libusb context and a thread of its own (EventThread) that runs libusb's event
+// loop, reads descriptors and strings, and owns every device handle, claim and transfer. The two
+// threads share exactly two structures:
+//   - io_context → event thread: a mutex-protected queue of requests (claim, release, control,
+//     transfer_out, transfer_in); queuing one wakes the loop with libusb_interrupt_event_handler;
+//   - event thread → io_context: asio::post of events and of every completion.
+// Everything else lives on one side only. stop() joins the event thread.
 //
 // A device's identity is its port path "<bus>-<port>[.<port>…]" (libusb bus number and port
 // numbers). Root hubs have no port path and are not reported. A string descriptor that cannot be
-// read is reported as absent (std::nullopt) with one log line naming the port and the reason.
+// read is reported as absent (std::nullopt) with one log line naming the port and the reason. A
+// configuration descriptor libusb refuses is reported as no interfaces with a
+// `usb_config_unreadable` warning naming the port. A device that arrives unconfigured is set to
+// its first configuration before it is reported (`usb_configured`).
 //
-// In-band transfers (bulk_out, bulk_in) are not implemented yet: on a started backend they
-// complete with Errc::unavailable ("in-band transfers arrive with the lease work").
+// Data path: the event thread opens a device when it is first needed (a claim or a control
+// transfer) and closes it when nothing is claimed and no transfer is in flight. claim() detaches
+// a kernel driver bound to the interface and release() re-attaches it. Transfers are libusb
+// asynchronous transfers, so a slow IN read never holds up other requests. libusb's transfer
+// status maps to Errc: TIMED_OUT → timeout, NO_DEVICE → unavailable, STALL → refused, others →
+// io_error with libusb's name. An unplug fails the device's pending transfers with unavailable and
+// drops its claims; stop() fails every pending request and transfer with closed, gives claimed
+// interfaces back and closes every handle.
 
 #include <asio/any_io_executor.hpp>
 #include <chrono>
@@ -53,23 +65,31 @@ class LibusbBackend final : public UsbBackend {
   common::Result<void> start(UsbEvents events) override;
   void stop() override;
   std::vector<UsbDeviceInfo> devices() const override;
-  void bulk_out(const std::string& port, std::uint8_t endpoint, std::vector<std::uint8_t> data,
-                common::Duration timeout, std::function<void(common::Result<std::size_t>)> done) override;
-  void bulk_in(const std::string& port, std::uint8_t endpoint, std::size_t max_length,
+  void claim(const std::string& port, std::uint8_t interface,
+             std::function<void(common::Result<void>)> done) override;
+  void release(const std::string& port, std::uint8_t interface,
+               std::function<void(common::Result<void>)> done) override;
+  void control(const std::string& port, UsbControlSetup setup, std::vector<std::uint8_t> data,
                common::Duration timeout,
                std::function<void(common::Result<std::vector<std::uint8_t>>)> done) override;
+  void transfer_out(const std::string& port, std::uint8_t endpoint, std::vector<std::uint8_t> data,
+                    common::Duration timeout, std::function<void(common::Result<std::size_t>)> done) override;
+  void transfer_in(const std::string& port, std::uint8_t endpoint, std::size_t max_length,
+                   common::Duration timeout,
+                   std::function<void(common::Result<std::vector<std::uint8_t>>)> done) override;
 
   bool started() const { return started_; }
 
  private:
   class EventThread;
 
+  struct Request;  // one data-path request on its way to the event thread
+
   // Run on the io_context thread; `run` is the start() the event came from (stale ones drop).
   void on_attached(std::uint64_t run, UsbDeviceInfo info);
   void on_detached(std::uint64_t run, const std::string& port);
-  // Posts done(Errc::closed / unavailable) for a transfer that cannot start.
-  template <typename T>
-  void refuse_transfer(std::function<void(common::Result<T>)> done) const;
+  // Hands `request` to the event thread, or completes it with Errc::closed when stopped.
+  void hand_over(Request request);
 
   asio::any_io_executor executor_;
   UsbWatch watch_;

@@ -19,10 +19,14 @@
 //      "class": "00", "subclass": "00", "protocol": "00",    device class triple, default 00
 //      "manufacturer": "EPSON",             string, or null / left out = absent or unreadable
 //      "product": "…", "serial": null,
-//      "configuration": 1,                  active configuration value, default 1; 0 = unconfigured
+//      "configuration": 1,                  active configuration value, default 1; 0 = arrives
+//                                           unconfigured (the backend configures it: see below)
 //      "interfaces": [                      required (may be empty)
 //        {"number": 0, "alternate": 0,      alternate defaults to 0; (number, alternate) unique
 //         "class": "07", "subclass": "01", "protocol": "02",
+//         "device_id": "MFG:EPSON;CMD:ESCPL2,BDC;MDL:Stylus Test Printer;CLS:PRINTER;",
+//                                           optional: the IEEE 1284 device id the printer-class
+//                                           GET_DEVICE_ID request answers for this interface
 //         "endpoints": [                    default []
 //           {"address": "0x01",             bit 7 = IN; number 1-15; unique within the device
 //            "type": "bulk",                bulk (default) | interrupt | isochronous
@@ -40,11 +44,21 @@
 // first_interface, count) take a JSON integer. Every object may carry a "comment"; any other
 // unknown key is an error, so a typo never silently disables a behaviour.
 //
-// Endpoint behaviour at run time: an OUT endpoint with "sink" records what bulk_out writes (read
-// it with captured()); an OUT endpoint without one accepts and discards. An IN endpoint yields its
-// "source" bytes (plus whatever feed() adds) in reads of at most max_length; when it has nothing a
-// read waits for feed() up to its timeout, then fails with Errc::timeout. Plugging a device
-// resets it: its sources refill from the catalogue and what its sinks captured is cleared.
+// Behaviour at run time:
+// - Transfers on an endpoint need its interface claimed (claim()); claims end with release(), an
+//   unplug or stop().
+// - An OUT endpoint with "sink" records what transfer_out writes (read it with captured()); an
+//   OUT endpoint without one accepts and discards. An IN endpoint yields its "source" bytes (plus
+//   whatever feed() adds) in reads of at most max_length; when it has nothing a read waits for
+//   feed() up to its timeout, then fails with Errc::timeout. Interrupt endpoints behave the same.
+// - Control transfers: standard GET_DESCRIPTOR(device) answers the device descriptor, GET_STATUS
+//   answers {0, 0}, the printer-class GET_DEVICE_ID (bmRequestType 0xA1, bRequest 0, wIndex high
+//   byte = interface) answers a 2-byte big-endian length (counting itself) and the interface's
+//   "device_id"; anything else STALLs (Errc::refused).
+// - A device with configuration 0 is configured with configuration 1 when it is plugged (or at
+//   start()), before it is reported, with one `usb_configured` log line, as LibusbBackend does.
+// - Plugging a device resets it: its sources refill from the catalogue, what its sinks captured
+//   is cleared and nothing is claimed.
 
 #include <asio/any_io_executor.hpp>
 #include <cstddef>
@@ -52,6 +66,7 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json_fwd.hpp>
+#include <optional>
 #include <set>
 #include <string>
 #include <string_view>
@@ -69,6 +84,7 @@ struct SimDevice {
   bool present = true;
   std::set<std::uint8_t> sinks;                               // OUT endpoint addresses
   std::map<std::uint8_t, std::vector<std::uint8_t>> sources;  // IN endpoint address → bytes
+  std::map<std::uint8_t, std::string> device_ids;             // interface number → IEEE 1284 id
 };
 
 // A whole device file. Ports are unique.
@@ -105,11 +121,18 @@ class SimBackend final : public UsbBackend {
   common::Result<void> start(UsbEvents events) override;
   void stop() override;
   std::vector<UsbDeviceInfo> devices() const override;
-  void bulk_out(const std::string& port, std::uint8_t endpoint, std::vector<std::uint8_t> data,
-                common::Duration timeout, std::function<void(common::Result<std::size_t>)> done) override;
-  void bulk_in(const std::string& port, std::uint8_t endpoint, std::size_t max_length,
+  void claim(const std::string& port, std::uint8_t interface,
+             std::function<void(common::Result<void>)> done) override;
+  void release(const std::string& port, std::uint8_t interface,
+               std::function<void(common::Result<void>)> done) override;
+  void control(const std::string& port, UsbControlSetup setup, std::vector<std::uint8_t> data,
                common::Duration timeout,
                std::function<void(common::Result<std::vector<std::uint8_t>>)> done) override;
+  void transfer_out(const std::string& port, std::uint8_t endpoint, std::vector<std::uint8_t> data,
+                    common::Duration timeout, std::function<void(common::Result<std::size_t>)> done) override;
+  void transfer_in(const std::string& port, std::uint8_t endpoint, std::size_t max_length,
+                   common::Duration timeout,
+                   std::function<void(common::Result<std::vector<std::uint8_t>>)> done) override;
 
   // Run-time control. Changes take effect at once (devices(), transfers); the events follow
   // through the executor, in call order, while started.
@@ -143,9 +166,18 @@ class SimBackend final : public UsbBackend {
 
   Slot* slot(const std::string& port);
   const Slot* slot(const std::string& port) const;
-  // The endpoint descriptor `endpoint` of a plugged device, or the error a transfer reports.
-  common::Result<UsbEndpoint> transfer_endpoint(const std::string& port, std::uint8_t endpoint,
-                                                bool want_in) const;
+  // The plugged device on `port`, or the error an operation on it reports.
+  common::Result<Slot*> plugged(const std::string& port);
+  // The endpoint descriptor `endpoint` of a plugged device whose interface is claimed, for a
+  // transfer of `length` bytes, or the error the transfer reports.
+  common::Result<UsbEndpoint> transfer_endpoint(const std::string& port, std::uint8_t endpoint, bool want_in,
+                                                std::size_t length) const;
+  // The answer of the simulated device to a control request; nullopt = STALL.
+  std::optional<std::vector<std::uint8_t>> answer_control(const Slot& s, const UsbControlSetup& setup) const;
+  // Configures a device that arrives unconfigured (configuration 0), as a real backend does.
+  void configure(Slot& s);
+  template <typename T>
+  void post_result(std::function<void(common::Result<T>)> done, common::Result<T> result);
   void plug_slot(Slot& s);
   void fail_reads(Slot& s, common::Errc why);
   void on_read_timeout(const std::string& port, std::uint8_t endpoint, std::uint64_t read_id);

@@ -1,7 +1,11 @@
 #pragma once
 // UsbBackend: how dtu-agent finds USB devices and moves data to and from them. One
-// implementation per source of devices: SimBackend (a JSON catalogue, for the demo and tests) and,
-// later, a libusb backend (hotplug on its own event thread).
+// implementation per source of devices: SimBackend (a JSON catalogue, for the demo and tests) and
+// LibusbBackend (real USB, hotplug on its own event thread). Both pass the same contract tests
+// (tests/dtu-agent/backend_contract_test.cpp).
+//
+// A device that arrives unconfigured (configuration 0) is configured by the backend with its
+// first configuration before it is reported, so its units can be used (DESIGN.md §3).
 //
 // Threading: every method is called on the agent's io_context thread, and every callback (events
 // and transfer completions) runs on that thread too. A backend with a thread of its own hands
@@ -46,21 +50,43 @@ class UsbBackend {
   // backend knows of them, possibly before the matching event has been delivered.
   virtual std::vector<UsbDeviceInfo> devices() const = 0;
 
-  // Data path, used in-band by the lease holder. `endpoint` is the endpoint address (direction
-  // bit included: OUT 0x01, IN 0x82). `done` is called exactly once, on the io_context thread,
-  // never from inside the call. Errors:
-  //   Errc::not_found         the port or the endpoint is unknown
-  //   Errc::invalid_argument  the endpoint has the wrong direction or type, or max_length is 0
+  // Data path, used in-band by the lease holder (DESIGN.md §2, the in-band channel). Every
+  // completion (`done`) is called exactly once, on the io_context thread, never from inside the
+  // call. Common errors:
+  //   Errc::not_found         the port, the interface or the endpoint is unknown
+  //   Errc::invalid_argument  wrong direction or transfer type, or a zero length
+  //   Errc::illegal_state     the interface owning the endpoint is not claimed (claim first)
   //   Errc::unavailable       the device is unplugged, or was unplugged during the transfer
   //   Errc::timeout           nothing moved within `timeout`
+  //   Errc::refused           the device STALLed the request
+  //   Errc::io_error          any other failure the backend reports (with its reason)
   //   Errc::closed            the backend was stopped
-  // bulk_out: on success, the number of bytes the device accepted.
-  virtual void bulk_out(const std::string& port, std::uint8_t endpoint, std::vector<std::uint8_t> data,
-                        common::Duration timeout, std::function<void(common::Result<std::size_t>)> done) = 0;
-  // bulk_in: on success, between 1 and max_length bytes.
-  virtual void bulk_in(const std::string& port, std::uint8_t endpoint, std::size_t max_length,
+
+  // Claims interface `interface` of `port` for the lease holder: detaches a kernel driver bound
+  // to it (remembering to give it back) and claims it. Claiming a claimed interface succeeds.
+  virtual void claim(const std::string& port, std::uint8_t interface,
+                     std::function<void(common::Result<void>)> done) = 0;
+  // Gives the interface back: releases it and re-attaches the kernel driver that claim()
+  // detached. Releasing an unclaimed interface succeeds. An unplug releases everything.
+  virtual void release(const std::string& port, std::uint8_t interface,
+                       std::function<void(common::Result<void>)> done) = 0;
+
+  // A control transfer on endpoint 0. Direction from bit 7 of setup.request_type: IN reads up to
+  // setup.length bytes (the result holds what the device returned, possibly fewer); OUT sends
+  // `data` (setup.length must equal data.size()) and the result is empty. No claim is needed.
+  virtual void control(const std::string& port, UsbControlSetup setup, std::vector<std::uint8_t> data,
                        common::Duration timeout,
                        std::function<void(common::Result<std::vector<std::uint8_t>>)> done) = 0;
+
+  // Writes `data` to a bulk or interrupt OUT `endpoint` (address with the direction bit, e.g.
+  // 0x01). On success, the number of bytes the device accepted.
+  virtual void transfer_out(const std::string& port, std::uint8_t endpoint, std::vector<std::uint8_t> data,
+                            common::Duration timeout, std::function<void(common::Result<std::size_t>)> done) = 0;
+  // Reads from a bulk or interrupt IN `endpoint` (e.g. 0x82). On success, between 1 and
+  // max_length bytes.
+  virtual void transfer_in(const std::string& port, std::uint8_t endpoint, std::size_t max_length,
+                           common::Duration timeout,
+                           std::function<void(common::Result<std::vector<std::uint8_t>>)> done) = 0;
 };
 
 }  // namespace dtu::agent

@@ -34,6 +34,17 @@ inline bool is_in_endpoint(std::uint8_t address) {
   return (address & kUsbEndpointDirIn) != 0;
 }
 
+// The 8-byte setup packet of a control transfer (USB 2.0 §9.3), host byte order.
+struct UsbControlSetup {
+  std::uint8_t request_type = 0;  // bmRequestType: bit 7 direction (1 = IN), bits 5-6 type, 0-4 recipient
+  std::uint8_t request = 0;       // bRequest
+  std::uint16_t value = 0;        // wValue
+  std::uint16_t index = 0;        // wIndex
+  std::uint16_t length = 0;       // wLength
+
+  bool operator==(const UsbControlSetup&) const = default;
+};
+
 // One interface descriptor (one alternate setting of interface `number`).
 struct UsbInterface {
   std::uint8_t number = 0;
