@@ -73,8 +73,32 @@ void Link::close(const Error& reason) {
   }
 }
 
+void Link::shutdown(Frame last, const Error& reason) {
+  if (closed_ || shutting_down_) return;
+  drain_output();  // what was queued before the last frame goes out before it
+  if (closed_) return;
+  shutting_down_ = true;
+  shutdown_reason_ = reason;
+  shutdown_deadline_ = clock_.now() + options_.write_timeout;
+  const std::size_t before = write_buffer_.size();
+  encode_frame(last, write_buffer_);
+  queued_bytes_ += write_buffer_.size() - before;
+  writer_wake_.cancel();
+  rearm();
+}
+
+void Link::finish_send() {
+  if (send_shut_) return;
+  send_shut_ = true;
+  transport_->shutdown_send();
+}
+
 void Link::drain_output() {
   if (closed_) return;
+  if (shutting_down_) {
+    (void)mux_.take_output();  // nothing goes out after the last frame
+    return;
+  }
   bool any = false;
   for (const Frame& frame : mux_.take_output()) {
     const std::size_t before = write_buffer_.size();
@@ -98,6 +122,15 @@ asio::awaitable<void> Link::read_loop() {
   while (!closed_) {
     const IoResult r = co_await transport_->read_some(asio::buffer(buffer));
     if (closed_) co_return;
+    if (shutting_down_) {
+      // Input after shutdown() is read (so the peer is not reset) but not handled.
+      if (r.ec) {
+        close(shutdown_reason_);
+        co_return;
+      }
+      heartbeat_.on_receive(clock_.now());
+      continue;
+    }
     if (r.ec) {
       const bool eof = r.ec == asio::error::eof || r.ec == asio::ssl::error::stream_truncated;
       if (eof && decoder_.finish() == FrameDecoder::Status::invalid) {
@@ -120,6 +153,7 @@ asio::awaitable<void> Link::read_loop() {
       }
       handle_frame(std::move(frame));
       if (closed_) co_return;
+      if (shutting_down_) break;
     }
   }
 }
@@ -187,9 +221,10 @@ asio::awaitable<void> Link::write_loop() {
     if (closed_) co_return;
     queued_bytes_ -= chunk.size();
     if (r.ec) {
-      close(Error(Errc::link_lost, "write failed: " + r.ec.message()));
+      close(shutting_down_ ? shutdown_reason_ : Error(Errc::link_lost, "write failed: " + r.ec.message()));
       co_return;
     }
+    if (shutting_down_ && write_buffer_.empty()) finish_send();
   }
 }
 
@@ -205,7 +240,12 @@ asio::awaitable<void> Link::watchdog_loop() {
                                        std::to_string(heartbeat_.misses()) + " heartbeats missed)"));
         co_return;
       }
-      if (heartbeat_.should_send(now)) send_heartbeat(now);
+      if (heartbeat_.should_send(now) && !shutting_down_) send_heartbeat(now);
+    }
+    if (shutting_down_ && now >= shutdown_deadline_) {
+      log_.debug(peer_, "shutdown_timeout", {{"reason", shutdown_reason_.describe()}});
+      close(shutdown_reason_);
+      co_return;
     }
     if (writing_ && now >= write_started_ + options_.write_timeout) {
       log_.warn(peer_, "slow_peer", {{"reason", "write blocked"}, {"for", millis(now - write_started_)}});
@@ -217,6 +257,7 @@ asio::awaitable<void> Link::watchdog_loop() {
     MonoTime next = mux_.next_deadline();
     if (options_.heartbeats) next = std::min(next, heartbeat_.next_deadline());
     if (writing_) next = std::min(next, write_started_ + options_.write_timeout);
+    if (shutting_down_) next = std::min(next, shutdown_deadline_);
     watchdog_timer_.expires_at(next);
     co_await watchdog_timer_.async_wait(as_tuple(asio::use_awaitable));
   }
@@ -226,6 +267,11 @@ void Link::notify(std::uint32_t filament, Frame frame) { mux_.notify(filament, s
 
 void Link::post(std::uint32_t filament, Frame frame, Duration timeout, FilamentMux::SendDone done) {
   mux_.post(filament, std::move(frame), clock_.now() + timeout, std::move(done));
+  rearm();
+}
+
+void Link::request(std::uint32_t filament, Frame frame, Duration timeout, FilamentMux::SendDone done) {
+  mux_.request(filament, std::move(frame), clock_.now() + timeout, std::move(done));
   rearm();
 }
 

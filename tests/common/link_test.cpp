@@ -458,6 +458,65 @@ TEST_CASE("Garbage bytes close the link with a protocol_error log line") {
   CHECK(logs.has({"raw-peer-8", "protocol_error"}));
 }
 
+TEST_CASE("shutdown() delivers its last frame after earlier ones, drops later traffic and closes with its reason") {
+  Harness h;
+  auto [one, two] = h.socket_pair();
+  auto a = h.unix_link(std::move(one), Side::acceptor, "peer-b", quiet());
+  auto b = h.unix_link(std::move(two), Side::initiator, "peer-a", quiet());
+  auto a_seen = std::make_shared<std::vector<std::string>>();
+  auto b_seen = std::make_shared<std::vector<std::string>>();
+  a->mux().set_receiver(0, [a_seen](Frame f) { a_seen->push_back(std::string(f.payload_text())); });
+  b->mux().set_receiver(0, [b_seen](Frame f) {
+    auto msg = common::from_frame<common::ClientHelloMsg>(f);
+    b_seen->push_back(msg.ok() ? msg->client : "?");
+  });
+  auto a_closed = Harness::start(a);
+  auto b_closed = Harness::start(b);
+
+  a->notify(0, hello("first"));
+  a->shutdown(hello("last"), common::Error(Errc::closed, "lease over"));
+  CHECK(a->is_shutting_down());
+  a->notify(0, hello("too late"));                            // dropped: after the last frame
+  a->shutdown(hello("second last"), common::Error(Errc::refused, "ignored"));  // ignored
+  b->notify(0, hello("from b"));                              // read by a, not handled
+  REQUIRE(h.run_until([&] { return a_closed->calls > 0 && b_closed->calls > 0; }));
+
+  CHECK(*b_seen == std::vector<std::string>{"first", "last"});
+  CHECK(a_seen->empty());
+  REQUIRE(a_closed->reason.has_value());
+  CHECK(a_closed->reason->code == Errc::closed);
+  CHECK(a_closed->reason->detail == "lease over");
+  REQUIRE(b_closed->reason.has_value());
+  CHECK(b_closed->reason->code == Errc::link_lost);  // b saw the stream end after the last frame
+  CHECK(a_closed->calls == 1);
+}
+
+TEST_CASE("shutdown() closes the link at write_timeout when the peer never closes its side") {
+  Harness h;
+  auto [raw, mine] = h.socket_pair();  // the raw end reads nothing and keeps its side open
+  constexpr auto kWriteTimeout = milliseconds(150);
+  Link::Options options = quiet();
+  options.write_timeout = kWriteTimeout;
+  auto a = h.unix_link(std::move(mine), Side::acceptor, "lingering-peer", options);
+  auto closed = Harness::start(a);
+
+  const auto started = h.clock().now();
+  a->shutdown(hello("last"), common::Error(Errc::closed, "going away"));
+  REQUIRE(h.run_until([&] { return closed->calls > 0; }));
+  const auto elapsed = h.clock().now() - started;
+
+  REQUIRE(closed->reason.has_value());
+  CHECK(closed->reason->detail == "going away");
+  CHECK(elapsed >= kWriteTimeout);
+  CHECK(elapsed < kWriteTimeout + seconds(2));
+  // The last frame reached the peer's socket before the close.
+  std::array<std::uint8_t, 256> buffer{};
+  std::error_code ec;
+  const std::size_t n = raw.read_some(asio::buffer(buffer), ec);
+  CHECK_FALSE(ec);
+  CHECK(n > common::kFrameHeaderSize);
+}
+
 TEST_CASE("A link whose peer sends nothing for heartbeat_misses intervals closes with Errc::timeout") {
   Harness h;
   LogCapture logs;

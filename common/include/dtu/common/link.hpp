@@ -57,7 +57,15 @@ class Link : public std::enable_shared_from_this<Link> {
   void start(CloseHandler on_close);
   // Idempotent. Pending operations fail with Errc::link_lost.
   void close(const Error& reason);
+  // Closes after one last frame: queues `last` behind what is already queued, stops handling
+  // incoming frames (they are read and dropped, so the peer is never reset mid-stream), drops
+  // every later send, and once `last` is written ends our direction of the stream (TCP FIN).
+  // The link closes with `reason` when the peer then closes its side, or write_timeout after
+  // this call at the latest. A link that is already closed or shutting down ignores the call.
+  // REQUIRES: start() was called
+  void shutdown(Frame last, const Error& reason);
   bool is_open() const { return !closed_; }
+  bool is_shutting_down() const { return shutting_down_; }
 
   FilamentMux& mux() { return mux_; }
   const asio::any_io_executor& executor() const { return executor_; }
@@ -68,6 +76,9 @@ class Link : public std::enable_shared_from_this<Link> {
   void post(std::uint32_t filament, Frame frame, Duration timeout, FilamentMux::SendDone done);
   void reply(const Frame& to, Frame response);
   void reply_error(const Frame& to, Errc code, std::string reason);
+  // A request whose completion is a callback (run on the link's executor, after the mux's
+  // state is updated): for callers that keep several requests in flight.
+  void request(std::uint32_t filament, Frame frame, Duration timeout, FilamentMux::SendDone done);
   // Synchronous (to the coroutine) forms of request and receive.
   asio::awaitable<Result<Frame>> request(std::uint32_t filament, Frame frame, Duration timeout);
   asio::awaitable<Result<Frame>> receive(std::uint32_t filament, Duration timeout);
@@ -85,6 +96,7 @@ class Link : public std::enable_shared_from_this<Link> {
   asio::awaitable<void> write_loop();
   asio::awaitable<void> watchdog_loop();
   void drain_output();
+  void finish_send();
   void handle_frame(Frame frame);
   void handle_heartbeat(const Frame& frame);
   void send_heartbeat(MonoTime now);
@@ -107,6 +119,10 @@ class Link : public std::enable_shared_from_this<Link> {
   bool writing_ = false;
   MonoTime write_started_{};
   bool closed_ = false;
+  bool shutting_down_ = false;  // shutdown(): the last frame is queued, input is dropped
+  bool send_shut_ = false;      // shutdown(): the last frame is written and our FIN sent
+  MonoTime shutdown_deadline_ = kNever;
+  Error shutdown_reason_;
   CloseHandler on_close_;
   std::optional<std::int64_t> last_peer_sent_us_;   // for the echo in our next heartbeat
   std::optional<std::int64_t> last_peer_received_us_;

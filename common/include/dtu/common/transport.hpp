@@ -27,6 +27,9 @@ class Transport {
   virtual asio::awaitable<IoResult> write_all(asio::const_buffer buffer) = 0;
   // Idempotent; pending reads and writes complete with an error.
   virtual void close() = 0;
+  // Ends our direction of the stream (TCP FIN after the bytes already written); reads go on
+  // until the peer closes its side. Idempotent; errors are ignored (close() follows anyway).
+  virtual void shutdown_send() {}
   // The TLS connection, or nullptr for a plain stream.
   virtual SSL* ssl() { return nullptr; }
 };
@@ -48,6 +51,10 @@ class StreamTransport final : public Transport {
     std::error_code ignored;
     stream_.lowest_layer().shutdown(asio::socket_base::shutdown_both, ignored);
     stream_.lowest_layer().close(ignored);
+  }
+  void shutdown_send() override {
+    std::error_code ignored;
+    stream_.lowest_layer().shutdown(asio::socket_base::shutdown_send, ignored);
   }
   SSL* ssl() override {
     if constexpr (std::is_same_v<Stream, asio::ssl::stream<asio::ip::tcp::socket>>) {
