@@ -8,6 +8,7 @@
 #   make test-asan    the whole ctest suite under ASan+UBSan in build-asan/
 #   make fuzz-smoke   build the fuzz targets and run each briefly (ctest label "fuzz")
 #   make fuzz         run each fuzz target for FUZZ_SECONDS (default 600) s, one after the other
+#   make bench        Release build in build-bench/, then every benchmark (tests/bench/); prints, never fails on a number
 #   make demo         build, then demo/run.sh (ONCE=1 make demo: one pass, then exit)
 #   make format       clang-format the sources in place; format-check only reports
 #   make clean        remove every build tree
@@ -31,7 +32,7 @@ SANITIZER_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=prin
 # A failed configure drops its cache, so the next run configures again.
 configure = test -f $(1)/CMakeCache.txt || $(3) cmake -S . -B $(1) $(2) || { rm -f $(1)/CMakeCache.txt; exit 1; }
 
-.PHONY: deps build test test-asan fuzz-build fuzz-smoke fuzz demo clean format format-check
+.PHONY: deps build test test-asan fuzz-build fuzz-smoke fuzz bench demo clean format format-check
 
 deps:
 	scripts/deps.sh
@@ -63,6 +64,24 @@ fuzz: fuzz-build
 	  | jq -r --arg t "-max_total_time=$(FUZZ_SECONDS)" \
 	      '.tests[].command | map(select(startswith("-max_total_time=") or startswith("-runs=") | not)) + [$$t] | @sh' \
 	  | while read -r command; do echo "+ $$command"; eval "$$command" </dev/null; done
+
+# Benchmarks measure and print; they never assert a figure, and ctest does not know them. Builds
+# only what they need (target bench_all), then runs each *_bench under build-bench/tests/bench/
+# in turn, all of them even when one cannot run; BENCH_OUT_DIR (default build/bench/) gets their
+# JSON figures.
+BENCH_OUT_DIR ?= $(CURDIR)/build/bench
+
+# No -Werror here: g++ 12 at -O3 warns falsely inside std::string (-Wrestrict, -Wmaybe-uninitialized);
+# `make build` compiles the benchmarks with -Werror.
+bench: deps
+	$(call configure,build-bench,-DCMAKE_BUILD_TYPE=Release)
+	cmake --build build-bench --target bench_all -j$(JOBS)
+	@mkdir -p $(BENCH_OUT_DIR)
+	@benches=$$(find build-bench/tests/bench -maxdepth 1 -type f -name '*_bench' -perm -u+x | sort); \
+	  [[ -n $$benches ]] || { echo "bench: no *_bench executable under build-bench/tests/bench/" >&2; exit 1; }; \
+	  failed=; \
+	  for b in $$benches; do echo "+ $$b"; BENCH_OUT_DIR=$(BENCH_OUT_DIR) $$b </dev/null || failed+=" $$b"; done; \
+	  [[ -z $$failed ]] || { echo "bench: could not run:$$failed" >&2; exit 1; }
 
 demo: build
 	ONCE=$(ONCE) demo/run.sh
