@@ -65,8 +65,8 @@ address=$(grep -o 'dtu=[0-9.]*:[0-9]*' "$run/m1.log" | head -n1 | cut -d= -f2)
 echo "listening for DTUs on $address, services on $run/m1.sock"
 
 step "dtu-agent $DTU with the simulated USB backend (demo/sim-devices.json)"
-setsid "$agent" --id "$DTU" --manager "$address" --key "$run/$DTU.key" \
-  --sim-devices demo/sim-devices.json --sim-control "$run/$DTU-sim.sock" 2>"$run/$DTU.log" &
+setsid "$agent" --id "$DTU" --manager "$address" --key "$run/$DTU.key" --inband "$MANAGER_IP:0" \
+  --backend sim --sim-devices demo/sim-devices.json --sim-control "$run/$DTU-sim.sock" 2>"$run/$DTU.log" &
 pids+=($!)
 
 device_count() { "$ctl" --socket "$run/m1.sock" devices --json 2>/dev/null | jq length; }

@@ -32,14 +32,15 @@ int main(int argc, char** argv) {
   const common::Logger log("dtu-agent");
   CLI::App app{"dtubroker desktop-unit agent"};
   std::string config_path;
-  std::optional<std::string> id, key_file, backend_name, sim_devices, sim_control, pick, log_level;
+  std::optional<std::string> id, key_file, backend_name, sim_devices, sim_control, pick, log_level, inband;
   std::vector<std::string> managers;
   app.add_option("-c,--config", config_path, "JSON config file (flags override it)");
   app.add_option("--id", id, "this DTU's id");
   app.add_option("-m,--manager", managers, "a manager's address:port (repeat; order is preference)");
   app.add_option("--pick", pick, "how to choose a manager: first");
   app.add_option("--key", key_file, "file with this DTU's derived key (devmgrctl keygen --dtu)");
-  app.add_option("--backend", backend_name, "USB backend: sim (default) | libusb");
+  app.add_option("--usb,--backend", backend_name, "USB backend: libusb (default: real USB) | sim (a JSON catalogue)");
+  app.add_option("--inband", inband, "address:port of the in-band listener (default 0.0.0.0:4712)");
   app.add_option("--sim-devices", sim_devices, "device catalogue for the sim backend (JSON)");
   app.add_option("--sim-control", sim_control, "Unix socket to plug/unplug simulated devices (dtu-simctl)");
   app.add_option("--log-level", log_level, "debug | info | warn | error");
@@ -67,6 +68,11 @@ int main(int argc, char** argv) {
   if (key_file) options.key_file = *key_file;
   if (backend_name) options.backend = *backend_name;
   if (sim_devices) options.sim_devices = *sim_devices;
+  if (inband) {
+    auto endpoint = common::parse_endpoint(*inband);
+    if (!endpoint.ok()) return fail(log, "config_error", endpoint.error());
+    options.inband = *endpoint;
+  }
   if (sim_control) options.sim_control = *sim_control;
   if (log_level) options.log_level = *log_level;
   if (!common::set_log_level(options.log_level)) {

@@ -18,6 +18,27 @@ std::string_view message_type_name(MessageType type) {
     case MessageType::client_welcome: return "client_welcome";
     case MessageType::list_devices: return "list_devices";
     case MessageType::device_list: return "device_list";
+    case MessageType::device_changed: return "device_changed";
+    case MessageType::lease_request: return "lease_request";
+    case MessageType::lease_granted: return "lease_granted";
+    case MessageType::lease_renew: return "lease_renew";
+    case MessageType::lease_release: return "lease_release";
+    case MessageType::lease_ended: return "lease_ended";
+    case MessageType::allocate: return "allocate";
+    case MessageType::renew: return "renew";
+    case MessageType::release: return "release";
+    case MessageType::inband_hello: return "inband_hello";
+    case MessageType::inband_welcome: return "inband_welcome";
+    case MessageType::usb_control: return "usb_control";
+    case MessageType::usb_out: return "usb_out";
+    case MessageType::usb_in: return "usb_in";
+    case MessageType::usb_data: return "usb_data";
+    case MessageType::usb_done: return "usb_done";
+    case MessageType::get_device_id: return "get_device_id";
+    case MessageType::device_id: return "device_id";
+    case MessageType::inband_renew: return "inband_renew";
+    case MessageType::inband_renewed: return "inband_renewed";
+    case MessageType::channel_closing: return "channel_closing";
   }
   return "unknown";
 }

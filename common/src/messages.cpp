@@ -122,4 +122,79 @@ void from_json(const json& j, DeviceListMsg& m) {
   m.devices = field<std::vector<DeviceRecord>>(j, "devices");
 }
 
+void to_json(json& j, const DeviceChangedMsg& m) { j = json{{"device", m.device}}; }
+void from_json(const json& j, DeviceChangedMsg& m) { m.device = field<DeviceRecord>(j, "device"); }
+
+void to_json(json& j, const LeaseRequestMsg& m) {
+  j = json{{"device", m.device}, {"unit", m.unit}, {"holder", m.holder}, {"length_ms", m.length_ms}};
+  put_optional(j, "uid", m.uid);
+}
+void from_json(const json& j, LeaseRequestMsg& m) {
+  m.device = field<std::string>(j, "device");
+  m.unit = field<std::uint32_t>(j, "unit");
+  m.holder = field<std::string>(j, "holder");
+  m.uid = optional_field<std::uint32_t>(j, "uid");
+  m.length_ms = field<std::uint32_t>(j, "length_ms");
+}
+
+void to_json(json& j, const LeaseGrantedMsg& m) {
+  j = json{{"lease", m.lease}, {"dtu", m.dtu}, {"device", m.device}, {"unit", m.unit},
+           {"holder", m.holder}, {"expires_in_ms", m.expires_in_ms}};
+  put_optional(j, "token", m.token);
+  put_optional(j, "inband", m.inband);
+}
+void from_json(const json& j, LeaseGrantedMsg& m) {
+  m.lease = field<std::string>(j, "lease");
+  m.dtu = field<std::string>(j, "dtu");
+  m.device = field<std::string>(j, "device");
+  m.unit = field<std::uint32_t>(j, "unit");
+  m.holder = field<std::string>(j, "holder");
+  m.expires_in_ms = field<std::uint32_t>(j, "expires_in_ms");
+  m.token = optional_field<std::string>(j, "token");
+  m.inband = optional_field<std::string>(j, "inband");
+}
+
+void to_json(json& j, const LeaseRenewMsg& m) { j = json{{"lease", m.lease}, {"length_ms", m.length_ms}}; }
+void from_json(const json& j, LeaseRenewMsg& m) {
+  m.lease = field<std::string>(j, "lease");
+  m.length_ms = field<std::uint32_t>(j, "length_ms");
+}
+
+void to_json(json& j, const LeaseReleaseMsg& m) { j = json{{"lease", m.lease}}; }
+void from_json(const json& j, LeaseReleaseMsg& m) { m.lease = field<std::string>(j, "lease"); }
+
+void to_json(json& j, const LeaseEndedMsg& m) {
+  j = json{{"dtu", m.dtu}, {"lease", m.lease}, {"device", m.device}, {"unit", m.unit}, {"reason", m.reason}};
+}
+void from_json(const json& j, LeaseEndedMsg& m) {
+  m.dtu = field<std::string>(j, "dtu");
+  m.lease = field<std::string>(j, "lease");
+  m.device = field<std::string>(j, "device");
+  m.unit = field<std::uint32_t>(j, "unit");
+  m.reason = field<std::string>(j, "reason");
+}
+
+void to_json(json& j, const AllocateMsg& m) {
+  j = json{{"dtu", m.dtu}, {"device", m.device}, {"unit", m.unit}, {"length_ms", m.length_ms}};
+}
+void from_json(const json& j, AllocateMsg& m) {
+  m.dtu = field<std::string>(j, "dtu");
+  m.device = field<std::string>(j, "device");
+  m.unit = field<std::uint32_t>(j, "unit");
+  m.length_ms = field<std::uint32_t>(j, "length_ms");
+}
+
+void to_json(json& j, const RenewMsg& m) { j = json{{"dtu", m.dtu}, {"lease", m.lease}, {"length_ms", m.length_ms}}; }
+void from_json(const json& j, RenewMsg& m) {
+  m.dtu = field<std::string>(j, "dtu");
+  m.lease = field<std::string>(j, "lease");
+  m.length_ms = field<std::uint32_t>(j, "length_ms");
+}
+
+void to_json(json& j, const ReleaseMsg& m) { j = json{{"dtu", m.dtu}, {"lease", m.lease}}; }
+void from_json(const json& j, ReleaseMsg& m) {
+  m.dtu = field<std::string>(j, "dtu");
+  m.lease = field<std::string>(j, "lease");
+}
+
 }  // namespace dtu::common

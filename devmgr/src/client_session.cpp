@@ -11,19 +11,22 @@ using common::Frame;
 using common::MessageType;
 
 ClientSession::ClientSession(std::shared_ptr<common::Link> link, common::PeerCredentials credentials,
-                             std::string manager_id, const DeviceList& devices, common::Logger log,
-                             std::chrono::milliseconds hello_timeout)
+                             std::string manager_id, const DeviceList& devices, LeaseBroker& leases,
+                             common::Logger log, std::chrono::milliseconds hello_timeout)
     : link_(std::move(link)),
       credentials_(credentials),
       manager_id_(std::move(manager_id)),
       devices_(devices),
+      leases_(leases),
       log_(std::move(log)),
       hello_timeout_(hello_timeout) {}
 
 bool ClientSession::is_legal(State state, MessageType type) {
   switch (state) {
     case State::awaiting_hello: return type == MessageType::client_hello;
-    case State::ready: return type == MessageType::list_devices;
+    case State::ready:
+      return type == MessageType::list_devices || type == MessageType::allocate || type == MessageType::renew ||
+             type == MessageType::release;
     case State::closed: return false;
   }
   return false;
@@ -51,8 +54,26 @@ void ClientSession::start(std::function<void(const std::shared_ptr<ClientSession
     self->state_ = State::closed;
     self->log_.debug(self->link_->peer(), "client_closed", {{"client", self->client_name_},
                                                            {"reason", reason.describe()}});
+    self->leases_.client_closed(self.get());
     if (on_closed) on_closed(self);
   });
+}
+
+std::string ClientSession::holder_name() const {
+  return (client_name_.empty() ? std::string("client") : client_name_) + "[" + std::to_string(credentials_.pid) + "]@" +
+         manager_id_;
+}
+
+template <typename M>
+void ClientSession::answer(const Frame& to, const common::Result<M>& result) {
+  if (state_ == State::closed) return;
+  if (result.ok()) {
+    link_->reply(to, common::to_frame(*result));
+    return;
+  }
+  const auto& error = result.error();
+  const Errc code = error.code.category() == common::dtu_category() ? static_cast<Errc>(error.code.value()) : Errc::io_error;
+  link_->reply_error(to, code, error.detail.empty() ? error.code.message() : error.detail);
 }
 
 void ClientSession::protocol_error(const std::string& reason) {
@@ -86,6 +107,41 @@ void ClientSession::on_frame(Frame frame) {
       auto request = common::from_frame<common::ListDevicesMsg>(frame);
       if (!request.ok()) return protocol_error(request.error().describe());
       link_->reply(frame, common::to_frame(common::DeviceListMsg{devices_.list(request->dtu)}));
+      break;
+    }
+    case MessageType::allocate: {
+      auto request = common::from_frame<common::AllocateMsg>(frame);
+      if (!request.ok()) return protocol_error(request.error().describe());
+      std::weak_ptr<ClientSession> weak = shared_from_this();
+      leases_.allocate(shared_from_this(), std::move(request.value()),
+                       [weak, frame](common::Result<common::LeaseGrantedMsg> r) {
+                         if (auto self = weak.lock()) self->answer(frame, r);
+                       });
+      break;
+    }
+    case MessageType::renew: {
+      auto request = common::from_frame<common::RenewMsg>(frame);
+      if (!request.ok()) return protocol_error(request.error().describe());
+      std::weak_ptr<ClientSession> weak = shared_from_this();
+      leases_.renew(shared_from_this(), std::move(request.value()),
+                    [weak, frame](common::Result<common::LeaseGrantedMsg> r) {
+                      if (auto self = weak.lock()) self->answer(frame, r);
+                    });
+      break;
+    }
+    case MessageType::release: {
+      auto request = common::from_frame<common::ReleaseMsg>(frame);
+      if (!request.ok()) return protocol_error(request.error().describe());
+      std::weak_ptr<ClientSession> weak = shared_from_this();
+      leases_.release(shared_from_this(), std::move(request.value()), [weak, frame](common::Result<void> r) {
+        auto self = weak.lock();
+        if (!self) return;
+        if (r.ok()) {
+          self->answer(frame, common::Result<common::AckMsg>(common::AckMsg{}));
+        } else {
+          self->answer(frame, common::Result<common::AckMsg>(r.error()));
+        }
+      });
       break;
     }
     default: return protocol_error("unexpected message");

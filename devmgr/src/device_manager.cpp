@@ -17,7 +17,16 @@ using common::Error;
 
 DeviceManager::DeviceManager(const asio::any_io_executor& ex, const common::Clock& clock, ManagerOptions options,
                              common::SecretKey site_dtu_key)
-    : executor_(ex), clock_(clock), options_(std::move(options)), site_dtu_key_(std::move(site_dtu_key)) {}
+    : executor_(ex),
+      clock_(clock),
+      options_(std::move(options)),
+      site_dtu_key_(std::move(site_dtu_key)),
+      leases_(options_.id,
+              [this](const std::string& dtu) {
+                auto it = dtus_.find(dtu);
+                return it == dtus_.end() ? nullptr : it->second;
+              },
+              log_) {}
 
 DeviceManager::~DeviceManager() { stop(); }
 
@@ -108,7 +117,8 @@ asio::awaitable<void> DeviceManager::admit_dtu(asio::ip::tcp::socket socket) {
   hello_pending_.insert(session);
   session->start(DtuSession::Hooks{
       [this](const std::shared_ptr<DtuSession>& s) { on_dtu_active(s); },
-      [this](const std::shared_ptr<DtuSession>& s, const Error& reason) { on_dtu_closed(s, reason); }});
+      [this](const std::shared_ptr<DtuSession>& s, const Error& reason) { on_dtu_closed(s, reason); },
+      [this](const common::LeaseEndedMsg& ended) { leases_.lease_ended(ended); }});
 }
 
 void DeviceManager::on_dtu_active(const std::shared_ptr<DtuSession>& session) {
@@ -153,7 +163,8 @@ asio::awaitable<void> DeviceManager::accept_clients() {
     auto link = common::Link::create(executor_, std::make_unique<common::UnixTransport>(std::move(socket)),
                                      common::FilamentMux::Side::acceptor, clock_, log_, peer, o);
     auto session =
-        std::make_shared<ClientSession>(link, *credentials, options_.id, devices_, log_, options_.handshake_timeout);
+        std::make_shared<ClientSession>(link, *credentials, options_.id, devices_, leases_, log_,
+                                        options_.handshake_timeout);
     clients_.insert(session);
     session->start([this](const std::shared_ptr<ClientSession>& s) { clients_.erase(s); });
   }

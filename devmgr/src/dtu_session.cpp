@@ -27,7 +27,8 @@ bool DtuSession::is_legal(State state, MessageType type) {
     case State::awaiting_hello: return type == MessageType::dtu_hello;
     case State::active:
       return type == MessageType::device_snapshot || type == MessageType::device_attached ||
-             type == MessageType::device_detached;
+             type == MessageType::device_detached || type == MessageType::device_changed ||
+             type == MessageType::lease_ended;
     case State::closed: return false;
   }
   return false;
@@ -64,6 +65,24 @@ void DtuSession::start(Hooks hooks) {
 }
 
 void DtuSession::close(const Error& reason) { link_->close(reason); }
+
+namespace {
+
+// A coroutine with parameters, not a capturing lambda: a lambda's captures would die with the
+// closure before the coroutine finishes.
+asio::awaitable<void> request_and_answer(std::shared_ptr<common::Link> link, Frame frame, common::Duration timeout,
+                                         std::function<void(common::Result<Frame>)> done) {
+  auto op = link->request(common::FilamentMux::kControlFilament, std::move(frame), timeout);
+  auto answer = co_await std::move(op);
+  done(std::move(answer));
+}
+
+}  // namespace
+
+void DtuSession::request(Frame frame, common::Duration timeout, std::function<void(common::Result<Frame>)> done) {
+  common::spawn(link_->executor(), request_and_answer(link_, std::move(frame), timeout, std::move(done)), log_,
+                "request to DTU " + identity_);
+}
 
 void DtuSession::protocol_error(const std::string& reason) {
   log_.warn(link_->peer(), "protocol_error", {{"dtu", identity_}, {"reason", reason}});
@@ -139,6 +158,24 @@ void DtuSession::on_device_message(const Frame& frame) {
       applied = devices_.upsert(std::move(msg->device));
       log_.info(link_->peer(), "device_attached", {{"dtu", identity_}, {"device", about},
                                                    {"stale", applied == DeviceList::Applied::stale}});
+      break;
+    }
+    case MessageType::device_changed: {
+      auto msg = common::from_frame<common::DeviceChangedMsg>(frame);
+      if (!msg.ok()) return protocol_error(msg.error().describe());
+      if (msg->device.dtu != identity_) return protocol_error("device record for another DTU '" + msg->device.dtu + "'");
+      msg->device.owner = manager_id_;
+      about = msg->device.device;
+      applied = devices_.upsert(std::move(msg->device));
+      log_.debug(link_->peer(), "device_changed", {{"dtu", identity_}, {"device", about},
+                                                   {"stale", applied == DeviceList::Applied::stale}});
+      break;
+    }
+    case MessageType::lease_ended: {
+      auto msg = common::from_frame<common::LeaseEndedMsg>(frame);
+      if (!msg.ok()) return protocol_error(msg.error().describe());
+      if (msg->dtu != identity_) return protocol_error("lease_ended for another DTU '" + msg->dtu + "'");
+      if (hooks_.on_lease_ended) hooks_.on_lease_ended(*msg);
       break;
     }
     case MessageType::device_detached: {

@@ -16,6 +16,8 @@ common::Result<void> apply_config(common::ConfigReader& config, AgentOptions& op
   config.read("backend", options.backend);
   config.read("sim.devices", options.sim_devices);
   config.read("sim.control", options.sim_control);
+  std::string inband;
+  config.read("inband", inband);
   config.read("connect_timeout", options.connect_timeout);
   config.read("reconnect_min", options.reconnect_min);
   config.read("reconnect_max", options.reconnect_max);
@@ -29,6 +31,11 @@ common::Result<void> apply_config(common::ConfigReader& config, AgentOptions& op
       return Error(Errc::config_error, config.origin() + ": key 'managers': " + endpoint.error().detail);
     }
     options.managers.push_back(*endpoint);
+  }
+  if (!inband.empty()) {
+    auto endpoint = common::parse_endpoint(inband);
+    if (!endpoint.ok()) return Error(Errc::config_error, config.origin() + ": key 'inband': " + endpoint.error().detail);
+    options.inband = *endpoint;
   }
   return {};
 }

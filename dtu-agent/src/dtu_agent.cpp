@@ -1,8 +1,12 @@
 #include "dtu/agent/dtu_agent.hpp"
 
+#include <algorithm>
+#include <limits>
+
 #include <asio/experimental/as_tuple.hpp>
 
 #include "dtu/agent/record_builder.hpp"
+#include "dtu/agent/unit_rules.hpp"
 #include "dtu/common/async.hpp"
 #include "dtu/common/messages.hpp"
 #include "dtu/common/net.hpp"
@@ -19,6 +23,17 @@ namespace {
 // How long a device message may wait for the manager's ack before we log it as lost; the next
 // connect sends a full snapshot anyway.
 constexpr common::Duration kDeviceMessageTimeout = std::chrono::seconds(10);
+
+std::uint32_t millis_u32(common::Duration d) {
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+  return static_cast<std::uint32_t>(std::clamp<std::int64_t>(ms, 0, std::numeric_limits<std::uint32_t>::max()));
+}
+
+std::string unit_list(const std::set<std::uint32_t>& units) {
+  std::string out;
+  for (auto u : units) out += (out.empty() ? "" : ", ") + std::to_string(u);
+  return out;
+}
 }  // namespace
 
 DtuAgent::DtuAgent(const asio::any_io_executor& ex, const common::Clock& clock, AgentOptions options,
@@ -29,6 +44,8 @@ DtuAgent::DtuAgent(const asio::any_io_executor& ex, const common::Clock& clock, 
       key_(std::move(key)),
       backend_(backend),
       boot_epoch_(std::chrono::duration_cast<std::chrono::milliseconds>(clock.wall_now().time_since_epoch()).count()),
+      leases_(clock),
+      expiry_timer_(ex),
       link_closed_(ex),
       retry_timer_(ex),
       rng_(std::random_device{}()) {}
@@ -37,11 +54,25 @@ DtuAgent::~DtuAgent() { stop(); }
 
 common::Result<void> DtuAgent::start() {
   tls_ = common::make_psk_client_context();
+  InbandServer::Hooks hooks;
+  hooks.renew = [this](std::string_view id, common::Duration length) { return renew_lease(id, length); };
+  InbandServer::Options inband_options;
+  inband_options.dtu = options_.id;
+  inband_ = std::make_unique<InbandServer>(executor_, clock_, leases_, backend_, std::move(hooks),
+                                           std::move(inband_options));
+  auto listening = inband_->listen(options_.inband);
+  if (!listening.ok()) return listening.error();
+  inband_endpoint_ = *listening;
   auto started = backend_.start(UsbEvents{[this](UsbDeviceInfo info) { on_attached(std::move(info)); },
                                           [this](std::string port) { on_detached(port); }});
-  if (!started.ok()) return started;
-  log_.info("", "started", {{"dtu", options_.id}, {"boot_epoch", boot_epoch_}, {"managers", options_.managers.size()}});
+  if (!started.ok()) {
+    inband_->stop();
+    return started;
+  }
+  log_.info("", "started", {{"dtu", options_.id}, {"boot_epoch", boot_epoch_}, {"managers", options_.managers.size()},
+                            {"inband", inband_endpoint_.to_string()}});
   common::spawn(executor_, run(), log_, "agent connection loop");
+  common::spawn(executor_, expiry_loop(), log_, "lease expiry");
   return {};
 }
 
@@ -49,6 +80,11 @@ void DtuAgent::stop() {
   if (stopped_) return;
   stopped_ = true;
   retry_timer_.cancel();
+  expiry_timer_.cancel();
+  for (const auto& lease : leases_.end_all(LeaseEnd::agent_stopping)) {
+    if (inband_) inband_->lease_ended(lease, LeaseEnd::agent_stopping);
+  }
+  if (inband_) inband_->stop();
   if (link_) link_->close(Error(Errc::closed, "agent stopping"));
   link_closed_.cancel();
   backend_.stop();
@@ -104,11 +140,8 @@ asio::awaitable<Error> DtuAgent::serve(common::Endpoint manager) {
                                clock_, log_, peer, common::Link::Options{});
   std::optional<Error> closed_reason;
   link_closed_.expires_at(asio::steady_timer::time_point::max());
-  link_->mux().set_receiver(common::FilamentMux::kControlFilament, [this, peer](common::Frame frame) {
-    // The manager sends nothing unsolicited on this link yet: anything is a protocol error.
-    log_.warn(peer, "protocol_error", {{"reason", "unexpected " + std::string(common::message_type_name(frame.type))}});
-    link_->close(Error(Errc::illegal_state, "unexpected message from the manager"));
-  });
+  link_->mux().set_receiver(common::FilamentMux::kControlFilament,
+                            [this](common::Frame frame) { on_manager_frame(frame); });
   link_->start([this, &closed_reason](const Error& reason) {
     closed_reason = reason;
     link_closed_.cancel();
@@ -152,7 +185,11 @@ void DtuAgent::send_device_message(common::Frame frame, const std::string& what)
 }
 
 void DtuAgent::on_attached(UsbDeviceInfo info) {
+  // A new device on a port whose old device's removal was missed: its leases are over.
+  for (const auto& lease : leases_.end_device(info.port, LeaseEnd::device_gone)) lease_ended(lease, LeaseEnd::device_gone);
   auto record = build_device_record(info, options_.id, next_stamp());
+  devices_.insert_or_assign(info.port, info);
+  attached_seq_[info.port] = record.stamp.seq;
   log_.info("", "device_attached", {{"device", record.device}, {"vid", common::hex16(record.vid)},
                                     {"pid", common::hex16(record.pid)}, {"units", record.units.size()}});
   records_[record.device] = record;
@@ -161,8 +198,218 @@ void DtuAgent::on_attached(UsbDeviceInfo info) {
 
 void DtuAgent::on_detached(const std::string& port) {
   if (records_.erase(port) == 0) return;
+  devices_.erase(port);
+  attached_seq_.erase(port);
   log_.info("", "device_detached", {{"device", port}});
   send_device_message(common::to_frame(common::DeviceDetachedMsg{options_.id, port, next_stamp()}), "device_detached");
+  for (const auto& lease : leases_.end_device(port, LeaseEnd::device_gone)) lease_ended(lease, LeaseEnd::device_gone);
+}
+
+// --- Leases -----------------------------------------------------------------------------------
+
+void DtuAgent::on_manager_frame(const common::Frame& frame) {
+  if (!link_) return;
+  const bool request = frame.wants_reply();
+  switch (frame.type) {
+    case common::MessageType::lease_request:
+      if (request) return on_lease_request(frame);
+      break;
+    case common::MessageType::lease_renew:
+      if (request) return on_lease_renew(frame);
+      break;
+    case common::MessageType::lease_release:
+      if (request) return on_lease_release(frame);
+      break;
+    default:
+      break;
+  }
+  const std::string why = std::string(request ? "unexpected " : "unexpected non-request ") +
+                          std::string(common::message_type_name(frame.type));
+  log_.warn(link_->peer(), "protocol_error", {{"reason", why}});
+  link_->close(Error(Errc::illegal_state, why + " from the manager"));
+}
+
+void DtuAgent::on_lease_request(const common::Frame& frame) {
+  auto msg = common::from_frame<common::LeaseRequestMsg>(frame);
+  if (!msg.ok()) {
+    log_.warn(link_->peer(), "protocol_error", {{"reason", msg.error().describe()}});
+    link_->reply_error(frame, Errc::bad_payload, msg.error().detail);
+    return;
+  }
+  std::weak_ptr<common::Link> weak = link_;
+  auto answer_error = [this, weak, frame, device = msg->device, unit = msg->unit](Errc code, const std::string& why) {
+    log_.info("", "lease_refused", {{"device", device}, {"unit", unit}, {"code", common::errc_name(code)}, {"reason", why}});
+    if (auto link = weak.lock()) link->reply_error(frame, code, why);
+  };
+  const common::Duration length = std::chrono::milliseconds(msg->length_ms);
+  if (length < kMinLeaseLength || length > kMaxLeaseLength) {
+    return answer_error(Errc::invalid_argument, "lease length " + std::to_string(msg->length_ms) + " ms is out of bounds");
+  }
+  auto record = records_.find(msg->device);
+  if (record == records_.end()) return answer_error(Errc::not_found, "no device " + msg->device + " on this DTU");
+  auto unit = std::find_if(record->second.units.begin(), record->second.units.end(),
+                           [&](const common::UnitRecord& u) { return u.unit == msg->unit; });
+  if (unit == record->second.units.end()) {
+    return answer_error(Errc::not_found, "device " + msg->device + " has no unit " + std::to_string(msg->unit));
+  }
+  const std::string what = "unit " + std::to_string(msg->unit) + " of " + msg->device;
+  if (unit->state == common::UnitState::allocated) {
+    return answer_error(Errc::refused, what + " is held by " + unit->holder.value_or("?") + " (lease " +
+                                           unit->lease.value_or("?") + ")");
+  }
+  if (unit->state == common::UnitState::unavailable) {
+    std::set<std::uint32_t> blockers;
+    for (const Lease* lease : leases_.on_device(msg->device)) {
+      if (conflicting_units(devices_.at(msg->device), record->second, lease->unit).contains(msg->unit)) {
+        blockers.insert(lease->unit);
+      }
+    }
+    return answer_error(Errc::unavailable, what + " is unavailable while unit " + unit_list(blockers) + " is leased");
+  }
+  const auto key = std::make_pair(msg->device, msg->unit);
+  if (claiming_.contains(key)) return answer_error(Errc::refused, what + " is being leased to another holder");
+  claiming_.insert(key);
+  const std::uint64_t attached_seq = attached_seq_[msg->device];
+  claim_interfaces(msg->device, unit->interfaces, 0,
+                   [this, weak, frame, request = *msg, key, length, what, attached_seq,
+                    interfaces = unit->interfaces, answer_error](common::Result<void> claimed) {
+                     claiming_.erase(key);
+                     auto now = records_.find(request.device);
+                     // Unplugged (or replaced) while the interfaces were being claimed.
+                     if (now == records_.end() || attached_seq_[request.device] != attached_seq) {
+                       return answer_error(Errc::unavailable, what + " was unplugged");
+                     }
+                     if (!claimed.ok()) return answer_error(claimed.error().code.value() == static_cast<int>(Errc::unavailable)
+                                                                ? Errc::unavailable : Errc::refused,
+                                                            what + ": cannot claim it: " + claimed.error().describe());
+                     auto lease = leases_.grant(request.device, request.unit, interfaces, request.holder, length);
+                     if (!lease.ok()) {
+                       release_interfaces(Lease{"", request.device, request.unit, interfaces, "", {}, {}, {}});
+                       return answer_error(static_cast<Errc>(lease.error().code.value()), lease.error().detail);
+                     }
+                     log_.info("", "lease_granted",
+                               {{"lease", lease->id}, {"device", lease->device}, {"unit", lease->unit},
+                                {"holder", lease->holder}, {"uid", request.uid ? std::to_string(*request.uid) : "-"},
+                                {"length_ms", request.length_ms}});
+                     expiry_timer_.cancel();  // re-arm for the new expiry
+                     report_units(lease->device);
+                     if (auto link = weak.lock()) {
+                       link->reply(frame, common::to_frame(granted_message(*lease, true)));
+                     } else {
+                       log_.warn("", "lease_unanswered", {{"lease", lease->id}, {"reason", "manager link lost"}});
+                     }
+                   });
+}
+
+void DtuAgent::on_lease_renew(const common::Frame& frame) {
+  auto msg = common::from_frame<common::LeaseRenewMsg>(frame);
+  if (!msg.ok()) {
+    log_.warn(link_->peer(), "protocol_error", {{"reason", msg.error().describe()}});
+    link_->reply_error(frame, Errc::bad_payload, msg.error().detail);
+    return;
+  }
+  auto renewed = renew_lease(msg->lease, std::chrono::milliseconds(msg->length_ms));
+  if (!renewed.ok()) {
+    link_->reply_error(frame, static_cast<Errc>(renewed.error().code.value()), renewed.error().detail);
+    return;
+  }
+  link_->reply(frame, common::to_frame(granted_message(*renewed, false)));
+}
+
+void DtuAgent::on_lease_release(const common::Frame& frame) {
+  auto msg = common::from_frame<common::LeaseReleaseMsg>(frame);
+  if (!msg.ok()) {
+    log_.warn(link_->peer(), "protocol_error", {{"reason", msg.error().describe()}});
+    link_->reply_error(frame, Errc::bad_payload, msg.error().detail);
+    return;
+  }
+  auto lease = leases_.end(msg->lease, LeaseEnd::released);
+  if (!lease) {
+    const EndedLease* gone = leases_.ended(msg->lease);
+    link_->reply_error(frame, Errc::not_found,
+                       "lease " + msg->lease + (gone ? std::string(" has ended (") + lease_end_name(gone->why) + ")"
+                                                     : std::string(" is unknown")));
+    return;
+  }
+  link_->reply(frame, common::to_frame(common::AckMsg{}));
+  lease_ended(*lease, LeaseEnd::released);
+}
+
+void DtuAgent::claim_interfaces(const std::string& port, std::vector<std::uint8_t> interfaces, std::size_t next,
+                                std::function<void(common::Result<void>)> done) {
+  if (next == interfaces.size()) return done({});
+  const std::uint8_t interface = interfaces[next];
+  backend_.claim(port, interface,
+                 [this, port, interfaces = std::move(interfaces), next, done = std::move(done)](common::Result<void> r) mutable {
+                   if (!r.ok()) {
+                     // Give back what was claimed before the failure.
+                     for (std::size_t i = 0; i < next; ++i) backend_.release(port, interfaces[i], [](common::Result<void>) {});
+                     return done(r);
+                   }
+                   claim_interfaces(port, std::move(interfaces), next + 1, std::move(done));
+                 });
+}
+
+void DtuAgent::release_interfaces(const Lease& lease) {
+  for (std::uint8_t interface : lease.interfaces) {
+    backend_.release(lease.device, interface, [this, device = lease.device, interface](common::Result<void> r) {
+      if (!r.ok() && !stopped_) {
+        log_.warn("", "usb_release_failed", {{"device", device}, {"interface", interface}, {"reason", r.error().describe()}});
+      }
+    });
+  }
+}
+
+common::Result<Lease> DtuAgent::renew_lease(std::string_view id, common::Duration length) {
+  auto renewed = leases_.renew(id, length);
+  if (renewed.ok()) {
+    expiry_timer_.cancel();
+    log_.debug("", "lease_renewed", {{"lease", renewed->id}, {"length_ms", millis_u32(length)}});
+  }
+  return renewed;
+}
+
+void DtuAgent::lease_ended(const Lease& lease, LeaseEnd why) {
+  log_.info("", "lease_ended", {{"lease", lease.id}, {"device", lease.device}, {"unit", lease.unit},
+                                {"holder", lease.holder}, {"reason", lease_end_name(why)}});
+  if (why != LeaseEnd::device_gone) release_interfaces(lease);
+  if (inband_) inband_->lease_ended(lease, why);
+  if (records_.contains(lease.device)) report_units(lease.device);
+  send_device_message(common::to_frame(common::LeaseEndedMsg{options_.id, lease.id, lease.device, lease.unit,
+                                                              lease_end_name(why)}),
+                      "lease_ended");
+}
+
+void DtuAgent::report_units(const std::string& port) {
+  auto record = records_.find(port);
+  auto device = devices_.find(port);
+  if (record == records_.end() || device == devices_.end()) return;
+  apply_leases(record->second, device->second, leases_.on_device(port));
+  record->second.stamp = next_stamp();
+  send_device_message(common::to_frame(common::DeviceChangedMsg{record->second}), "device_changed");
+}
+
+asio::awaitable<void> DtuAgent::expiry_loop() {
+  while (!stopped_) {
+    const common::MonoTime next = leases_.next_expiry();
+    expiry_timer_.expires_at(next == common::kNever ? asio::steady_timer::time_point::max() : next);
+    co_await expiry_timer_.async_wait(as_tuple(asio::use_awaitable));
+    if (stopped_) co_return;
+    for (const auto& lease : leases_.expire()) lease_ended(lease, LeaseEnd::expired);
+  }
+}
+
+common::LeaseGrantedMsg DtuAgent::granted_message(const Lease& lease, bool with_token) const {
+  common::LeaseGrantedMsg m;
+  m.lease = lease.id;
+  m.dtu = options_.id;
+  m.device = lease.device;
+  m.unit = lease.unit;
+  m.holder = lease.holder;
+  m.expires_in_ms = millis_u32(lease.expires - clock_.now());
+  if (with_token) m.token = common::to_hex(lease.token);
+  m.inband = inband_endpoint_.to_string();
+  return m;
 }
 
 }  // namespace dtu::agent

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "dtu/common/usb_classes.hpp"
+#include "dtu/agent/unit_rules.hpp"
 
 namespace dtu::agent {
 
@@ -44,7 +44,7 @@ common::DeviceRecord build_device_record(const UsbDeviceInfo& info, const std::s
         u.cls = a->cls;
         u.subclass = a->subclass;
         u.protocol = a->protocol;
-        u.function = common::usb_function_name(a->cls, a->subclass, a->protocol);
+        u.function = unit_function(info, a->cls, a->subclass, a->protocol);
         r.units.push_back(std::move(u));
         unit = r.units.end() - 1;
       }
@@ -57,7 +57,7 @@ common::DeviceRecord build_device_record(const UsbDeviceInfo& info, const std::s
     u.cls = itf.cls;
     u.subclass = itf.subclass;
     u.protocol = itf.protocol;
-    u.function = common::usb_function_name(itf.cls, itf.subclass, itf.protocol);
+    u.function = unit_function(info, itf.cls, itf.subclass, itf.protocol);
     r.units.push_back(std::move(u));
   }
   std::sort(r.units.begin(), r.units.end(),

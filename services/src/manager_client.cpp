@@ -39,6 +39,20 @@ asio::awaitable<common::Result<std::unique_ptr<ManagerClient>>> ManagerClient::c
   auto link = common::Link::create(ex, std::make_unique<common::UnixTransport>(std::move(socket)),
                                    common::FilamentMux::Side::initiator, clock, common::Logger(client_name),
                                    socket_path, options);
+  // Events from the manager arrive on the control filament: hand them to the handlers.
+  auto state = std::make_shared<State>();
+  std::weak_ptr<common::Link> weak = link;
+  link->mux().set_receiver(common::FilamentMux::kControlFilament, [state, weak](common::Frame frame) {
+    if (frame.type == common::MessageType::lease_ended) {
+      auto ended = common::from_frame<common::LeaseEndedMsg>(frame);
+      if (ended.ok() && state->lease_ended) state->lease_ended(*ended);
+      if (ended.ok()) return;
+    }
+    if (auto self = weak.lock()) {
+      self->close(Error(Errc::illegal_state, "unexpected " + std::string(common::message_type_name(frame.type)) +
+                                                 " from the manager"));
+    }
+  });
   link->start([](const Error&) {});
   auto request = link->request(common::FilamentMux::kControlFilament,
                                common::to_frame(common::ClientHelloMsg{client_name}), timeout);
@@ -52,7 +66,7 @@ asio::awaitable<common::Result<std::unique_ptr<ManagerClient>>> ManagerClient::c
     link->close(welcome.error());
     co_return welcome.error();
   }
-  co_return std::unique_ptr<ManagerClient>(new ManagerClient(std::move(link), welcome->manager));
+  co_return std::unique_ptr<ManagerClient>(new ManagerClient(std::move(link), welcome->manager, std::move(state)));
 }
 
 ManagerClient::~ManagerClient() { close(); }
@@ -68,6 +82,44 @@ asio::awaitable<common::Result<std::vector<common::DeviceRecord>>> ManagerClient
   auto list = common::from_frame<common::DeviceListMsg>(*answer);
   if (!list.ok()) co_return list.error();
   co_return std::move(list->devices);
+}
+
+namespace {
+
+std::uint32_t millis(common::Duration d) {
+  return static_cast<std::uint32_t>(std::chrono::duration_cast<std::chrono::milliseconds>(d).count());
+}
+
+}  // namespace
+
+asio::awaitable<common::Result<common::LeaseGrantedMsg>> ManagerClient::allocate(std::string dtu, std::string device,
+                                                                                  std::uint32_t unit,
+                                                                                  common::Duration length,
+                                                                                  common::Duration timeout) {
+  common::AllocateMsg msg{std::move(dtu), std::move(device), unit, millis(length)};
+  auto request = link_->request(common::FilamentMux::kControlFilament, common::to_frame(msg), timeout);
+  auto answer = co_await std::move(request);
+  if (!answer.ok()) co_return answer.error();
+  co_return common::from_frame<common::LeaseGrantedMsg>(*answer);
+}
+
+asio::awaitable<common::Result<common::LeaseGrantedMsg>> ManagerClient::renew(std::string dtu, std::string lease,
+                                                                               common::Duration length,
+                                                                               common::Duration timeout) {
+  common::RenewMsg msg{std::move(dtu), std::move(lease), millis(length)};
+  auto request = link_->request(common::FilamentMux::kControlFilament, common::to_frame(msg), timeout);
+  auto answer = co_await std::move(request);
+  if (!answer.ok()) co_return answer.error();
+  co_return common::from_frame<common::LeaseGrantedMsg>(*answer);
+}
+
+asio::awaitable<common::Result<void>> ManagerClient::release(std::string dtu, std::string lease,
+                                                             common::Duration timeout) {
+  common::ReleaseMsg msg{std::move(dtu), std::move(lease)};
+  auto request = link_->request(common::FilamentMux::kControlFilament, common::to_frame(msg), timeout);
+  auto answer = co_await std::move(request);
+  if (!answer.ok()) co_return answer.error();
+  co_return common::Result<void>{};
 }
 
 }  // namespace dtu::services

@@ -19,6 +19,8 @@ TEST_CASE("the example dtu-agent config in packaging/ is valid and read complete
   REQUIRE(options.managers.size() == 2);
   CHECK(options.managers[1].port == 4711);
   CHECK(options.reconnect_min == std::chrono::milliseconds(200));
+  CHECK(options.backend == "libusb");
+  CHECK(options.inband.port == 4712);
   CHECK(validate(options).ok());
 }
 

@@ -17,6 +17,14 @@ UsbInterface itf(std::uint8_t number, std::uint8_t cls, std::uint8_t alternate =
   return i;
 }
 
+// An interface with a full class triple.
+UsbInterface itf3(std::uint8_t number, std::uint8_t cls, std::uint8_t subclass, std::uint8_t protocol) {
+  UsbInterface i = itf(number, cls);
+  i.subclass = subclass;
+  i.protocol = protocol;
+  return i;
+}
+
 }  // namespace
 
 TEST_CASE("a multi-function device becomes one unit per interface with its function") {
@@ -26,7 +34,7 @@ TEST_CASE("a multi-function device becomes one unit per interface with its funct
   info.pid = 0x08a1;
   info.manufacturer = "EPSON";
   info.serial = std::nullopt;  // unreadable strings stay null
-  info.interfaces = {itf(0, 0x07), itf(1, 0xff), itf(2, 0x08)};
+  info.interfaces = {itf(0, 0x07), itf3(1, 0xff, 0xff, 0xff), itf(2, 0x08)};
   auto r = build_device_record(info, "dtu-1", dtu::common::Stamp{7, 3, 42});
   CHECK(r.dtu == "dtu-1");
   CHECK(r.device == "1-2");
@@ -35,10 +43,22 @@ TEST_CASE("a multi-function device becomes one unit per interface with its funct
   CHECK_FALSE(r.serial.has_value());
   REQUIRE(r.units.size() == 3);
   CHECK(r.units[0].function == "printer");
-  CHECK(r.units[1].function == "vendor");
+  CHECK(r.units[1].function == "scanner");  // Epson's vendor-class scanner, named by the quirks table
   CHECK(r.units[2].function == "storage");
   CHECK(r.units[2].interfaces == std::vector<std::uint8_t>{2});
   for (const auto& u : r.units) CHECK(u.state == dtu::common::UnitState::free);
+}
+
+TEST_CASE("a vendor-class interface stays vendor unless the quirks table knows the device") {
+  UsbDeviceInfo info{};
+  info.port = "1-3";
+  info.vid = 0x1234;  // not Epson
+  info.pid = 0x0001;
+  info.interfaces = {itf3(0, 0xff, 0xff, 0xff)};
+  CHECK(build_device_record(info, "dtu-1", dtu::common::Stamp{1, 1, 1}).units[0].function == "vendor");
+  info.vid = 0x04b8;
+  info.interfaces = {itf(0, 0x07), itf3(1, 0xff, 0x00, 0x00)};  // Epson, but not the ff/ff/ff scanner
+  CHECK(build_device_record(info, "dtu-1", dtu::common::Stamp{1, 1, 1}).units[1].function == "vendor");
 }
 
 TEST_CASE("an interface association forms one unit and alternate settings add none") {

@@ -55,7 +55,7 @@ TEST_CASE("a config file that is not JSON is reported with its line and column")
 TEST_CASE("dtu-agent refuses to start without a readable key and says which file") {
   Site site;
   auto r = run_command({binary_path("dtu-agent"), "--id", "dtu-1", "--manager", "127.0.0.7:1", "--key",
-                        (site.dir() / "missing.key").string(), "--sim-devices",
+                        (site.dir() / "missing.key").string(), "--backend", "sim", "--sim-devices",
                         dtu::testing::source_path("demo/sim-devices.json").string()},
                        kExitDeadline);
   CHECK(r.exit_code == 1);

@@ -65,7 +65,7 @@ TEST_CASE("devmgrctl devices shows exactly the simulated devices and their units
   CHECK(mfd->at("serial") == "MFP0042");
   REQUIRE(mfd->at("units").size() == 3);
   CHECK(mfd->at("units")[0].at("function") == "printer");
-  CHECK(mfd->at("units")[1].at("function") == "vendor");  // the scanner: vendor class ff/ff/ff
+  CHECK(mfd->at("units")[1].at("function") == "scanner");  // vendor class ff/ff/ff, Epson quirk
   CHECK(mfd->at("units")[1].at("class") == 255);
   CHECK(mfd->at("units")[2].at("function") == "storage");
   for (const auto& u : mfd->at("units")) CHECK(u.at("state") == "free");
@@ -75,7 +75,7 @@ TEST_CASE("devmgrctl devices shows exactly the simulated devices and their units
   REQUIRE(table.exit_code == 0);
   CHECK(table.out.find("DTU") == 0);
   CHECK(table.out.find("Stylus Test Printer") != std::string::npos);
-  CHECK(table.out.find("0:printer 1:vendor 2:storage") != std::string::npos);
+  CHECK(table.out.find("0:printer 1:scanner 2:storage") != std::string::npos);
   (void)a;
 }
 

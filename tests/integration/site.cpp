@@ -66,8 +66,12 @@ Site::Agent& Site::start_agent(const std::string& id, const std::vector<std::str
   std::vector<std::string> argv = {binary_path("dtu-agent"), "--id", id};
   // The simulated backend unless the test chose another (--backend libusb under umockdev).
   if (std::find(extra.begin(), extra.end(), "--backend") == extra.end()) {
-    argv.insert(argv.end(), {"--sim-devices", source_path("demo/sim-devices.json").string(), "--sim-control",
+    argv.insert(argv.end(), {"--backend", "sim", "--sim-devices", source_path("demo/sim-devices.json").string(), "--sim-control",
                              a->sim_socket.string()});
+  }
+  // Every agent of a test listens in-band on a port of its own.
+  if (std::find(extra.begin(), extra.end(), "--inband") == extra.end()) {
+    argv.insert(argv.end(), {"--inband", "127.0.0.1:0"});
   }
   // A test may hand the agent another key (an impersonation attempt).
   if (std::find(extra.begin(), extra.end(), "--key") == extra.end()) {

@@ -22,11 +22,33 @@ enum class MessageType : std::uint16_t {
   device_snapshot = 18,  // DTU -> manager: every device, sent after welcome
   device_attached = 19,  // DTU -> manager: one device appeared or changed
   device_detached = 20,  // DTU -> manager: one device left
+  device_changed = 21,   // DTU -> manager: a device's units changed (state, holder, lease)
+  lease_request = 22,    // manager -> DTU: grant a unit to a holder for a time
+  lease_granted = 23,    // DTU -> manager, manager -> client: the lease (reply)
+  lease_renew = 24,      // manager -> DTU: extend a lease
+  lease_release = 25,    // manager -> DTU: end a lease
+  lease_ended = 26,      // DTU -> manager, manager -> client: a lease ended, and why
   // Service/admin <-> manager.
   client_hello = 64,   // client -> manager: client name and protocol version
   client_welcome = 65, // manager -> client: manager id, software version
   list_devices = 66,   // client -> manager: request the device table
   device_list = 67,    // manager -> client: the device table
+  allocate = 68,       // client -> manager: lease a unit
+  renew = 69,          // client -> manager: extend a lease
+  release = 70,        // client -> manager: end a lease
+  // In-band (service <-> DTU, over the lease's TLS channel).
+  inband_hello = 192,     // service -> DTU: first request; names the lease
+  inband_welcome = 193,   // DTU -> service: the leased unit, its endpoints, the expiry
+  usb_control = 194,      // service -> DTU: a control transfer
+  usb_out = 195,          // service -> DTU: bytes to an OUT endpoint (binary)
+  usb_in = 196,           // service -> DTU: read from an IN endpoint
+  usb_data = 197,         // DTU -> service: bytes read (binary reply)
+  usb_done = 198,         // DTU -> service: bytes written (reply)
+  get_device_id = 199,    // service -> DTU: the printer's IEEE 1284 device id
+  device_id = 200,        // DTU -> service: the device id (reply)
+  inband_renew = 201,     // service -> DTU: extend the lease in-band
+  inband_renewed = 202,   // DTU -> service: the new expiry (reply)
+  channel_closing = 203,  // DTU -> service: the channel ends now, and why
 };
 
 // True for every number listed above: the decoder rejects any other.

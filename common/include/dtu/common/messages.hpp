@@ -92,6 +92,62 @@ struct DeviceDetachedMsg {
   Stamp stamp;
 };
 
+// DTU -> manager: a device's units changed (state, holder, lease). Replaces the record.
+struct DeviceChangedMsg {
+  static constexpr MessageType kType = MessageType::device_changed;
+  DeviceRecord device;
+};
+
+// Manager -> DTU (request): lease unit `unit` of `device` to `holder` for length_ms. The DTU
+// answers lease_granted, or an error: refused (held; the reason names the holder), unavailable
+// (a sibling's lease makes it unusable), not_found, invalid_argument.
+struct LeaseRequestMsg {
+  static constexpr MessageType kType = MessageType::lease_request;
+  std::string device;
+  std::uint32_t unit = 0;
+  std::string holder;               // the service, as its manager names it
+  std::optional<std::uint32_t> uid; // the service's uid (SO_PEERCRED), for logs and policy
+  std::uint32_t length_ms = 0;
+};
+
+// A granted (or renewed) lease. DTU -> manager as the reply to lease_request / lease_renew;
+// manager -> service as the reply to allocate / renew. The token (the in-band TLS PSK, hex) is
+// sent with the grant only; `inband` is where the service connects for the in-band channel.
+struct LeaseGrantedMsg {
+  static constexpr MessageType kType = MessageType::lease_granted;
+  std::string lease;
+  std::string dtu;
+  std::string device;
+  std::uint32_t unit = 0;
+  std::string holder;
+  std::uint32_t expires_in_ms = 0;  // from when the DTU sent it
+  std::optional<std::string> token; // 64 hex digits
+  std::optional<std::string> inband;  // "host:port" of the DTU's in-band listener
+};
+
+// Manager -> DTU (request): extend a lease to length_ms from now (never shortens it).
+struct LeaseRenewMsg {
+  static constexpr MessageType kType = MessageType::lease_renew;
+  std::string lease;
+  std::uint32_t length_ms = 0;
+};
+
+// Manager -> DTU (request): end a lease. Answered with ack.
+struct LeaseReleaseMsg {
+  static constexpr MessageType kType = MessageType::lease_release;
+  std::string lease;
+};
+
+// A lease ended. DTU -> manager (post), manager -> its holder (notify).
+struct LeaseEndedMsg {
+  static constexpr MessageType kType = MessageType::lease_ended;
+  std::string dtu;
+  std::string lease;
+  std::string device;
+  std::uint32_t unit = 0;
+  std::string reason;  // released | expired | device_gone | agent_stopping | dtu_lost
+};
+
 // --- Service/admin <-> manager --------------------------------------------------------------
 
 struct ClientHelloMsg {
@@ -114,6 +170,31 @@ struct ListDevicesMsg {
 struct DeviceListMsg {
   static constexpr MessageType kType = MessageType::device_list;
   std::vector<DeviceRecord> devices;
+};
+
+// Service -> manager (request): lease a unit. Answered with lease_granted (token and in-band
+// endpoint included) or an error (refused with the holder, unavailable, not_found, …).
+struct AllocateMsg {
+  static constexpr MessageType kType = MessageType::allocate;
+  std::string dtu;
+  std::string device;
+  std::uint32_t unit = 0;
+  std::uint32_t length_ms = 0;
+};
+
+// Service -> manager (request): extend a lease this connection holds.
+struct RenewMsg {
+  static constexpr MessageType kType = MessageType::renew;
+  std::string dtu;
+  std::string lease;
+  std::uint32_t length_ms = 0;
+};
+
+// Service -> manager (request): end a lease this connection holds. Answered with ack.
+struct ReleaseMsg {
+  static constexpr MessageType kType = MessageType::release;
+  std::string dtu;
+  std::string lease;
 };
 
 void to_json(nlohmann::json& j, const AckMsg& m);
@@ -144,6 +225,24 @@ void to_json(nlohmann::json& j, const ListDevicesMsg& m);
 void from_json(const nlohmann::json& j, ListDevicesMsg& m);
 void to_json(nlohmann::json& j, const DeviceListMsg& m);
 void from_json(const nlohmann::json& j, DeviceListMsg& m);
+void to_json(nlohmann::json& j, const DeviceChangedMsg& m);
+void from_json(const nlohmann::json& j, DeviceChangedMsg& m);
+void to_json(nlohmann::json& j, const LeaseRequestMsg& m);
+void from_json(const nlohmann::json& j, LeaseRequestMsg& m);
+void to_json(nlohmann::json& j, const LeaseGrantedMsg& m);
+void from_json(const nlohmann::json& j, LeaseGrantedMsg& m);
+void to_json(nlohmann::json& j, const LeaseRenewMsg& m);
+void from_json(const nlohmann::json& j, LeaseRenewMsg& m);
+void to_json(nlohmann::json& j, const LeaseReleaseMsg& m);
+void from_json(const nlohmann::json& j, LeaseReleaseMsg& m);
+void to_json(nlohmann::json& j, const LeaseEndedMsg& m);
+void from_json(const nlohmann::json& j, LeaseEndedMsg& m);
+void to_json(nlohmann::json& j, const AllocateMsg& m);
+void from_json(const nlohmann::json& j, AllocateMsg& m);
+void to_json(nlohmann::json& j, const RenewMsg& m);
+void from_json(const nlohmann::json& j, RenewMsg& m);
+void to_json(nlohmann::json& j, const ReleaseMsg& m);
+void from_json(const nlohmann::json& j, ReleaseMsg& m);
 
 // Parses a JSON payload; never throws. Errc::bad_payload names the type and the reason.
 Result<nlohmann::json> parse_payload(const Frame& frame);

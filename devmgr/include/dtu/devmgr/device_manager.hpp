@@ -20,6 +20,7 @@
 #include "dtu/devmgr/client_session.hpp"
 #include "dtu/devmgr/device_list.hpp"
 #include "dtu/devmgr/dtu_session.hpp"
+#include "dtu/devmgr/lease_broker.hpp"
 #include "dtu/devmgr/manager_options.hpp"
 
 namespace dtu::devmgr {
@@ -40,6 +41,7 @@ class DeviceManager {
   // The bound DTU endpoint (the real port when the options asked for port 0).
   common::Endpoint dtu_endpoint() const { return bound_; }
   const DeviceList& devices() const { return devices_; }
+  const LeaseBroker& leases() const { return leases_; }
   std::size_t dtu_count() const { return dtus_.size(); }
 
  private:
@@ -60,6 +62,7 @@ class DeviceManager {
   std::optional<asio::local::stream_protocol::acceptor> client_acceptor_;
   common::Endpoint bound_;
   DeviceList devices_;
+  LeaseBroker leases_;
   std::set<std::shared_ptr<DtuSession>> hello_pending_;
   std::map<std::string, std::shared_ptr<DtuSession>> dtus_;  // active, by DTU id
   std::set<std::shared_ptr<ClientSession>> clients_;

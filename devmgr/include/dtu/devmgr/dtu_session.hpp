@@ -5,7 +5,8 @@
 //   awaiting_hello --dtu_hello (id == TLS identity)--> active --link closed--> closed
 //
 // Legal messages: awaiting_hello: dtu_hello (a request). active: device_snapshot,
-// device_attached, device_detached (posts). Anything else — another discipline, a filament
+// device_attached, device_detached, device_changed, lease_ended (posts), and the DTU's replies
+// to our lease requests. Anything else — another discipline, a filament
 // opened by the DTU, a hello naming another DTU, a record for another DTU, no hello within
 // the handshake timeout — is a protocol error: logged with the peer and the reason, and this
 // connection only is closed.
@@ -18,6 +19,7 @@
 #include "dtu/common/async.hpp"
 #include "dtu/common/link.hpp"
 #include "dtu/common/log.hpp"
+#include "dtu/common/messages.hpp"
 #include "dtu/devmgr/device_list.hpp"
 
 namespace dtu::devmgr {
@@ -31,6 +33,8 @@ class DtuSession : public std::enable_shared_from_this<DtuSession> {
     std::function<void(const std::shared_ptr<DtuSession>&)> on_active;
     // The link closed (any reason), after the session's state was updated.
     std::function<void(const std::shared_ptr<DtuSession>&, const common::Error&)> on_closed;
+    // The DTU reports that a lease ended.
+    std::function<void(const common::LeaseEndedMsg&)> on_lease_ended;
   };
 
   DtuSession(std::shared_ptr<common::Link> link, std::string identity, std::string manager_id,
@@ -40,6 +44,9 @@ class DtuSession : public std::enable_shared_from_this<DtuSession> {
 
   void start(Hooks hooks);
   void close(const common::Error& reason);
+  // Sends a request to the DTU (lease_request, lease_renew, lease_release); `done` gets the
+  // reply, or Errc::timeout / link_lost.
+  void request(common::Frame frame, common::Duration timeout, std::function<void(common::Result<common::Frame>)> done);
 
   State state() const { return state_; }
   const std::string& dtu() const { return identity_; }

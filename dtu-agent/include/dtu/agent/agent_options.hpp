@@ -3,6 +3,7 @@
 // (main.cpp applies them in that order). Plain value; main thread only.
 
 #include <chrono>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -11,14 +12,20 @@
 
 namespace dtu::agent {
 
+// The in-band listener's default TCP port.
+inline constexpr std::uint16_t kDefaultInbandPort = 4712;
+
 struct AgentOptions {
   std::string id;                           // this DTU's id (required)
   std::vector<common::Endpoint> managers;   // the group's managers, in preference order
   std::string pick = "first";               // first reachable manager of the list
   std::string key_file = "/etc/dtubroker/dtu.key";  // this DTU's derived key
-  std::string backend = "sim";              // sim (a JSON catalogue) or libusb (real USB)
+  std::string backend = "libusb";           // libusb (real USB) or sim (a JSON catalogue: demo, tests)
   std::string sim_devices;                  // device catalogue for the sim backend
   std::string sim_control;                  // Unix socket driving the sim backend (optional)
+  // Where the in-band channel listens (DESIGN.md §2). Services reach it at this address; an
+  // unspecified host (0.0.0.0) is replaced by the DTU's address as its manager sees it.
+  common::Endpoint inband{"0.0.0.0", kDefaultInbandPort};
   std::chrono::milliseconds connect_timeout{3000};   // TCP connect + TLS + hello, per manager
   std::chrono::milliseconds reconnect_min{200};      // first retry delay after losing all managers
   std::chrono::milliseconds reconnect_max{5000};     // cap on the retry delay

@@ -6,9 +6,23 @@
 // it tries the list again from the top, with a bounded, jittered backoff.
 //
 // Every record is stamped here, at generation: (boot_epoch, seq) plus the time.
+//
+// Leases (DESIGN.md §5): the agent has the final word on its units. Its manager asks for a lease
+// (lease_request); the agent refuses a unit that is held (naming the holder) or made unavailable
+// by a sibling's lease (unit_rules.hpp), otherwise claims the unit's interfaces through the
+// backend (detaching kernel drivers), grants the lease with a fresh in-band token, and reports the
+// unit change (device_changed) stamped at generation. Leases expire on the monotonic clock unless
+// renewed (lease_renew from the manager, or in-band by the holder); on expiry, release, unplug or
+// stop the interfaces are given back, the in-band channels of the lease are closed with the
+// reason, and the manager is told (lease_ended). A lost manager link does not touch leases: the
+// holder keeps its unit and its in-band channel while the agent finds a manager again.
+//
 // Runs on one io_context thread; every method must be called on it.
 
 #include <map>
+#include <set>
+#include <utility>
+#include <vector>
 #include <memory>
 #include <optional>
 #include <random>
@@ -18,11 +32,14 @@
 #include <asio/ssl.hpp>
 
 #include "dtu/agent/agent_options.hpp"
+#include "dtu/agent/inband_server.hpp"
+#include "dtu/agent/lease_table.hpp"
 #include "dtu/agent/usb_backend.hpp"
 #include "dtu/common/clock.hpp"
 #include "dtu/common/crypto.hpp"
 #include "dtu/common/link.hpp"
 #include "dtu/common/log.hpp"
+#include "dtu/common/messages.hpp"
 #include "dtu/common/records.hpp"
 
 namespace dtu::agent {
@@ -40,6 +57,10 @@ class DtuAgent {
   // Closes the link and stops the backend. Idempotent.
   void stop();
 
+  // Where services reach the in-band listener (valid after start()).
+  const common::Endpoint& inband_endpoint() const { return inband_endpoint_; }
+  const LeaseTable& leases() const { return leases_; }
+
  private:
   asio::awaitable<void> run();
   // Connects to one manager and serves the link until it closes. Returns why it ended.
@@ -47,6 +68,23 @@ class DtuAgent {
   void on_attached(UsbDeviceInfo info);
   void on_detached(const std::string& port);
   void send_device_message(common::Frame frame, const std::string& what);
+  // Requests from the manager on the control filament.
+  void on_manager_frame(const common::Frame& frame);
+  void on_lease_request(const common::Frame& frame);
+  void on_lease_renew(const common::Frame& frame);
+  void on_lease_release(const common::Frame& frame);
+  // Claims `interfaces` of `port` one after another, then calls done (the first error, if any).
+  void claim_interfaces(const std::string& port, std::vector<std::uint8_t> interfaces, std::size_t next,
+                        std::function<void(common::Result<void>)> done);
+  void release_interfaces(const Lease& lease);
+  // Renews a lease (from the manager or in-band) and re-arms the expiry timer.
+  common::Result<Lease> renew_lease(std::string_view id, common::Duration length);
+  // Everything that follows the end of a lease.
+  void lease_ended(const Lease& lease, LeaseEnd why);
+  // Recomputes the unit states of `port` from its leases and reports the change.
+  void report_units(const std::string& port);
+  asio::awaitable<void> expiry_loop();
+  common::LeaseGrantedMsg granted_message(const Lease& lease, bool with_token) const;
   common::Stamp next_stamp();
   common::Duration backoff(unsigned attempt);
 
@@ -60,6 +98,13 @@ class DtuAgent {
   std::int64_t boot_epoch_;
   std::uint64_t seq_ = 0;
   std::map<std::string, common::DeviceRecord> records_;  // by port
+  std::map<std::string, UsbDeviceInfo> devices_;         // by port: what the rules look at
+  std::map<std::string, std::uint64_t> attached_seq_;    // by port: the seq of its attach record
+  LeaseTable leases_;
+  std::set<std::pair<std::string, std::uint32_t>> claiming_;  // (port, unit) being granted
+  std::unique_ptr<InbandServer> inband_;
+  common::Endpoint inband_endpoint_;
+  asio::steady_timer expiry_timer_;
   std::shared_ptr<common::Link> link_;                   // set while connected
   bool welcomed_ = false;
   asio::steady_timer link_closed_;  // cancelled when the link closes

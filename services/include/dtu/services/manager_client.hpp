@@ -5,6 +5,8 @@
 // Coroutines on the caller's io_context thread.
 
 #include <chrono>
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -14,6 +16,7 @@
 
 #include "dtu/common/clock.hpp"
 #include "dtu/common/link.hpp"
+#include "dtu/common/messages.hpp"
 #include "dtu/common/records.hpp"
 #include "dtu/common/result.hpp"
 
@@ -32,15 +35,35 @@ class ManagerClient {
   asio::awaitable<common::Result<std::vector<common::DeviceRecord>>> list_devices(
       std::optional<std::string> dtu, common::Duration timeout);
 
+  // Leases a unit (DESIGN.md §5). The grant carries the lease id, the in-band token (hex) and
+  // the DTU's in-band endpoint. Errors come from the manager or the DTU: Errc::refused (held:
+  // the detail names the holder), Errc::unavailable, Errc::not_found, Errc::timeout.
+  asio::awaitable<common::Result<common::LeaseGrantedMsg>> allocate(std::string dtu, std::string device,
+                                                                     std::uint32_t unit, common::Duration length,
+                                                                     common::Duration timeout);
+  asio::awaitable<common::Result<common::LeaseGrantedMsg>> renew(std::string dtu, std::string lease,
+                                                                  common::Duration length, common::Duration timeout);
+  asio::awaitable<common::Result<void>> release(std::string dtu, std::string lease, common::Duration timeout);
+
+  // Called, on the io_context thread, when a lease of ours ends (expired, released, device_gone, …).
+  void on_lease_ended(std::function<void(const common::LeaseEndedMsg&)> handler) {
+    state_->lease_ended = std::move(handler);
+  }
+
   const std::string& manager_id() const { return manager_id_; }
   void close();
 
  private:
-  ManagerClient(std::shared_ptr<common::Link> link, std::string manager_id)
-      : link_(std::move(link)), manager_id_(std::move(manager_id)) {}
+  struct State {
+    std::function<void(const common::LeaseEndedMsg&)> lease_ended;
+  };
+
+  ManagerClient(std::shared_ptr<common::Link> link, std::string manager_id, std::shared_ptr<State> state)
+      : link_(std::move(link)), manager_id_(std::move(manager_id)), state_(std::move(state)) {}
 
   std::shared_ptr<common::Link> link_;
   std::string manager_id_;
+  std::shared_ptr<State> state_;
 };
 
 }  // namespace dtu::services
