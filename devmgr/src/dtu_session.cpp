@@ -66,22 +66,10 @@ void DtuSession::start(Hooks hooks) {
 
 void DtuSession::close(const Error& reason) { link_->close(reason); }
 
-namespace {
-
-// A coroutine with parameters, not a capturing lambda: a lambda's captures would die with the
-// closure before the coroutine finishes.
-asio::awaitable<void> request_and_answer(std::shared_ptr<common::Link> link, Frame frame, common::Duration timeout,
-                                         std::function<void(common::Result<Frame>)> done) {
-  auto op = link->request(common::FilamentMux::kControlFilament, std::move(frame), timeout);
-  auto answer = co_await std::move(op);
-  done(std::move(answer));
-}
-
-}  // namespace
-
 void DtuSession::request(Frame frame, common::Duration timeout, std::function<void(common::Result<Frame>)> done) {
-  common::spawn(link_->executor(), request_and_answer(link_, std::move(frame), timeout, std::move(done)), log_,
-                "request to DTU " + identity_);
+  // The callback form: the reply completes in order with the frames around it, so a lease_ended
+  // that follows a lease_granted on the wire reaches the broker after the grant, never before.
+  link_->request(common::FilamentMux::kControlFilament, std::move(frame), timeout, std::move(done));
 }
 
 void DtuSession::protocol_error(const std::string& reason) {

@@ -113,8 +113,13 @@ void LeaseBroker::send_release(const std::string& dtu_id, const std::string& lea
 
 void LeaseBroker::client_closed(const ClientSession* client) {
   std::vector<std::pair<std::string, std::string>> held;  // (dtu, lease)
-  for (const auto& [id, lease] : leases_) {
-    if (lease.client_key == client) held.emplace_back(lease.dtu, id);
+  for (auto& [id, lease] : leases_) {
+    if (lease.client_key != client) continue;
+    held.emplace_back(lease.dtu, id);
+    // The session is gone: its address may be reused by another client's session, which must not
+    // pass for the holder. Only the uid rule remains until the DTU confirms the end.
+    lease.client_key = nullptr;
+    lease.client.reset();
   }
   for (const auto& [dtu, lease] : held) {
     log_.info("", "lease_holder_gone", {{"lease", lease}, {"dtu", dtu}});

@@ -23,6 +23,9 @@ namespace {
 // How long a device message may wait for the manager's ack before we log it as lost; the next
 // connect sends a full snapshot anyway.
 constexpr common::Duration kDeviceMessageTimeout = std::chrono::seconds(10);
+// A grant later than this after the request is refused instead: the manager waits 10 s
+// (devmgr's kLeaseRequestTimeout) and would drop a later answer, leaving a lease nobody holds.
+constexpr common::Duration kMaxGrantDelay = std::chrono::seconds(5);
 
 std::uint32_t millis_u32(common::Duration d) {
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
@@ -229,13 +232,18 @@ void DtuAgent::on_manager_frame(const common::Frame& frame) {
   link_->close(Error(Errc::illegal_state, why + " from the manager"));
 }
 
+template <typename M>
+std::optional<M> DtuAgent::decode_request(const common::Frame& frame) {
+  auto msg = common::from_frame<M>(frame);
+  if (msg.ok()) return std::move(msg.value());
+  log_.warn(link_->peer(), "protocol_error", {{"reason", msg.error().describe()}});
+  link_->reply_error(frame, Errc::bad_payload, msg.error().detail);
+  return std::nullopt;
+}
+
 void DtuAgent::on_lease_request(const common::Frame& frame) {
-  auto msg = common::from_frame<common::LeaseRequestMsg>(frame);
-  if (!msg.ok()) {
-    log_.warn(link_->peer(), "protocol_error", {{"reason", msg.error().describe()}});
-    link_->reply_error(frame, Errc::bad_payload, msg.error().detail);
-    return;
-  }
+  auto msg = decode_request<common::LeaseRequestMsg>(frame);
+  if (!msg) return;
   std::weak_ptr<common::Link> weak = link_;
   auto answer_error = [this, weak, frame, device = msg->device, unit = msg->unit](Errc code, const std::string& why) {
     log_.info("", "lease_refused", {{"device", device}, {"unit", unit}, {"code", common::errc_name(code)}, {"reason", why}});
@@ -257,57 +265,96 @@ void DtuAgent::on_lease_request(const common::Frame& frame) {
     return answer_error(Errc::refused, what + " is held by " + unit->holder.value_or("?") + " (lease " +
                                            unit->lease.value_or("?") + ")");
   }
-  if (unit->state == common::UnitState::unavailable) {
-    std::set<std::uint32_t> blockers;
-    for (const Lease* lease : leases_.on_device(msg->device)) {
-      if (conflicting_units(devices_.at(msg->device), record->second, lease->unit).contains(msg->unit)) {
-        blockers.insert(lease->unit);
-      }
-    }
-    return answer_error(Errc::unavailable, what + " is unavailable while unit " + unit_list(blockers) + " is leased");
+  if (auto blocked = blockers(msg->device, msg->unit); !blocked.empty()) {
+    return answer_error(Errc::unavailable, what + " is unavailable while unit " + unit_list(blocked) + " is leased");
   }
   const auto key = std::make_pair(msg->device, msg->unit);
   if (claiming_.contains(key)) return answer_error(Errc::refused, what + " is being leased to another holder");
   claiming_.insert(key);
   const std::uint64_t attached_seq = attached_seq_[msg->device];
-  claim_interfaces(msg->device, unit->interfaces, 0,
-                   [this, weak, frame, request = *msg, key, length, what, attached_seq,
-                    interfaces = unit->interfaces, answer_error](common::Result<void> claimed) {
-                     claiming_.erase(key);
-                     auto now = records_.find(request.device);
-                     // Unplugged (or replaced) while the interfaces were being claimed.
-                     if (now == records_.end() || attached_seq_[request.device] != attached_seq) {
-                       return answer_error(Errc::unavailable, what + " was unplugged");
-                     }
-                     if (!claimed.ok()) return answer_error(claimed.error().code.value() == static_cast<int>(Errc::unavailable)
-                                                                ? Errc::unavailable : Errc::refused,
-                                                            what + ": cannot claim it: " + claimed.error().describe());
-                     auto lease = leases_.grant(request.device, request.unit, interfaces, request.holder, length);
-                     if (!lease.ok()) {
-                       release_interfaces(Lease{"", request.device, request.unit, interfaces, "", {}, {}, {}});
-                       return answer_error(static_cast<Errc>(lease.error().code.value()), lease.error().detail);
-                     }
-                     log_.info("", "lease_granted",
-                               {{"lease", lease->id}, {"device", lease->device}, {"unit", lease->unit},
-                                {"holder", lease->holder}, {"uid", request.uid ? std::to_string(*request.uid) : "-"},
-                                {"length_ms", request.length_ms}});
-                     expiry_timer_.cancel();  // re-arm for the new expiry
-                     report_units(lease->device);
-                     if (auto link = weak.lock()) {
-                       link->reply(frame, common::to_frame(granted_message(*lease, true)));
-                     } else {
-                       log_.warn("", "lease_unanswered", {{"lease", lease->id}, {"reason", "manager link lost"}});
-                     }
-                   });
+  const common::MonoTime asked_at = clock_.now();
+  std::weak_ptr<int> alive = alive_;
+  claim_interfaces(
+      msg->device, unit->interfaces, 0,
+      [this, alive, weak, frame, request = *msg, key, length, what, attached_seq, asked_at,
+       interfaces = unit->interfaces, answer_error](common::Result<void> claimed) {
+        if (alive.expired()) return;  // the agent is gone; the backend gives claims back on stop
+        claiming_.erase(key);
+        Lease claim{"", request.device, request.unit, interfaces, "", {}, {}, {}};
+        // Gives back what was claimed, unless a lease now holds it (a replaced device's own leases).
+        auto give_back = [&] {
+          if (!claimed.ok()) return;
+          for (const Lease* held : leases_.on_device(request.device)) {
+            if (held->interfaces == interfaces) return;
+          }
+          release_interfaces(claim);
+        };
+        if (stopped_) return give_back();
+        // Unplugged (or replaced) while the interfaces were being claimed.
+        auto now = records_.find(request.device);
+        if (now == records_.end() || attached_seq_[request.device] != attached_seq) {
+          give_back();
+          return answer_error(Errc::unavailable, what + " was unplugged");
+        }
+        if (!claimed.ok()) {
+          const bool gone = claimed.error().code == make_error_code(Errc::unavailable);
+          return answer_error(gone ? Errc::unavailable : Errc::refused,
+                              what + ": cannot claim it: " + claimed.error().describe());
+        }
+        // A sibling leased while this one was being claimed.
+        if (auto blocked = blockers(request.device, request.unit); !blocked.empty()) {
+          give_back();
+          return answer_error(Errc::unavailable, what + " is unavailable while unit " + unit_list(blocked) + " is leased");
+        }
+        // The manager stops waiting after its own deadline and would drop a late grant, leaving
+        // a lease nobody holds.
+        if (clock_.now() - asked_at > kMaxGrantDelay) {
+          give_back();
+          return answer_error(Errc::timeout, what + ": claiming its interfaces took too long");
+        }
+        auto lease = leases_.grant(request.device, request.unit, interfaces, request.holder, length);
+        if (!lease.ok()) {
+          give_back();
+          return answer_error(static_cast<Errc>(lease.error().code.value()), lease.error().detail);
+        }
+        log_.info("", "lease_granted",
+                  {{"lease", lease->id}, {"device", lease->device}, {"unit", lease->unit}, {"holder", lease->holder},
+                   {"uid", request.uid ? std::to_string(*request.uid) : "-"}, {"length_ms", request.length_ms}});
+        expiry_timer_.cancel();  // re-arm for the new expiry
+        report_units(lease->device);
+        auto link = weak.lock();
+        if (link && link->is_open()) {
+          link->reply(frame, common::to_frame(granted_message(*lease, true)));
+          return;
+        }
+        // Nobody can learn the token: end the lease at once rather than hold the unit for nothing.
+        log_.warn("", "lease_unanswered", {{"lease", lease->id}, {"reason", "manager link lost"}});
+        if (auto ended = leases_.end(lease->id, LeaseEnd::released)) lease_ended(*ended, LeaseEnd::released);
+      });
+}
+
+std::set<std::uint32_t> DtuAgent::blockers(const std::string& port, std::uint32_t unit) const {
+  std::set<std::uint32_t> out;
+  auto record = records_.find(port);
+  auto device = devices_.find(port);
+  if (record == records_.end() || device == devices_.end()) return out;
+  for (const Lease* lease : leases_.on_device(port)) {
+    if (lease->unit != unit && conflicting_units(device->second, record->second, lease->unit).contains(unit)) {
+      out.insert(lease->unit);
+    }
+  }
+  for (const auto& [claiming_port, claiming_unit] : claiming_) {
+    if (claiming_port == port && claiming_unit != unit &&
+        conflicting_units(device->second, record->second, claiming_unit).contains(unit)) {
+      out.insert(claiming_unit);
+    }
+  }
+  return out;
 }
 
 void DtuAgent::on_lease_renew(const common::Frame& frame) {
-  auto msg = common::from_frame<common::LeaseRenewMsg>(frame);
-  if (!msg.ok()) {
-    log_.warn(link_->peer(), "protocol_error", {{"reason", msg.error().describe()}});
-    link_->reply_error(frame, Errc::bad_payload, msg.error().detail);
-    return;
-  }
+  auto msg = decode_request<common::LeaseRenewMsg>(frame);
+  if (!msg) return;
   auto renewed = renew_lease(msg->lease, std::chrono::milliseconds(msg->length_ms));
   if (!renewed.ok()) {
     link_->reply_error(frame, static_cast<Errc>(renewed.error().code.value()), renewed.error().detail);
@@ -317,12 +364,8 @@ void DtuAgent::on_lease_renew(const common::Frame& frame) {
 }
 
 void DtuAgent::on_lease_release(const common::Frame& frame) {
-  auto msg = common::from_frame<common::LeaseReleaseMsg>(frame);
-  if (!msg.ok()) {
-    log_.warn(link_->peer(), "protocol_error", {{"reason", msg.error().describe()}});
-    link_->reply_error(frame, Errc::bad_payload, msg.error().detail);
-    return;
-  }
+  auto msg = decode_request<common::LeaseReleaseMsg>(frame);
+  if (!msg) return;
   auto lease = leases_.end(msg->lease, LeaseEnd::released);
   if (!lease) {
     const EndedLease* gone = leases_.ended(msg->lease);
@@ -340,7 +383,9 @@ void DtuAgent::claim_interfaces(const std::string& port, std::vector<std::uint8_
   if (next == interfaces.size()) return done({});
   const std::uint8_t interface = interfaces[next];
   backend_.claim(port, interface,
-                 [this, port, interfaces = std::move(interfaces), next, done = std::move(done)](common::Result<void> r) mutable {
+                 [this, alive = std::weak_ptr<int>(alive_), port, interfaces = std::move(interfaces), next,
+                  done = std::move(done)](common::Result<void> r) mutable {
+                   if (alive.expired()) return;
                    if (!r.ok()) {
                      // Give back what was claimed before the failure.
                      for (std::size_t i = 0; i < next; ++i) backend_.release(port, interfaces[i], [](common::Result<void>) {});
@@ -352,8 +397,9 @@ void DtuAgent::claim_interfaces(const std::string& port, std::vector<std::uint8_
 
 void DtuAgent::release_interfaces(const Lease& lease) {
   for (std::uint8_t interface : lease.interfaces) {
-    backend_.release(lease.device, interface, [this, device = lease.device, interface](common::Result<void> r) {
-      if (!r.ok() && !stopped_) {
+    backend_.release(lease.device, interface,
+                     [this, alive = std::weak_ptr<int>(alive_), device = lease.device, interface](common::Result<void> r) {
+      if (!alive.expired() && !r.ok() && !stopped_) {
         log_.warn("", "usb_release_failed", {{"device", device}, {"interface", interface}, {"reason", r.error().describe()}});
       }
     });

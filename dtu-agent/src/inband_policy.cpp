@@ -125,10 +125,11 @@ common::Result<void> check_control(const LeaseScope& scope, const common::UsbSet
                        "GET_CONFIGURATION)");
     case kRecipientInterface: {
       std::uint8_t interface = static_cast<std::uint8_t>(setup.index & 0xff);
-      if (type == kTypeClass && scope.unit_class == kUsbClassPrinter &&
+      // Printer GET_DEVICE_ID (class, IN, bRequest 0) names the interface in wIndex's high byte and
+      // the alternate setting in its low byte; nothing else of a printer lease is read that way.
+      if (type == kTypeClass && setup.is_in() && scope.unit_class == kUsbClassPrinter &&
           setup.request == kPrinterGetDeviceId) {
-        interface =
-            static_cast<std::uint8_t>(setup.index >> 8);  // printer GET_DEVICE_ID: interface in the high byte
+        interface = static_cast<std::uint8_t>(setup.index >> 8);
       }
       if (!leased(scope, interface)) {
         return Error(Errc::refused, describe(setup) + " names interface " + std::to_string(interface) +

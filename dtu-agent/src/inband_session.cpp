@@ -291,9 +291,7 @@ void InbandSession::run_next(std::uint8_t lane_key) {
   };
   std::visit(Overloaded{
                  [&](common::UsbControlMsg& m) {
-                   const UsbControlSetup setup{m.setup.request_type, m.setup.request, m.setup.value,
-                                               m.setup.index, m.setup.length};
-                   shared_.backend.control(port, setup, std::move(m.data),
+                   shared_.backend.control(port, m.setup, std::move(m.data),
                                            std::chrono::milliseconds(m.timeout_ms), bytes_done);
                  },
                  [&](common::UsbOutMsg& m) {
@@ -310,10 +308,8 @@ void InbandSession::run_next(std::uint8_t lane_key) {
                  },
                  [&](common::GetDeviceIdMsg&) {
                    // REQUIRES (checked at enqueue): the unit is a printer.
-                   const common::UsbSetup s = device_id_request(scope_).value();
-                   const UsbControlSetup setup{s.request_type, s.request, s.value, s.index, s.length};
                    shared_.backend.control(
-                       port, setup, {}, std::chrono::seconds(5),
+                       port, device_id_request(scope_).value(), {}, std::chrono::seconds(5),
                        [self, lane_key](common::Result<std::vector<std::uint8_t>> r) {
                          if (!r.ok()) return self->finish(lane_key, r.error());
                          self->finish(lane_key,

@@ -605,6 +605,7 @@ class LibusbBackend::EventThread {
     if (!in)
       std::copy(request.data.begin(), request.data.end(), t->buffer.begin() + LIBUSB_CONTROL_SETUP_SIZE);
     t->transfer = libusb_alloc_transfer(0);
+    if (t->transfer == nullptr) return request.reply(failure(Errc::io_error, "libusb_alloc_transfer failed"));
     libusb_fill_control_transfer(t->transfer, d.handle, t->buffer.data(), &EventThread::on_transfer, t.get(),
                                  timeout_ms(request.timeout));
     start(d, std::move(t), request);
@@ -616,9 +617,12 @@ class LibusbBackend::EventThread {
     const bool want_in = request.kind == Request::Kind::in;
     const UsbEndpoint* endpoint = nullptr;
     std::uint8_t interface = 0;
+    // An endpoint listed by several interfaces (a descriptor fault unit_rules.hpp handles) belongs
+    // to whichever of them is claimed.
     for (const auto& candidate : d.info.interfaces) {
       for (const auto& ep : candidate.endpoints) {
-        if (ep.address == address && endpoint == nullptr) {
+        if (ep.address != address) continue;
+        if (endpoint == nullptr || (!d.claimed.contains(interface) && d.claimed.contains(candidate.number))) {
           endpoint = &ep;
           interface = candidate.number;
         }
@@ -658,6 +662,7 @@ class LibusbBackend::EventThread {
       t->buffer = std::move(request.data);
     }
     t->transfer = libusb_alloc_transfer(0);
+    if (t->transfer == nullptr) return request.reply(failure(Errc::io_error, "libusb_alloc_transfer failed"));
     const auto fill = type == kUsbTransferBulk ? &libusb_fill_bulk_transfer : &libusb_fill_interrupt_transfer;
     fill(t->transfer, d.handle, address, t->buffer.data(), static_cast<int>(length),
          &EventThread::on_transfer, t.get(), timeout_ms(request.timeout));

@@ -596,6 +596,7 @@ Result<UsbEndpoint> SimBackend::transfer_endpoint(const std::string& port, std::
   const Slot* s = slot(port);
   if (s == nullptr) return Error{Errc::not_found, "no device on port " + port};
   if (!s->device.present) return Error{Errc::unavailable, "device on port " + port + " is unplugged"};
+  std::optional<Error> unclaimed;
   for (const auto& interface : s->device.info.interfaces) {
     for (const auto& ep : interface.endpoints) {
       if (ep.address != endpoint) continue;
@@ -610,13 +611,18 @@ Result<UsbEndpoint> SimBackend::transfer_endpoint(const std::string& port, std::
       }
       if (length == 0) return Error{Errc::invalid_argument, "a transfer of 0 bytes"};
       if (s->claimed.count(interface.number) == 0) {
-        return Error{Errc::illegal_state, "interface " + std::to_string(interface.number) + " of port " +
-                                              port + " (endpoint " + endpoint_text(endpoint) +
-                                              ") is not claimed"};
+        // Another interface may list the same endpoint (a descriptor fault) and be the claimed one.
+        if (!unclaimed) {
+          unclaimed = Error{Errc::illegal_state, "interface " + std::to_string(interface.number) + " of port " +
+                                                     port + " (endpoint " + endpoint_text(endpoint) +
+                                                     ") is not claimed"};
+        }
+        continue;
       }
       return ep;
     }
   }
+  if (unclaimed) return *unclaimed;
   return Error{Errc::not_found, "no endpoint " + endpoint_text(endpoint) + " on port " + port};
 }
 
@@ -627,36 +633,26 @@ void SimBackend::post_result(std::function<void(Result<T>)> done, Result<T> resu
   });
 }
 
-void SimBackend::claim(const std::string& port, std::uint8_t interface,
-                       std::function<void(Result<void>)> done) {
-  Result<void> result = [&]() -> Result<void> {
-    auto s = plugged(port);
-    if (!s) return s.error();
-    const auto& interfaces = (*s)->device.info.interfaces;
-    if (std::none_of(interfaces.begin(), interfaces.end(),
-                     [&](const UsbInterface& i) { return i.number == interface; })) {
-      return Error{Errc::not_found, "no interface " + std::to_string(interface) + " on port " + port};
-    }
-    (*s)->claimed.insert(interface);
-    return {};
-  }();
-  post_result(std::move(done), std::move(result));
+Result<SimBackend::Slot*> SimBackend::with_interface(const std::string& port, std::uint8_t interface) {
+  auto s = plugged(port);
+  if (!s) return s.error();
+  const auto& interfaces = (*s)->device.info.interfaces;
+  if (std::none_of(interfaces.begin(), interfaces.end(), [&](const UsbInterface& i) { return i.number == interface; })) {
+    return Error{Errc::not_found, "no interface " + std::to_string(interface) + " on port " + port};
+  }
+  return *s;
 }
 
-void SimBackend::release(const std::string& port, std::uint8_t interface,
-                         std::function<void(Result<void>)> done) {
-  Result<void> result = [&]() -> Result<void> {
-    auto s = plugged(port);
-    if (!s) return s.error();
-    const auto& interfaces = (*s)->device.info.interfaces;
-    if (std::none_of(interfaces.begin(), interfaces.end(),
-                     [&](const UsbInterface& i) { return i.number == interface; })) {
-      return Error{Errc::not_found, "no interface " + std::to_string(interface) + " on port " + port};
-    }
-    (*s)->claimed.erase(interface);
-    return {};
-  }();
-  post_result(std::move(done), std::move(result));
+void SimBackend::claim(const std::string& port, std::uint8_t interface, std::function<void(Result<void>)> done) {
+  auto s = with_interface(port, interface);
+  if (s.ok()) (*s)->claimed.insert(interface);
+  post_result(std::move(done), s.ok() ? Result<void>{} : Result<void>(s.error()));
+}
+
+void SimBackend::release(const std::string& port, std::uint8_t interface, std::function<void(Result<void>)> done) {
+  auto s = with_interface(port, interface);
+  if (s.ok()) (*s)->claimed.erase(interface);
+  post_result(std::move(done), s.ok() ? Result<void>{} : Result<void>(s.error()));
 }
 
 std::optional<std::vector<std::uint8_t>> SimBackend::answer_control(const Slot& s,

@@ -167,7 +167,34 @@ TEST_CASE("leasing a unit makes a sibling sharing its endpoint unavailable until
   REQUIRE(eventually([&] { return site.devices(m).size() == 1; }, kSettle));
 
   Service service(m);
-  auto scanner = service.allocate("1-6", 1);
+  // Two services ask for the two siblings at the same moment: the DTU grants exactly one.
+  std::optional<Result<LeaseGrantedMsg>> a, b;
+  {
+    Service other(m);
+    auto ask = [](ManagerClient& client, std::uint32_t unit,
+                  std::optional<Result<LeaseGrantedMsg>>& out) -> asio::awaitable<void> {
+      auto op = client.allocate("dtu-usb", "1-6", unit, 60s, kTimeout);
+      out.emplace(co_await std::move(op));
+    };
+    dtu::common::spawn(service.c.executor(), ask(*service.manager, 1, a), dtu::common::Logger("test"), "ask 1");
+    dtu::common::spawn(other.c.executor(), ask(*other.manager, 2, b), dtu::common::Logger("test"), "ask 2");
+    // `other` runs on its own io_context: drive both until both answered.
+    const auto deadline = std::chrono::steady_clock::now() + kSettle;
+    while ((!a || !b) && std::chrono::steady_clock::now() < deadline) {
+      service.c.run_until([&] { return a.has_value(); }, 20ms);
+      other.c.run_until([&] { return b.has_value(); }, 20ms);
+    }
+    REQUIRE((a.has_value() && b.has_value()));
+    CHECK(a->ok() != b->ok());
+    const auto& refused = a->ok() ? *b : *a;
+    if (!refused.ok()) CHECK(refused.error().code == make_error_code(Errc::unavailable));
+    // `other` closes here: the manager releases whatever it got.
+  }
+  auto scanner = a->ok() ? *a : service.allocate("1-6", 1);
+  for (int attempt = 0; attempt < 50 && !scanner.ok(); ++attempt) {  // until the closed service's lease is gone
+    service.c.run_until([] { return false; }, 100ms);
+    scanner = service.allocate("1-6", 1);
+  }
   REQUIRE_MESSAGE(scanner.ok(), (scanner.ok() ? "" : scanner.error().describe()));
   REQUIRE(eventually([&] { return unit_state(site, m, "1-6", 2) == "unavailable"; }, kSettle));
   CHECK(unit_state(site, m, "1-6", 1) == "allocated");

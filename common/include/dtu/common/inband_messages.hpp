@@ -20,6 +20,7 @@
 #include "dtu/common/frame.hpp"
 #include "dtu/common/messages.hpp"
 #include "dtu/common/result.hpp"
+#include "dtu/common/usb_setup.hpp"
 
 namespace dtu::common {
 
@@ -33,19 +34,6 @@ inline constexpr std::uint8_t kUsbOutContinues = 0x01;
 // default payload cap (1 MiB) minus its header. Peers with a larger cap still use this bound, so
 // every DTU and service agree on it.
 inline constexpr std::size_t kMaxUsbTransferBytes = kDefaultMaxPayload - kUsbOutHeaderBytes;
-
-// The 8-byte setup packet of a control transfer (USB 2.0 §9.3), host byte order. Shared by the
-// client library and the agent's wire decoding.
-struct UsbSetup {
-  std::uint8_t request_type = 0;  // bmRequestType: bit 7 direction (1 = IN), bits 5-6 type, 0-4 recipient
-  std::uint8_t request = 0;       // bRequest
-  std::uint16_t value = 0;        // wValue
-  std::uint16_t index = 0;        // wIndex
-  std::uint16_t length = 0;       // wLength
-
-  bool is_in() const { return (request_type & 0x80) != 0; }
-  bool operator==(const UsbSetup&) const = default;
-};
 
 // service -> DTU, the first request on a channel. `lease` must equal the TLS PSK identity.
 struct InbandHelloMsg {

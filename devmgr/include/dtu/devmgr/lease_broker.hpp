@@ -49,7 +49,8 @@ class LeaseBroker {
              Done<common::LeaseGrantedMsg> done);
   void release(const std::shared_ptr<ClientSession>& client, common::ReleaseMsg request, Done<void> done);
 
-  // The client's connection closed: release every lease it holds.
+  // The client's connection closed: release every lease it holds. A DTU that is not connected
+  // cannot be told; its lease then ends by expiry on the DTU.
   void client_closed(const ClientSession* client);
   // A DTU reports that a lease ended: forget it and tell the holder.
   void lease_ended(const common::LeaseEndedMsg& ended);

@@ -70,8 +70,13 @@ class DtuAgent {
   void send_device_message(common::Frame frame, const std::string& what);
   // Requests from the manager on the control filament.
   void on_manager_frame(const common::Frame& frame);
+  // The request's message, or nullopt after answering bad_payload (logged with the manager).
+  template <typename M>
+  std::optional<M> decode_request(const common::Frame& frame);
   void on_lease_request(const common::Frame& frame);
   void on_lease_renew(const common::Frame& frame);
+  // The units whose leases (granted, or being granted) make `unit` of `port` unavailable.
+  std::set<std::uint32_t> blockers(const std::string& port, std::uint32_t unit) const;
   void on_lease_release(const common::Frame& frame);
   // Claims `interfaces` of `port` one after another, then calls done (the first error, if any).
   void claim_interfaces(const std::string& port, std::vector<std::uint8_t> interfaces, std::size_t next,
@@ -111,6 +116,7 @@ class DtuAgent {
   asio::steady_timer retry_timer_;
   std::mt19937 rng_;
   bool stopped_ = false;
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // backend callbacks hold a weak_ptr
 };
 
 }  // namespace dtu::agent

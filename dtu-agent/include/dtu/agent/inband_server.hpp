@@ -18,7 +18,8 @@
 // of its channels then gets channel_closing{reason} and closes; stop() before the backend and
 // the table go away. The agent claims a unit's interfaces when it grants a lease and releases
 // them when the lease ends; this server never claims. Hooks::renew is how an in-band renewal
-// reaches the agent (which renews in its table and reports to its manager).
+// reaches the agent (which renews in its table and re-arms its expiry timer; the manager keeps
+// no expiries, so it is not told).
 //
 // Thread: everything on the agent's io_context thread (the executor given), like the table and
 // the backend. The Clock must tell steady time (SystemClock): links sleep on it.
@@ -50,7 +51,7 @@ class InbandServer {
  public:
   struct Hooks {
     // The holder asks to extend `lease_id` to `length` from now. The agent renews in its table
-    // (LeaseTable::renew: its errors reach the holder) and tells its manager. Empty: in-band
+    // (LeaseTable::renew: its errors reach the holder). Empty: in-band
     // renewal is refused.
     std::function<common::Result<Lease>(std::string_view lease_id, common::Duration length)> renew;
   };

@@ -168,6 +168,8 @@ class SimBackend final : public UsbBackend {
   const Slot* slot(const std::string& port) const;
   // The plugged device on `port`, or the error an operation on it reports.
   common::Result<Slot*> plugged(const std::string& port);
+  // A plugged device that has interface `interface`; Errc::not_found names what is missing.
+  common::Result<Slot*> with_interface(const std::string& port, std::uint8_t interface);
   // The endpoint descriptor `endpoint` of a plugged device whose interface is claimed, for a
   // transfer of `length` bytes, or the error the transfer reports.
   common::Result<UsbEndpoint> transfer_endpoint(const std::string& port, std::uint8_t endpoint, bool want_in,

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "dtu/common/usb_setup.hpp"
+
 namespace dtu::agent {
 
 // One endpoint descriptor. Bit 7 of `address` is the direction (1 = IN, device to host); bits
@@ -34,16 +36,8 @@ inline bool is_in_endpoint(std::uint8_t address) {
   return (address & kUsbEndpointDirIn) != 0;
 }
 
-// The 8-byte setup packet of a control transfer (USB 2.0 §9.3), host byte order.
-struct UsbControlSetup {
-  std::uint8_t request_type = 0;  // bmRequestType: bit 7 direction (1 = IN), bits 5-6 type, 0-4 recipient
-  std::uint8_t request = 0;       // bRequest
-  std::uint16_t value = 0;        // wValue
-  std::uint16_t index = 0;        // wIndex
-  std::uint16_t length = 0;       // wLength
-
-  bool operator==(const UsbControlSetup&) const = default;
-};
+// The setup packet of a control transfer: the one the in-band messages carry.
+using UsbControlSetup = common::UsbSetup;
 
 // One interface descriptor (one alternate setting of interface `number`).
 struct UsbInterface {
