@@ -20,7 +20,8 @@ devmgr=$BUILD/devmgr/devmgr
 agent=$BUILD/dtu-agent/dtu-agent
 simctl=$BUILD/dtu-agent/dtu-simctl
 ctl=$BUILD/services/devmgrctl
-for program in "$devmgr" "$agent" "$simctl" "$ctl"; do
+unit=$BUILD/services/dtu-unit
+for program in "$devmgr" "$agent" "$simctl" "$ctl" "$unit"; do
   [[ -x $program ]] || { echo "demo: $program is missing; run 'make build' first" >&2; exit 1; }
 done
 
@@ -60,7 +61,7 @@ step "devmgr m1 on $MANAGER_IP (DTU port chosen by the kernel)"
 setsid "$devmgr" --id m1 --dtu-listen "$MANAGER_IP:0" --socket "$run/m1.sock" \
   --site-dtu-key "$run/site-dtu.key" 2>"$run/m1.log" &
 pids+=($!)
-wait_until "$SETTLE_SECONDS" grep -q ' listening ' "$run/m1.log" || fail "devmgr did not start"
+wait_until "$SETTLE_SECONDS" grep -qs ' listening ' "$run/m1.log" || fail "devmgr did not start"
 address=$(grep -o 'dtu=[0-9.]*:[0-9]*' "$run/m1.log" | head -n1 | cut -d= -f2)
 echo "listening for DTUs on $address, services on $run/m1.sock"
 
@@ -81,6 +82,16 @@ step "plug a smart-card reader into $DTU at run time (dtu-simctl plug 1-3)"
 wait_until "$SETTLE_SECONDS" has_devices 3 || fail "the plugged reader did not reach the manager"
 "$ctl" --socket "$run/m1.sock" devices
 
+step "print in-band: dtu-unit leases the printer (1-1, unit 0) through m1 and writes straight to the DTU"
+page=$'Hello from dtubroker: this page went service -> DTU over TLS keyed by the lease token.\f'
+printf '%s' "$page" | "$unit" --socket "$run/m1.sock" --dtu "$DTU" --device 1-1 --unit 0 write ||
+  fail "dtu-unit could not print"
+printed=$("$simctl" --socket "$run/$DTU-sim.sock" captured 1-1 0x01 | jq -r .hex)
+expected=$(printf '%s' "$page" | od -An -v -tx1 | tr -d ' \n')
+[[ $printed == "$expected" ]] || fail "the simulated printer did not receive the page"
+echo "the simulated printer received ${#page} bytes, exactly the page; the lease was released:"
+"$ctl" --socket "$run/m1.sock" devices --json | jq -r '.[] | select(.device == "1-1") | .units[0] | "unit 0: \(.state)"'
+
 if [[ -n $ONCE ]]; then
   step "demo passed"
   exit 0
@@ -91,6 +102,8 @@ cat <<TEXT
 The demo keeps running. In another terminal:
   $ctl --socket $run/m1.sock devices [--json]
   $simctl --socket $run/$DTU-sim.sock list | unplug 1-2 | plug 1-2
+  echo hello | $unit --socket $run/m1.sock --dtu $DTU --device 1-1 --unit 0 write
+  $unit --socket $run/m1.sock --dtu $DTU --device 1-1 --unit 0 device-id
 Logs: $run/m1.log, $run/$DTU.log
 Press Ctrl-C to stop.
 TEXT

@@ -412,6 +412,7 @@ std::string binary_path(std::string_view name) {
       {"dtu-agent", "dtu-agent/dtu-agent"},
       {"dtu-simctl", "dtu-agent/dtu-simctl"},
       {"devmgrctl", "services/devmgrctl"},
+      {"dtu-unit", "services/dtu-unit"},
   };
   const auto it = kPrograms.find(name);
   if (it == kPrograms.end()) throw std::invalid_argument("binary_path: unknown program " + std::string(name));

@@ -199,3 +199,42 @@ TEST_CASE("an expired lease closes its in-band channel with the reason, and its 
   auto good = open_channel(c, *live);
   CHECK_MESSAGE(good.ok(), (good.ok() ? "" : good.error().describe()));
 }
+
+TEST_CASE("dtu-unit prints stdin in-band, reads a printer's device id, and says when the unit is busy") {
+  Site site;
+  auto& m = site.start_manager("m1", "127.0.0.14");
+  auto& a = site.start_agent("dtu-1", {m.address});
+  REQUIRE(eventually([&] { return site.devices(m).size() == 2; }, kSettle));
+  const std::string unit = dtu::testing::binary_path("dtu-unit");
+  const std::vector<std::string> target = {"--socket", m.socket.string(), "--dtu", "dtu-1", "--device", "1-1",
+                                           "--unit", "0"};
+  auto with = [&](std::vector<std::string> args) {
+    std::vector<std::string> argv = {unit};
+    argv.insert(argv.end(), target.begin(), target.end());
+    argv.insert(argv.end(), args.begin(), args.end());
+    return argv;
+  };
+  // stdin through a shell: the harness gives a command no input of its own.
+  std::string line = "printf 'ESC-P job\\f' | '" + unit + "'";
+  for (const auto& arg : target) line += " '" + arg + "'";
+  auto printed = dtu::testing::run_command({"/bin/sh", "-c", line + " write"}, kSettle);
+  CHECK_MESSAGE(printed.exit_code == 0, printed.err);
+  auto captured = site.simctl(a, {"captured", "1-1", "0x01"});
+  const std::string job = "ESC-P job\f";
+  CHECK(json::parse(captured.out).at("hex") == dtu::common::to_hex(Bytes(job.begin(), job.end())));
+  CHECK(eventually([&] { return unit_state_is(site, m, "1-1", 0, "free"); }, kSettle));  // released at exit
+
+  auto id = dtu::testing::run_command(with({"device-id"}), kSettle);
+  CHECK(id.exit_code == 0);
+  CHECK(id.out.find("MDL:Stylus Test Printer") != std::string::npos);
+
+  // Held by a service: dtu-unit fails with 1 and names the holder.
+  AsyncClient c;
+  auto service = connect(c, m, "print-service");
+  REQUIRE(allocate(c, *service, "1-1", 0).ok());
+  auto busy = dtu::testing::run_command(with({"device-id"}), kSettle);
+  CHECK(busy.exit_code == 1);
+  CHECK(busy.err.find("held by print-service[") != std::string::npos);
+  auto usage = dtu::testing::run_command({unit, "write"}, kSettle);
+  CHECK(usage.exit_code == 2);
+}
