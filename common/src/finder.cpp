@@ -216,7 +216,9 @@ constexpr std::array<const char*, 18> kFinderKeys = {
 
 Finder finder_from_json(const json& j) {
   if (!j.is_object()) throw std::invalid_argument("finder: expected a JSON object, got " + shown(j));
-  for (const auto& [key, value] : j.items()) {
+  for (const auto& item : j.items()) {
+    const std::string& key = item.key();  // not a structured binding: clang 14 cannot capture one
+    const json& value = item.value();
     const bool known =
         std::any_of(kFinderKeys.begin(), kFinderKeys.end(), [&key](const char* k) { return key == k; });
     if (!known) throw std::invalid_argument("finder field '" + key + "': unknown field");
