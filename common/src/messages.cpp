@@ -154,10 +154,14 @@ void from_json(const json& j, LeaseGrantedMsg& m) {
   m.inband = optional_field<std::string>(j, "inband");
 }
 
-void to_json(json& j, const LeaseRenewMsg& m) { j = json{{"lease", m.lease}, {"length_ms", m.length_ms}}; }
+void to_json(json& j, const LeaseRenewMsg& m) {
+  j = json{{"lease", m.lease}, {"length_ms", m.length_ms}};
+  put_optional(j, "token", m.token);
+}
 void from_json(const json& j, LeaseRenewMsg& m) {
   m.lease = field<std::string>(j, "lease");
   m.length_ms = field<std::uint32_t>(j, "length_ms");
+  m.token = optional_field<std::string>(j, "token");
 }
 
 void to_json(json& j, const LeaseReleaseMsg& m) { j = json{{"lease", m.lease}}; }
@@ -176,12 +180,16 @@ void from_json(const json& j, LeaseEndedMsg& m) {
 
 void to_json(json& j, const AllocateMsg& m) {
   j = json{{"dtu", m.dtu}, {"device", m.device}, {"unit", m.unit}, {"length_ms", m.length_ms}};
+  put_optional(j, "wait_ms", m.wait_ms);
+  if (m.keep) j["keep"] = true;
 }
 void from_json(const json& j, AllocateMsg& m) {
   m.dtu = field<std::string>(j, "dtu");
   m.device = field<std::string>(j, "device");
   m.unit = field<std::uint32_t>(j, "unit");
   m.length_ms = field<std::uint32_t>(j, "length_ms");
+  m.wait_ms = optional_field<std::uint32_t>(j, "wait_ms");
+  m.keep = field_or(j, "keep", false);
 }
 
 void to_json(json& j, const RenewMsg& m) { j = json{{"dtu", m.dtu}, {"lease", m.lease}, {"length_ms", m.length_ms}}; }

@@ -83,7 +83,7 @@ void LeaseBroker::renew(const std::shared_ptr<ClientSession>& client, common::Re
   if (!held.ok()) return done(held.error());
   auto dtu = lookup_(request.dtu);
   if (!dtu) return done(Error(Errc::unavailable, "DTU " + request.dtu + " is not connected; renew in-band or retry"));
-  dtu->request(common::to_frame(common::LeaseRenewMsg{request.lease, request.length_ms}), kLeaseRequestTimeout,
+  dtu->request(common::to_frame(common::LeaseRenewMsg{request.lease, request.length_ms, std::nullopt}), kLeaseRequestTimeout,
                [done = std::move(done)](common::Result<Frame> answer) {
                  if (!answer.ok() || answer->type != common::MessageType::lease_granted) return done(error_of(answer));
                  done(common::from_frame<common::LeaseGrantedMsg>(*answer));

@@ -47,13 +47,19 @@ asio::awaitable<common::Result<std::unique_ptr<ManagerClient>>> ManagerClient::c
       auto ended = common::from_frame<common::LeaseEndedMsg>(frame);
       if (ended.ok() && state->lease_ended) state->lease_ended(*ended);
       if (ended.ok()) return;
+    } else if (state->event) {
+      state->event(frame);
+      return;
     }
     if (auto self = weak.lock()) {
       self->close(Error(Errc::illegal_state, "unexpected " + std::string(common::message_type_name(frame.type)) +
                                                  " from the manager"));
     }
   });
-  link->start([](const Error&) {});
+  link->start([state](const Error& reason) {
+    state->open = false;
+    if (auto closed = std::move(state->closed)) closed(reason);
+  });
   auto request = link->request(common::FilamentMux::kControlFilament,
                                common::to_frame(common::ClientHelloMsg{client_name}), timeout);
   auto answer = co_await std::move(request);
@@ -70,6 +76,8 @@ asio::awaitable<common::Result<std::unique_ptr<ManagerClient>>> ManagerClient::c
 }
 
 ManagerClient::~ManagerClient() { close(); }
+
+bool ManagerClient::is_open() const { return state_->open; }
 
 void ManagerClient::close() { link_->close(Error(Errc::closed, "client done")); }
 
@@ -96,7 +104,7 @@ asio::awaitable<common::Result<common::LeaseGrantedMsg>> ManagerClient::allocate
                                                                                   std::uint32_t unit,
                                                                                   common::Duration length,
                                                                                   common::Duration timeout) {
-  common::AllocateMsg msg{std::move(dtu), std::move(device), unit, millis(length)};
+  common::AllocateMsg msg{std::move(dtu), std::move(device), unit, millis(length), std::nullopt, false};
   auto request = link_->request(common::FilamentMux::kControlFilament, common::to_frame(msg), timeout);
   auto answer = co_await std::move(request);
   if (!answer.ok()) co_return answer.error();

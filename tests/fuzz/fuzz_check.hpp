@@ -14,6 +14,7 @@
 #include "dtu/common/frame.hpp"
 #include "dtu/common/inband_messages.hpp"
 #include "dtu/common/messages.hpp"
+#include "dtu/common/service_messages.hpp"
 
 namespace dtu::fuzz {
 
@@ -178,6 +179,60 @@ inline void check_own_message(const common::Frame& frame) {
     case common::MessageType::release:
       check_message<common::ReleaseMsg>(frame);
       break;
+    case common::MessageType::register_finder:
+      check_message<common::RegisterFinderMsg>(frame);
+      break;
+    case common::MessageType::unregister_finder:
+      check_message<common::UnregisterFinderMsg>(frame);
+      break;
+    case common::MessageType::finder_matched:
+      check_message<common::FinderMatchedMsg>(frame);
+      break;
+    case common::MessageType::finder_changed:
+      check_message<common::FinderChangedMsg>(frame);
+      break;
+    case common::MessageType::finder_gone:
+      check_message<common::FinderGoneMsg>(frame);
+      break;
+    case common::MessageType::finder_synced:
+      check_message<common::FinderSyncedMsg>(frame);
+      break;
+    case common::MessageType::list_finders:
+      check_message<common::ListFindersMsg>(frame);
+      break;
+    case common::MessageType::finder_list:
+      check_message<common::FinderListMsg>(frame);
+      break;
+    case common::MessageType::list_leases:
+      check_message<common::ListLeasesMsg>(frame);
+      break;
+    case common::MessageType::lease_list:
+      check_message<common::LeaseListMsg>(frame);
+      break;
+    case common::MessageType::session_attach:
+      check_message<common::SessionAttachMsg>(frame);
+      break;
+    case common::MessageType::session_detach:
+      check_message<common::SessionDetachMsg>(frame);
+      break;
+    case common::MessageType::list_sessions:
+      check_message<common::ListSessionsMsg>(frame);
+      break;
+    case common::MessageType::session_list:
+      check_message<common::SessionListMsg>(frame);
+      break;
+    case common::MessageType::get_policy:
+      check_message<common::GetPolicyMsg>(frame);
+      break;
+    case common::MessageType::policy_info:
+      check_message<common::PolicyInfoMsg>(frame);
+      break;
+    case common::MessageType::reload_policy:
+      check_message<common::ReloadPolicyMsg>(frame);
+      break;
+    case common::MessageType::resume_lease:
+      check_message<common::ResumeLeaseMsg>(frame);
+      break;
     case common::MessageType::inband_hello:
       check_message<common::InbandHelloMsg>(frame);
       break;
@@ -226,6 +281,12 @@ inline void check_every_message(const common::Frame& frame) {
                    common::DeviceSnapshotMsg, common::DeviceAttachedMsg, common::DeviceDetachedMsg,
                    common::ClientHelloMsg, common::ClientWelcomeMsg, common::ListDevicesMsg,
                    common::DeviceListMsg, common::DeviceChangedMsg, common::LeaseRequestMsg, common::LeaseGrantedMsg, common::LeaseRenewMsg, common::LeaseReleaseMsg, common::LeaseEndedMsg, common::AllocateMsg, common::RenewMsg, common::ReleaseMsg, common::InbandHelloMsg, common::InbandWelcomeMsg, common::UsbControlMsg, common::UsbInMsg, common::UsbDoneMsg, common::GetDeviceIdMsg, common::DeviceIdMsg, common::InbandRenewMsg, common::InbandRenewedMsg, common::ChannelClosingMsg, common::UsbOutMsg, common::UsbDataMsg>(frame);
+  check_all_refuse<common::RegisterFinderMsg, common::UnregisterFinderMsg, common::FinderMatchedMsg,
+                   common::FinderChangedMsg, common::FinderGoneMsg, common::FinderSyncedMsg,
+                   common::ListFindersMsg, common::FinderListMsg, common::ListLeasesMsg, common::LeaseListMsg,
+                   common::SessionAttachMsg, common::SessionDetachMsg, common::ListSessionsMsg,
+                   common::SessionListMsg, common::GetPolicyMsg, common::PolicyInfoMsg, common::ReloadPolicyMsg,
+                   common::ResumeLeaseMsg>(frame);
 }
 
 }  // namespace dtu::fuzz

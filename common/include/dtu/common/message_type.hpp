@@ -36,6 +36,24 @@ enum class MessageType : std::uint16_t {
   allocate = 68,       // client -> manager: lease a unit
   renew = 69,          // client -> manager: extend a lease
   release = 70,        // client -> manager: end a lease
+  register_finder = 71,    // client -> manager: be told about the devices a finder matches
+  unregister_finder = 72,  // client -> manager: forget a finder
+  finder_matched = 73,     // manager -> client: a device (some of its units) matches a finder
+  finder_changed = 74,     // manager -> client: a matched device changed (state, holder, units)
+  finder_gone = 75,        // manager -> client: a matched device no longer matches, and why
+  finder_synced = 76,      // manager -> client: every initial match of a finder was sent
+  list_finders = 77,       // client -> manager: request every registered finder
+  finder_list = 78,        // manager -> client: the finders and their matches
+  list_leases = 79,        // client -> manager: request the leases this manager brokered
+  lease_list = 80,         // manager -> client: the leases
+  session_attach = 81,     // authentication manager -> manager: session S of user U is at DTU D
+  session_detach = 82,     // authentication manager -> manager: session S ended
+  list_sessions = 83,      // client -> manager: request the sessions
+  session_list = 84,       // manager -> client: the sessions
+  get_policy = 85,         // client -> manager: request the policy in force
+  policy_info = 86,        // manager -> client: the policy in force and where it came from
+  reload_policy = 87,      // admin -> manager: read the policy file again
+  resume_lease = 88,       // client -> manager: take a lease over again after a reconnect
   // In-band (service <-> DTU, over the lease's TLS channel).
   inband_hello = 192,     // service -> DTU: first request; names the lease
   inband_welcome = 193,   // DTU -> service: the leased unit, its endpoints, the expiry

@@ -125,11 +125,14 @@ struct LeaseGrantedMsg {
   std::optional<std::string> inband;  // "host:port" of the DTU's in-band listener
 };
 
-// Manager -> DTU (request): extend a lease to length_ms from now (never shortens it).
+// Manager -> DTU (request): extend a lease to length_ms from now (never shortens it). `token`
+// (the lease's in-band token, hex) is present when a service takes its lease over again through a
+// manager that did not grant it (resume_lease): the DTU renews only when it equals the lease's.
 struct LeaseRenewMsg {
   static constexpr MessageType kType = MessageType::lease_renew;
   std::string lease;
   std::uint32_t length_ms = 0;
+  std::optional<std::string> token;
 };
 
 // Manager -> DTU (request): end a lease. Answered with ack.
@@ -173,13 +176,19 @@ struct DeviceListMsg {
 };
 
 // Service -> manager (request): lease a unit. Answered with lease_granted (token and in-band
-// endpoint included) or an error (refused with the holder, unavailable, not_found, …).
+// endpoint included) or an error (refused with the holder, unavailable, not_found, denied by
+// policy, …). length_ms 0 asks for the policy's lease length. With wait_ms the manager queues a
+// refused request (unit held) and retries it, first come first served, when the unit frees, for
+// at most wait_ms. `keep` (administrators only) makes a lease that outlives the connection: it
+// ends by expiry or an explicit release.
 struct AllocateMsg {
   static constexpr MessageType kType = MessageType::allocate;
   std::string dtu;
   std::string device;
   std::uint32_t unit = 0;
   std::uint32_t length_ms = 0;
+  std::optional<std::uint32_t> wait_ms;
+  bool keep = false;
 };
 
 // Service -> manager (request): extend a lease this connection holds.

@@ -17,6 +17,7 @@
 #include "dtu/common/clock.hpp"
 #include "dtu/common/link.hpp"
 #include "dtu/common/messages.hpp"
+#include "dtu/common/service_messages.hpp"
 #include "dtu/common/records.hpp"
 #include "dtu/common/result.hpp"
 
@@ -50,12 +51,34 @@ class ManagerClient {
     state_->lease_ended = std::move(handler);
   }
 
+  // Sends any client request and reads the reply as R (AckMsg for requests answered with ack).
+  // The manager's error reply comes back as its Errc and reason.
+  template <typename R, typename M>
+  asio::awaitable<common::Result<R>> call(const M& request, common::Duration timeout) {
+    auto pending = link_->request(common::FilamentMux::kControlFilament, common::to_frame(request), timeout);
+    auto answer = co_await std::move(pending);
+    if (!answer.ok()) co_return answer.error();
+    co_return common::from_frame<R>(*answer);
+  }
+
+  // Called, on the io_context thread, for every other event the manager sends (finder_matched,
+  // finder_changed, finder_gone, finder_synced). Without a handler such an event closes the
+  // connection as a protocol error.
+  void on_event(std::function<void(const common::Frame&)> handler) { state_->event = std::move(handler); }
+
   const std::string& manager_id() const { return manager_id_; }
+  // Whether the connection is still up.
+  bool is_open() const;
+  // Called once when the connection ends (manager gone, protocol error, close()).
+  void on_closed(std::function<void(const common::Error&)> handler) { state_->closed = std::move(handler); }
   void close();
 
  private:
   struct State {
     std::function<void(const common::LeaseEndedMsg&)> lease_ended;
+    std::function<void(const common::Frame&)> event;
+    std::function<void(const common::Error&)> closed;
+    bool open = true;
   };
 
   ManagerClient(std::shared_ptr<common::Link> link, std::string manager_id, std::shared_ptr<State> state)

@@ -1,0 +1,230 @@
+#pragma once
+// Service API messages (types 71–88): finders and their events, the listings devmgrctl shows,
+// sessions (hot-desking), the policy, and lease resumption. One plain struct per message with
+// to_json/from_json beside it, like messages.hpp (which holds allocate / renew / release).
+// docs/protocol.md §13 documents each. Values; not thread-safe.
+//
+// Every client message is a request on filament 0. The manager's events (finder_matched,
+// finder_changed, finder_gone, finder_synced, lease_ended) are notifies on filament 0.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "dtu/common/finder.hpp"
+#include "dtu/common/messages.hpp"
+#include "dtu/common/records.hpp"
+
+namespace dtu::common {
+
+// Client -> manager (request): tell me about the units `finder` matches. `finder_id` is the
+// client's choice, unique on its connection (a reconnecting client registers the same ids
+// again). Answered with ack, or invalid_argument naming the finder field; then the current
+// matches arrive as finder_matched, then one finder_synced.
+struct RegisterFinderMsg {
+  static constexpr MessageType kType = MessageType::register_finder;
+  std::uint64_t finder_id = 0;
+  Finder finder;
+};
+
+// Client -> manager (request): forget a finder. Answered with ack (not_found when unknown).
+struct UnregisterFinderMsg {
+  static constexpr MessageType kType = MessageType::unregister_finder;
+  std::uint64_t finder_id = 0;
+};
+
+// Manager -> client (notify): `device` now matches the finder; `units` are the unit numbers it
+// matches (the record carries every unit, with state, holder and lease).
+struct FinderMatchedMsg {
+  static constexpr MessageType kType = MessageType::finder_matched;
+  std::uint64_t finder_id = 0;
+  DeviceRecord device;
+  std::vector<std::uint32_t> units;
+};
+
+// Manager -> client (notify): a device that matched still matches but changed (a unit's state,
+// holder or lease, or which units match).
+struct FinderChangedMsg {
+  static constexpr MessageType kType = MessageType::finder_changed;
+  std::uint64_t finder_id = 0;
+  DeviceRecord device;
+  std::vector<std::uint32_t> units;
+};
+
+// Manager -> client (notify): a device no longer matches. reason: detached (unplugged),
+// dtu_lost (its DTU's link ended), session_moved (a session-scoped finder's session left its
+// DTU), no_longer_matches (the device changed), unregistered is never sent.
+struct FinderGoneMsg {
+  static constexpr MessageType kType = MessageType::finder_gone;
+  std::uint64_t finder_id = 0;
+  std::string dtu;
+  std::string device;
+  std::string reason;
+};
+
+// Manager -> client (notify): every initial match of the finder has been sent.
+struct FinderSyncedMsg {
+  static constexpr MessageType kType = MessageType::finder_synced;
+  std::uint64_t finder_id = 0;
+};
+
+// One match, as listings show it.
+struct MatchRef {
+  std::string dtu;
+  std::string device;
+  std::vector<std::uint32_t> units;
+
+  friend bool operator==(const MatchRef&, const MatchRef&) = default;
+};
+
+// One registered finder, as devmgrctl finders shows it.
+struct FinderInfo {
+  std::string client;  // the client's program name (from its hello)
+  std::uint32_t pid = 0;
+  std::uint32_t uid = 0;
+  std::uint64_t finder_id = 0;
+  Finder finder;
+  std::vector<MatchRef> matches;
+};
+
+struct ListFindersMsg {
+  static constexpr MessageType kType = MessageType::list_finders;
+};
+
+struct FinderListMsg {
+  static constexpr MessageType kType = MessageType::finder_list;
+  std::vector<FinderInfo> finders;
+};
+
+// One lease this manager brokered, as devmgrctl leases shows it.
+struct LeaseInfo {
+  std::string lease;
+  std::string dtu;
+  std::string device;
+  std::uint32_t unit = 0;
+  std::string holder;
+  std::uint32_t uid = 0;
+  std::uint32_t expires_in_ms = 0;  // as the manager last heard from the DTU
+  bool keep = false;                // outlives its client's connection
+};
+
+struct ListLeasesMsg {
+  static constexpr MessageType kType = MessageType::list_leases;
+};
+
+struct LeaseListMsg {
+  static constexpr MessageType kType = MessageType::lease_list;
+  std::vector<LeaseInfo> leases;
+};
+
+// Admin -> manager (request): session `session` of `user` is now at DTU `dtu` (a move when it
+// was at another). Answered with ack. Administrators only (root or the manager's own uid).
+struct SessionAttachMsg {
+  static constexpr MessageType kType = MessageType::session_attach;
+  std::string session;
+  std::string user;
+  std::string dtu;
+};
+
+// Admin -> manager (request): the session ended or left its DTU. Answered with ack (not_found
+// when unknown).
+struct SessionDetachMsg {
+  static constexpr MessageType kType = MessageType::session_detach;
+  std::string session;
+};
+
+struct SessionInfo {
+  std::string session;
+  std::string user;
+  std::string dtu;
+  std::uint32_t attached_ms_ago = 0;
+
+  friend bool operator==(const SessionInfo&, const SessionInfo&) = default;
+};
+
+struct ListSessionsMsg {
+  static constexpr MessageType kType = MessageType::list_sessions;
+};
+
+struct SessionListMsg {
+  static constexpr MessageType kType = MessageType::session_list;
+  std::vector<SessionInfo> sessions;
+};
+
+struct GetPolicyMsg {
+  static constexpr MessageType kType = MessageType::get_policy;
+};
+
+// The policy in force: `source` is its file (or "built-in"), `policy` its rules as JSON.
+struct PolicyInfoMsg {
+  static constexpr MessageType kType = MessageType::policy_info;
+  std::string source;
+  nlohmann::json policy;
+};
+
+// Admin -> manager (request): read the policy file again. Answered with policy_info, or
+// config_error naming the file, the line and the reason (the old policy stays in force).
+struct ReloadPolicyMsg {
+  static constexpr MessageType kType = MessageType::reload_policy;
+};
+
+// Client -> manager (request): take over a lease this client held before its connection (or
+// the manager) restarted. The token proves it: the DTU renews the lease only when the token is
+// the lease's. Answered with lease_granted (without the token), or not_found / refused.
+struct ResumeLeaseMsg {
+  static constexpr MessageType kType = MessageType::resume_lease;
+  std::string dtu;
+  std::string lease;
+  std::string token;  // 64 hex digits
+  std::uint32_t length_ms = 0;
+};
+
+void to_json(nlohmann::json& j, const RegisterFinderMsg& m);
+void from_json(const nlohmann::json& j, RegisterFinderMsg& m);
+void to_json(nlohmann::json& j, const UnregisterFinderMsg& m);
+void from_json(const nlohmann::json& j, UnregisterFinderMsg& m);
+void to_json(nlohmann::json& j, const FinderMatchedMsg& m);
+void from_json(const nlohmann::json& j, FinderMatchedMsg& m);
+void to_json(nlohmann::json& j, const FinderChangedMsg& m);
+void from_json(const nlohmann::json& j, FinderChangedMsg& m);
+void to_json(nlohmann::json& j, const FinderGoneMsg& m);
+void from_json(const nlohmann::json& j, FinderGoneMsg& m);
+void to_json(nlohmann::json& j, const FinderSyncedMsg& m);
+void from_json(const nlohmann::json& j, FinderSyncedMsg& m);
+void to_json(nlohmann::json& j, const MatchRef& m);
+void from_json(const nlohmann::json& j, MatchRef& m);
+void to_json(nlohmann::json& j, const FinderInfo& m);
+void from_json(const nlohmann::json& j, FinderInfo& m);
+void to_json(nlohmann::json& j, const ListFindersMsg& m);
+void from_json(const nlohmann::json& j, ListFindersMsg& m);
+void to_json(nlohmann::json& j, const FinderListMsg& m);
+void from_json(const nlohmann::json& j, FinderListMsg& m);
+void to_json(nlohmann::json& j, const LeaseInfo& m);
+void from_json(const nlohmann::json& j, LeaseInfo& m);
+void to_json(nlohmann::json& j, const ListLeasesMsg& m);
+void from_json(const nlohmann::json& j, ListLeasesMsg& m);
+void to_json(nlohmann::json& j, const LeaseListMsg& m);
+void from_json(const nlohmann::json& j, LeaseListMsg& m);
+void to_json(nlohmann::json& j, const SessionAttachMsg& m);
+void from_json(const nlohmann::json& j, SessionAttachMsg& m);
+void to_json(nlohmann::json& j, const SessionDetachMsg& m);
+void from_json(const nlohmann::json& j, SessionDetachMsg& m);
+void to_json(nlohmann::json& j, const SessionInfo& m);
+void from_json(const nlohmann::json& j, SessionInfo& m);
+void to_json(nlohmann::json& j, const ListSessionsMsg& m);
+void from_json(const nlohmann::json& j, ListSessionsMsg& m);
+void to_json(nlohmann::json& j, const SessionListMsg& m);
+void from_json(const nlohmann::json& j, SessionListMsg& m);
+void to_json(nlohmann::json& j, const GetPolicyMsg& m);
+void from_json(const nlohmann::json& j, GetPolicyMsg& m);
+void to_json(nlohmann::json& j, const PolicyInfoMsg& m);
+void from_json(const nlohmann::json& j, PolicyInfoMsg& m);
+void to_json(nlohmann::json& j, const ReloadPolicyMsg& m);
+void from_json(const nlohmann::json& j, ReloadPolicyMsg& m);
+void to_json(nlohmann::json& j, const ResumeLeaseMsg& m);
+void from_json(const nlohmann::json& j, ResumeLeaseMsg& m);
+
+}  // namespace dtu::common

@@ -1,0 +1,181 @@
+#include "dtu/common/service_messages.hpp"
+
+#include <stdexcept>
+#include <string>
+
+#include "dtu/common/json_fields.hpp"
+
+namespace dtu::common {
+
+using nlohmann::json;
+
+namespace {
+
+void require_object(const json& j) {
+  if (!j.is_object()) throw std::invalid_argument("payload must be a JSON object");
+}
+
+// Unit numbers: an array of integers in u32 range; names the field and the index on failure.
+std::vector<std::uint32_t> unit_array(const json& j, const char* key) {
+  const json& value = required_value(j, key);
+  if (!value.is_array()) throw std::invalid_argument(std::string("field '") + key + "': expected an array");
+  std::vector<std::uint32_t> out;
+  out.reserve(value.size());
+  for (std::size_t i = 0; i < value.size(); ++i) {
+    const std::string where = std::string(key) + "[" + std::to_string(i) + "]";
+    out.push_back(to_integer<std::uint32_t>(value[i], where.c_str()));
+  }
+  return out;
+}
+
+// The finder of a message: parse_finder's strict reading, its error naming the finder field.
+Finder finder_field(const json& j, const char* key) {
+  auto finder = parse_finder(required_value(j, key));
+  if (!finder.ok()) throw std::invalid_argument(finder.error().detail);
+  return std::move(finder.value());
+}
+
+}  // namespace
+
+void to_json(json& j, const RegisterFinderMsg& m) { j = json{{"finder_id", m.finder_id}, {"finder", m.finder}}; }
+void from_json(const json& j, RegisterFinderMsg& m) {
+  m.finder_id = field<std::uint64_t>(j, "finder_id");
+  m.finder = finder_field(j, "finder");
+}
+
+void to_json(json& j, const UnregisterFinderMsg& m) { j = json{{"finder_id", m.finder_id}}; }
+void from_json(const json& j, UnregisterFinderMsg& m) { m.finder_id = field<std::uint64_t>(j, "finder_id"); }
+
+void to_json(json& j, const FinderMatchedMsg& m) {
+  j = json{{"finder_id", m.finder_id}, {"device", m.device}, {"units", m.units}};
+}
+void from_json(const json& j, FinderMatchedMsg& m) {
+  m.finder_id = field<std::uint64_t>(j, "finder_id");
+  m.device = field<DeviceRecord>(j, "device");
+  m.units = unit_array(j, "units");
+}
+
+void to_json(json& j, const FinderChangedMsg& m) {
+  j = json{{"finder_id", m.finder_id}, {"device", m.device}, {"units", m.units}};
+}
+void from_json(const json& j, FinderChangedMsg& m) {
+  m.finder_id = field<std::uint64_t>(j, "finder_id");
+  m.device = field<DeviceRecord>(j, "device");
+  m.units = unit_array(j, "units");
+}
+
+void to_json(json& j, const FinderGoneMsg& m) {
+  j = json{{"finder_id", m.finder_id}, {"dtu", m.dtu}, {"device", m.device}, {"reason", m.reason}};
+}
+void from_json(const json& j, FinderGoneMsg& m) {
+  m.finder_id = field<std::uint64_t>(j, "finder_id");
+  m.dtu = field<std::string>(j, "dtu");
+  m.device = field<std::string>(j, "device");
+  m.reason = field<std::string>(j, "reason");
+}
+
+void to_json(json& j, const FinderSyncedMsg& m) { j = json{{"finder_id", m.finder_id}}; }
+void from_json(const json& j, FinderSyncedMsg& m) { m.finder_id = field<std::uint64_t>(j, "finder_id"); }
+
+void to_json(json& j, const MatchRef& m) { j = json{{"dtu", m.dtu}, {"device", m.device}, {"units", m.units}}; }
+void from_json(const json& j, MatchRef& m) {
+  require_object(j);
+  m.dtu = field<std::string>(j, "dtu");
+  m.device = field<std::string>(j, "device");
+  m.units = unit_array(j, "units");
+}
+
+void to_json(json& j, const FinderInfo& m) {
+  j = json{{"client", m.client}, {"pid", m.pid},       {"uid", m.uid},
+           {"finder_id", m.finder_id}, {"finder", m.finder}, {"matches", m.matches}};
+}
+void from_json(const json& j, FinderInfo& m) {
+  require_object(j);
+  m.client = field<std::string>(j, "client");
+  m.pid = field<std::uint32_t>(j, "pid");
+  m.uid = field<std::uint32_t>(j, "uid");
+  m.finder_id = field<std::uint64_t>(j, "finder_id");
+  m.finder = finder_field(j, "finder");
+  m.matches = field<std::vector<MatchRef>>(j, "matches");
+}
+
+void to_json(json& j, const ListFindersMsg&) { j = json::object(); }
+void from_json(const json& j, ListFindersMsg&) { require_object(j); }
+
+void to_json(json& j, const FinderListMsg& m) { j = json{{"finders", m.finders}}; }
+void from_json(const json& j, FinderListMsg& m) { m.finders = field<std::vector<FinderInfo>>(j, "finders"); }
+
+void to_json(json& j, const LeaseInfo& m) {
+  j = json{{"lease", m.lease}, {"dtu", m.dtu}, {"device", m.device}, {"unit", m.unit},
+           {"holder", m.holder}, {"uid", m.uid}, {"expires_in_ms", m.expires_in_ms}, {"keep", m.keep}};
+}
+void from_json(const json& j, LeaseInfo& m) {
+  require_object(j);
+  m.lease = field<std::string>(j, "lease");
+  m.dtu = field<std::string>(j, "dtu");
+  m.device = field<std::string>(j, "device");
+  m.unit = field<std::uint32_t>(j, "unit");
+  m.holder = field<std::string>(j, "holder");
+  m.uid = field<std::uint32_t>(j, "uid");
+  m.expires_in_ms = field<std::uint32_t>(j, "expires_in_ms");
+  m.keep = field_or(j, "keep", false);
+}
+
+void to_json(json& j, const ListLeasesMsg&) { j = json::object(); }
+void from_json(const json& j, ListLeasesMsg&) { require_object(j); }
+
+void to_json(json& j, const LeaseListMsg& m) { j = json{{"leases", m.leases}}; }
+void from_json(const json& j, LeaseListMsg& m) { m.leases = field<std::vector<LeaseInfo>>(j, "leases"); }
+
+void to_json(json& j, const SessionAttachMsg& m) {
+  j = json{{"session", m.session}, {"user", m.user}, {"dtu", m.dtu}};
+}
+void from_json(const json& j, SessionAttachMsg& m) {
+  m.session = field<std::string>(j, "session");
+  m.user = field<std::string>(j, "user");
+  m.dtu = field<std::string>(j, "dtu");
+}
+
+void to_json(json& j, const SessionDetachMsg& m) { j = json{{"session", m.session}}; }
+void from_json(const json& j, SessionDetachMsg& m) { m.session = field<std::string>(j, "session"); }
+
+void to_json(json& j, const SessionInfo& m) {
+  j = json{{"session", m.session}, {"user", m.user}, {"dtu", m.dtu}, {"attached_ms_ago", m.attached_ms_ago}};
+}
+void from_json(const json& j, SessionInfo& m) {
+  require_object(j);
+  m.session = field<std::string>(j, "session");
+  m.user = field<std::string>(j, "user");
+  m.dtu = field<std::string>(j, "dtu");
+  m.attached_ms_ago = field<std::uint32_t>(j, "attached_ms_ago");
+}
+
+void to_json(json& j, const ListSessionsMsg&) { j = json::object(); }
+void from_json(const json& j, ListSessionsMsg&) { require_object(j); }
+
+void to_json(json& j, const SessionListMsg& m) { j = json{{"sessions", m.sessions}}; }
+void from_json(const json& j, SessionListMsg& m) { m.sessions = field<std::vector<SessionInfo>>(j, "sessions"); }
+
+void to_json(json& j, const GetPolicyMsg&) { j = json::object(); }
+void from_json(const json& j, GetPolicyMsg&) { require_object(j); }
+
+void to_json(json& j, const PolicyInfoMsg& m) { j = json{{"source", m.source}, {"policy", m.policy}}; }
+void from_json(const json& j, PolicyInfoMsg& m) {
+  m.source = field<std::string>(j, "source");
+  m.policy = required_value(j, "policy");
+}
+
+void to_json(json& j, const ReloadPolicyMsg&) { j = json::object(); }
+void from_json(const json& j, ReloadPolicyMsg&) { require_object(j); }
+
+void to_json(json& j, const ResumeLeaseMsg& m) {
+  j = json{{"dtu", m.dtu}, {"lease", m.lease}, {"token", m.token}, {"length_ms", m.length_ms}};
+}
+void from_json(const json& j, ResumeLeaseMsg& m) {
+  m.dtu = field<std::string>(j, "dtu");
+  m.lease = field<std::string>(j, "lease");
+  m.token = field<std::string>(j, "token");
+  m.length_ms = field<std::uint32_t>(j, "length_ms");
+}
+
+}  // namespace dtu::common
