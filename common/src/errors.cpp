@@ -6,7 +6,7 @@
 namespace dtu::common {
 namespace {
 
-constexpr std::array<std::pair<Errc, const char*>, 19> kNames{{
+constexpr std::array<std::pair<Errc, const char*>, 20> kNames{{
     {Errc::ok, "ok"},
     {Errc::timeout, "timeout"},
     {Errc::closed, "closed"},
@@ -26,6 +26,7 @@ constexpr std::array<std::pair<Errc, const char*>, 19> kNames{{
     {Errc::config_error, "config_error"},
     {Errc::io_error, "io_error"},
     {Errc::unavailable, "unavailable"},
+    {Errc::denied, "denied"},
 }};
 
 class DtuCategory final : public std::error_category {
@@ -52,6 +53,7 @@ class DtuCategory final : public std::error_category {
       case Errc::config_error: return "configuration error";
       case Errc::io_error: return "I/O error";
       case Errc::unavailable: return "unavailable";
+      case Errc::denied: return "denied";
     }
     return "unknown dtu error " + std::to_string(value);
   }

@@ -27,6 +27,7 @@ enum class Errc {
   config_error = 16,       // a configuration file or flag is invalid
   io_error = 17,           // a local I/O failure (file, socket)
   unavailable = 18,        // the peer or device is not reachable now; retry later
+  denied = 19,             // the policy, a limit or an administrators-only rule forbids it
 };
 
 const std::error_category& dtu_category() noexcept;
