@@ -1,6 +1,7 @@
 // devmgr: the device manager of one server. Parse config and flags, build the manager, stop
 // it on SIGINT/SIGTERM, run.
 #include <cstdio>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -28,13 +29,15 @@ int main(int argc, char** argv) {
   const common::Logger log("devmgr");
   CLI::App app{"dtubroker device manager"};
   std::string config_path;
-  std::optional<std::string> id, listen, socket, key_file, log_level;
+  std::optional<std::string> id, listen, socket, socket_mode, key_file, policy_file, log_level;
   std::optional<int> heartbeat_ms, heartbeat_misses;
   app.add_option("-c,--config", config_path, "JSON config file (flags override it)");
   app.add_option("--id", id, "manager id in the group");
   app.add_option("--dtu-listen", listen, "address:port where DTUs connect (port 0: any)");
   app.add_option("--socket", socket, "Unix socket for services and devmgrctl");
+  app.add_option("--socket-mode", socket_mode, "the socket's permissions, octal (default 0660: owner and group)");
   app.add_option("--site-dtu-key", key_file, "file with the site DTU key (64 hex digits)");
+  app.add_option("--policy", policy_file, "allocation policy file (docs/policy.md); reloaded on SIGHUP");
   app.add_option("--heartbeat-ms", heartbeat_ms, "heartbeat interval in ms")->check(CLI::Range(50, 60000));
   app.add_option("--heartbeat-misses", heartbeat_misses, "silent intervals before a link is closed")
       ->check(CLI::Range(1, 100));
@@ -57,7 +60,13 @@ int main(int argc, char** argv) {
     options.dtu_listen = *endpoint;
   }
   if (socket) options.socket_path = *socket;
+  if (socket_mode) {
+    auto mode = devmgr::parse_socket_mode(*socket_mode);
+    if (!mode.ok()) return fail(log, "config_error", common::Error(common::Errc::config_error, "--socket-mode: " + mode.error().detail));
+    options.socket_mode = *mode;
+  }
   if (key_file) options.site_dtu_key_file = *key_file;
+  if (policy_file) options.policy_file = *policy_file;
   if (heartbeat_ms) options.heartbeat_interval = std::chrono::milliseconds(*heartbeat_ms);
   if (heartbeat_misses) options.heartbeat_misses = static_cast<std::uint32_t>(*heartbeat_misses);
   if (log_level) options.log_level = *log_level;
@@ -76,13 +85,24 @@ int main(int argc, char** argv) {
   devmgr::DeviceManager manager(io.get_executor(), common::SystemClock::instance(), options, std::move(key.value()));
   if (auto started = manager.start(); !started.ok()) return fail(log, "start_failed", started.error());
 
+  asio::signal_set reload(io, SIGHUP);
   asio::signal_set signals(io, SIGINT, SIGTERM);
   signals.async_wait([&](std::error_code ec, int signo) {
     if (ec) return;
     log.info("", "stopping", {{"signal", signo}});
     manager.stop();
+    reload.cancel();
     io.stop();
   });
+  // SIGHUP (systemctl reload) reads the policy again; a broken file keeps the old one and the
+  // log says why.
+  std::function<void(std::error_code, int)> on_hup = [&](std::error_code ec, int) {
+    if (ec) return;
+    log.info("", "reloading", {{"signal", "SIGHUP"}});
+    (void)manager.reload_policy();
+    reload.async_wait(on_hup);
+  };
+  reload.async_wait(on_hup);
   io.run();
   return 0;
 }

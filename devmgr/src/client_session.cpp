@@ -1,5 +1,7 @@
 #include "dtu/devmgr/client_session.hpp"
 
+#include <optional>
+
 #include "dtu/common/messages.hpp"
 #include "dtu/common/version.hpp"
 
@@ -11,13 +13,12 @@ using common::Frame;
 using common::MessageType;
 
 ClientSession::ClientSession(std::shared_ptr<common::Link> link, common::PeerCredentials credentials,
-                             std::string manager_id, const DeviceList& devices, LeaseBroker& leases,
-                             common::Logger log, std::chrono::milliseconds hello_timeout)
+                             std::string manager_id, ClientServices services, common::Logger log,
+                             std::chrono::milliseconds hello_timeout)
     : link_(std::move(link)),
       credentials_(credentials),
       manager_id_(std::move(manager_id)),
-      devices_(devices),
-      leases_(leases),
+      services_(std::move(services)),
       log_(std::move(log)),
       hello_timeout_(hello_timeout) {}
 
@@ -25,8 +26,23 @@ bool ClientSession::is_legal(State state, MessageType type) {
   switch (state) {
     case State::awaiting_hello: return type == MessageType::client_hello;
     case State::ready:
-      return type == MessageType::list_devices || type == MessageType::allocate || type == MessageType::renew ||
-             type == MessageType::release;
+      switch (type) {
+        case MessageType::list_devices:
+        case MessageType::allocate:
+        case MessageType::renew:
+        case MessageType::release:
+        case MessageType::resume_lease:
+        case MessageType::register_finder:
+        case MessageType::unregister_finder:
+        case MessageType::list_finders:
+        case MessageType::list_leases:
+        case MessageType::list_sessions:
+        case MessageType::session_attach:
+        case MessageType::session_detach:
+        case MessageType::get_policy:
+        case MessageType::reload_policy: return true;
+        default: return false;
+      }
     case State::closed: return false;
   }
   return false;
@@ -54,8 +70,13 @@ void ClientSession::start(std::function<void(const std::shared_ptr<ClientSession
     self->state_ = State::closed;
     self->log_.debug(self->link_->peer(), "client_closed", {{"client", self->client_name_},
                                                            {"reason", reason.describe()}});
-    self->leases_.client_closed(self.get());
-    if (on_closed) on_closed(self);
+    // Clean up after the code that closed the link has returned: it may be iterating the
+    // finders or leases this would change (a slow client's send queue overflowing mid-event).
+    asio::post(self->link_->executor(), [self, on_closed = std::move(on_closed)] {
+      self->services_.finders->remove_client(self.get());
+      self->services_.leases->client_closed(self.get());
+      if (on_closed) on_closed(self);
+    });
   });
 }
 
@@ -91,58 +112,160 @@ void ClientSession::on_frame(Frame frame) {
   if (!frame.wants_reply()) {
     return protocol_error(std::string(common::message_type_name(frame.type)) + " must be a request");
   }
+  if (frame.type == MessageType::client_hello) {
+    auto hello = common::from_frame<common::ClientHelloMsg>(frame);
+    if (!hello.ok()) return protocol_error(hello.error().describe());
+    client_name_ = hello->client;
+    state_ = State::ready;
+    hello_deadline_.reset();
+    link_->reply(frame, common::to_frame(common::ClientWelcomeMsg{manager_id_, common::kVersion}));
+    log_.debug(link_->peer(), "client_connected", {{"client", client_name_}, {"uid", credentials_.uid},
+                                                   {"gid", credentials_.gid}, {"pid", credentials_.pid}});
+    return;
+  }
+  on_request(frame);
+}
+
+void ClientSession::answer_void(const Frame& to, const common::Result<void>& result) {
+  if (result.ok()) {
+    answer(to, common::Result<common::AckMsg>(common::AckMsg{}));
+  } else {
+    answer(to, common::Result<common::AckMsg>(result.error()));
+  }
+}
+
+bool ClientSession::require_admin(const Frame& request, const char* what) {
+  if (is_admin(credentials_.uid)) return true;
+  log_.warn(link_->peer(), "admin_only", {{"request", what}, {"uid", credentials_.uid}});
+  link_->reply_error(request, Errc::denied,
+                     std::string("only root or the devmgr user may ") + what + " (you are uid " +
+                         std::to_string(credentials_.uid) + ")");
+  return false;
+}
+
+template <typename M>
+std::optional<M> ClientSession::decode(const Frame& frame) {
+  auto message = common::from_frame<M>(frame);
+  if (!message.ok()) {
+    protocol_error(message.error().describe());
+    return std::nullopt;
+  }
+  return std::move(message.value());
+}
+
+void ClientSession::on_request(const Frame& frame) {
+  std::weak_ptr<ClientSession> weak = shared_from_this();
+  auto reply_lease = [weak, frame](common::Result<common::LeaseGrantedMsg> r) {
+    if (auto self = weak.lock()) self->answer(frame, r);
+  };
   switch (frame.type) {
-    case MessageType::client_hello: {
-      auto hello = common::from_frame<common::ClientHelloMsg>(frame);
-      if (!hello.ok()) return protocol_error(hello.error().describe());
-      client_name_ = hello->client;
-      state_ = State::ready;
-      hello_deadline_.reset();
-      link_->reply(frame, common::to_frame(common::ClientWelcomeMsg{manager_id_, common::kVersion}));
-      log_.debug(link_->peer(), "client_connected", {{"client", client_name_}, {"uid", credentials_.uid},
-                                                     {"gid", credentials_.gid}, {"pid", credentials_.pid}});
-      break;
-    }
     case MessageType::list_devices: {
-      auto request = common::from_frame<common::ListDevicesMsg>(frame);
-      if (!request.ok()) return protocol_error(request.error().describe());
-      link_->reply(frame, common::to_frame(common::DeviceListMsg{devices_.list(request->dtu)}));
-      break;
+      auto request = decode<common::ListDevicesMsg>(frame);
+      if (!request) return;
+      link_->reply(frame, common::to_frame(common::DeviceListMsg{services_.devices->list(request->dtu)}));
+      return;
     }
     case MessageType::allocate: {
-      auto request = common::from_frame<common::AllocateMsg>(frame);
-      if (!request.ok()) return protocol_error(request.error().describe());
-      std::weak_ptr<ClientSession> weak = shared_from_this();
-      leases_.allocate(shared_from_this(), std::move(request.value()),
-                       [weak, frame](common::Result<common::LeaseGrantedMsg> r) {
-                         if (auto self = weak.lock()) self->answer(frame, r);
-                       });
-      break;
+      auto request = decode<common::AllocateMsg>(frame);
+      if (!request) return;
+      services_.leases->allocate(shared_from_this(), std::move(request.value()), reply_lease);
+      return;
     }
     case MessageType::renew: {
-      auto request = common::from_frame<common::RenewMsg>(frame);
-      if (!request.ok()) return protocol_error(request.error().describe());
-      std::weak_ptr<ClientSession> weak = shared_from_this();
-      leases_.renew(shared_from_this(), std::move(request.value()),
-                    [weak, frame](common::Result<common::LeaseGrantedMsg> r) {
-                      if (auto self = weak.lock()) self->answer(frame, r);
-                    });
-      break;
+      auto request = decode<common::RenewMsg>(frame);
+      if (!request) return;
+      services_.leases->renew(shared_from_this(), std::move(request.value()), reply_lease);
+      return;
+    }
+    case MessageType::resume_lease: {
+      auto request = decode<common::ResumeLeaseMsg>(frame);
+      if (!request) return;
+      services_.leases->resume(shared_from_this(), std::move(request.value()), reply_lease);
+      return;
     }
     case MessageType::release: {
-      auto request = common::from_frame<common::ReleaseMsg>(frame);
-      if (!request.ok()) return protocol_error(request.error().describe());
-      std::weak_ptr<ClientSession> weak = shared_from_this();
-      leases_.release(shared_from_this(), std::move(request.value()), [weak, frame](common::Result<void> r) {
-        auto self = weak.lock();
-        if (!self) return;
-        if (r.ok()) {
-          self->answer(frame, common::Result<common::AckMsg>(common::AckMsg{}));
-        } else {
-          self->answer(frame, common::Result<common::AckMsg>(r.error()));
-        }
+      auto request = decode<common::ReleaseMsg>(frame);
+      if (!request) return;
+      services_.leases->release(shared_from_this(), std::move(request.value()), [weak, frame](common::Result<void> r) {
+        if (auto self = weak.lock()) self->answer_void(frame, r);
       });
-      break;
+      return;
+    }
+    case MessageType::register_finder: {
+      // A finder the parser refuses is the service's mistake, not a broken peer: answer with
+      // the field at fault and keep the connection.
+      auto request = common::from_frame<common::RegisterFinderMsg>(frame);
+      if (!request.ok()) {
+        log_.info(link_->peer(), "finder_refused", {{"client", client_name_}, {"reason", request.error().detail}});
+        link_->reply_error(frame, Errc::invalid_argument, request.error().detail);
+        return;
+      }
+      if (services_.finders->has(this, request->finder_id)) {
+        link_->reply_error(frame, Errc::invalid_argument,
+                           "finder " + std::to_string(request->finder_id) + " is already registered");
+        return;
+      }
+      const FinderRegistry::Owner owner{client_name_, static_cast<std::uint32_t>(credentials_.pid),
+                                        static_cast<std::uint32_t>(credentials_.uid)};
+      // The ack goes out before the first matches: the sink queues them after it on filament 0.
+      link_->reply(frame, common::to_frame(common::AckMsg{}));
+      auto sink = [weak](Frame event) {
+        if (auto self = weak.lock(); self && self->state_ != State::closed) self->notify(std::move(event));
+      };
+      (void)services_.finders->add(this, owner, sink, request->finder_id, std::move(request->finder));
+      log_.debug(link_->peer(), "finder_registered", {{"client", client_name_}, {"finder", request->finder_id}});
+      return;
+    }
+    case MessageType::unregister_finder: {
+      auto request = decode<common::UnregisterFinderMsg>(frame);
+      if (!request) return;
+      answer_void(frame, services_.finders->remove(this, request->finder_id));
+      return;
+    }
+    case MessageType::list_finders: {
+      auto request = decode<common::ListFindersMsg>(frame);
+      if (!request) return;
+      link_->reply(frame, common::to_frame(common::FinderListMsg{services_.finders->list()}));
+      return;
+    }
+    case MessageType::list_leases: {
+      auto request = decode<common::ListLeasesMsg>(frame);
+      if (!request) return;
+      link_->reply(frame, common::to_frame(common::LeaseListMsg{services_.leases->list()}));
+      return;
+    }
+    case MessageType::list_sessions: {
+      auto request = decode<common::ListSessionsMsg>(frame);
+      if (!request) return;
+      link_->reply(frame, common::to_frame(common::SessionListMsg{services_.list_sessions()}));
+      return;
+    }
+    case MessageType::get_policy: {
+      auto request = decode<common::GetPolicyMsg>(frame);
+      if (!request) return;
+      link_->reply(frame, common::to_frame(services_.policy_info()));
+      return;
+    }
+    case MessageType::session_attach: {
+      auto request = decode<common::SessionAttachMsg>(frame);
+      if (!request) return;
+      if (!require_admin(frame, "attach sessions")) return;
+      answer_void(frame, services_.attach_session(*request));
+      return;
+    }
+    case MessageType::session_detach: {
+      auto request = decode<common::SessionDetachMsg>(frame);
+      if (!request) return;
+      if (!require_admin(frame, "detach sessions")) return;
+      answer_void(frame, services_.detach_session(request->session));
+      return;
+    }
+    case MessageType::reload_policy: {
+      auto request = decode<common::ReloadPolicyMsg>(frame);
+      if (!request) return;
+      if (!require_admin(frame, "reload the policy")) return;
+      answer(frame, services_.reload_policy());
+      return;
     }
     default: return protocol_error("unexpected message");
   }

@@ -15,18 +15,41 @@ using asio::experimental::as_tuple;
 using common::Errc;
 using common::Error;
 
+namespace {
+
+// Equal but for the stamp: nothing a service would see has changed.
+bool same_device(const common::DeviceRecord& a, const common::DeviceRecord& b) {
+  common::DeviceRecord unstamped = a;
+  unstamped.stamp = b.stamp;
+  return unstamped == b;
+}
+
+}  // namespace
+
 DeviceManager::DeviceManager(const asio::any_io_executor& ex, const common::Clock& clock, ManagerOptions options,
                              common::SecretKey site_dtu_key)
     : executor_(ex),
       clock_(clock),
       options_(std::move(options)),
       site_dtu_key_(std::move(site_dtu_key)),
-      leases_(options_.id,
-              [this](const std::string& dtu) {
-                auto it = dtus_.find(dtu);
-                return it == dtus_.end() ? nullptr : it->second;
-              },
-              log_) {}
+      finders_(options_.id, devices_, sessions_),
+      leases_(LeaseBroker::Context{options_.id, ex, &clock,
+                                   [this](const std::string& dtu) {
+                                     auto it = dtus_.find(dtu);
+                                     return it == dtus_.end() ? nullptr : it->second;
+                                   },
+                                   &devices_, &sessions_, [this]() -> const Policy& { return policy_; }},
+              log_) {
+  // Every change of the device list reaches the finders (events to services) and the broker
+  // (a freed unit goes to its first waiter).
+  devices_.set_listener(DeviceList::Listener{
+      [this](const common::DeviceRecord* before, const common::DeviceRecord& now) {
+        if (before != nullptr && same_device(*before, now)) return;  // a snapshot repeating it
+        finders_.device_updated(now);
+        leases_.device_updated(now);
+      },
+      [this](const common::DeviceRecord& gone, std::string_view reason) { finders_.device_removed(gone, reason); }});
+}
 
 DeviceManager::~DeviceManager() { stop(); }
 
@@ -39,6 +62,12 @@ common::Link::Options DeviceManager::link_options() const {
 }
 
 common::Result<void> DeviceManager::start() {
+  if (!options_.policy_file.empty()) {
+    auto policy = Policy::load(options_.policy_file);
+    if (!policy.ok()) return policy.error();
+    policy_ = std::move(policy.value());
+  }
+  log_.info("", "policy_loaded", {{"source", policy_.source()}, {"rules", policy_.rule_count()}});
   // Keys are derived per DTU id; the TLS identity is the DTU id, so a DTU holding its own
   // derived key cannot complete a handshake under another DTU's id.
   tls_ = common::make_psk_server_context([key = site_dtu_key_](std::string_view identity) -> std::optional<common::Bytes> {
@@ -142,6 +171,49 @@ void DeviceManager::on_dtu_closed(const std::shared_ptr<DtuSession>& session, co
   const std::size_t removed = devices_.drop_dtu(session->dtu());
   log_.warn(session->peer(), "dtu_lost", {{"dtu", session->dtu()}, {"reason", reason.describe()},
                                           {"devices_removed", removed}});
+  leases_.dtu_lost(session->dtu());
+}
+
+common::Result<void> DeviceManager::attach_session(const common::SessionAttachMsg& request) {
+  if (!common::is_valid_id(request.dtu)) {
+    return Error(Errc::invalid_argument, "DTU id '" + request.dtu + "': expected 1-64 of [A-Za-z0-9._-]");
+  }
+  if (request.session.empty() || request.user.empty()) {
+    return Error(Errc::invalid_argument, "session and user must not be empty");
+  }
+  const auto move = sessions_.attach(request.session, request.user, request.dtu, clock_.now());
+  log_.info("", "session_attached", {{"session", request.session}, {"user", request.user}, {"dtu", request.dtu},
+                                     {"from", move.from ? *move.from : std::string()}});
+  finders_.session_moved(request.session, move);
+  return {};
+}
+
+common::Result<void> DeviceManager::detach_session(const std::string& session) {
+  auto move = sessions_.detach(session);
+  if (!move) return Error(Errc::not_found, "no session " + session);
+  log_.info("", "session_detached", {{"session", session}, {"from", move->from ? *move->from : std::string()}});
+  finders_.session_moved(session, *move);
+  return {};
+}
+
+common::PolicyInfoMsg DeviceManager::policy_info() const {
+  return common::PolicyInfoMsg{policy_.source(), policy_.document()};
+}
+
+common::Result<common::PolicyInfoMsg> DeviceManager::reload_policy() {
+  if (options_.policy_file.empty()) {
+    log_.info("", "policy_reloaded", {{"source", policy_.source()}, {"rules", policy_.rule_count()}});
+    return policy_info();
+  }
+  auto policy = Policy::load(options_.policy_file);
+  if (!policy.ok()) {
+    log_.error("", "policy_reload_failed", {{"file", options_.policy_file}, {"reason", policy.error().describe()},
+                                            {"kept", policy_.source()}});
+    return policy.error();
+  }
+  policy_ = std::move(policy.value());
+  log_.info("", "policy_reloaded", {{"source", policy_.source()}, {"rules", policy_.rule_count()}});
+  return policy_info();
 }
 
 asio::awaitable<void> DeviceManager::accept_clients() {
@@ -162,9 +234,17 @@ asio::awaitable<void> DeviceManager::accept_clients() {
     o.heartbeats = false;  // a local socket reports a dead peer itself (EOF)
     auto link = common::Link::create(executor_, std::make_unique<common::UnixTransport>(std::move(socket)),
                                      common::FilamentMux::Side::acceptor, clock_, log_, peer, o);
-    auto session =
-        std::make_shared<ClientSession>(link, *credentials, options_.id, devices_, leases_, log_,
-                                        options_.handshake_timeout);
+    ClientServices services;
+    services.devices = &devices_;
+    services.leases = &leases_;
+    services.finders = &finders_;
+    services.list_sessions = [this] { return sessions_.list(clock_.now()); };
+    services.attach_session = [this](const common::SessionAttachMsg& m) { return attach_session(m); };
+    services.detach_session = [this](const std::string& session) { return detach_session(session); };
+    services.policy_info = [this] { return policy_info(); };
+    services.reload_policy = [this] { return reload_policy(); };
+    auto session = std::make_shared<ClientSession>(link, *credentials, options_.id, std::move(services), log_,
+                                                   options_.handshake_timeout);
     clients_.insert(session);
     session->start([this](const std::shared_ptr<ClientSession>& s) { clients_.erase(s); });
   }

@@ -1,5 +1,11 @@
 #include "dtu/devmgr/lease_broker.hpp"
 
+#include <grp.h>
+#include <pwd.h>
+#include <unistd.h>
+
+#include <algorithm>
+
 #include "dtu/devmgr/client_session.hpp"
 #include "dtu/devmgr/dtu_session.hpp"
 
@@ -29,50 +35,260 @@ std::string reachable(const std::string& inband, const std::string& dtu_peer) {
   return endpoint->to_string();
 }
 
+// The user name and group names of a uid, from the system's user database (NSS).
+void describe_user(unsigned uid, std::string& user, std::vector<std::string>& groups) {
+  std::vector<char> buffer(16384);
+  passwd pw{};
+  passwd* found = nullptr;
+  if (::getpwuid_r(uid, &pw, buffer.data(), buffer.size(), &found) != 0 || found == nullptr) return;
+  user = pw.pw_name;
+  int count = 64;
+  std::vector<gid_t> gids(static_cast<std::size_t>(count));
+  if (::getgrouplist(pw.pw_name, pw.pw_gid, gids.data(), &count) < 0) {
+    gids.resize(static_cast<std::size_t>(count));
+    if (::getgrouplist(pw.pw_name, pw.pw_gid, gids.data(), &count) < 0) count = 0;
+  }
+  gids.resize(static_cast<std::size_t>(count));
+  for (gid_t gid : gids) {
+    group gr{};
+    group* g = nullptr;
+    if (::getgrgid_r(gid, &gr, buffer.data(), buffer.size(), &g) == 0 && g != nullptr) groups.emplace_back(g->gr_name);
+  }
+}
+
+std::uint32_t millis_until(common::MonoTime at, common::MonoTime now) {
+  if (at <= now) return 0;
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(at - now).count();
+  return static_cast<std::uint32_t>(std::min<std::int64_t>(ms, UINT32_MAX));
+}
+
 }  // namespace
+
+bool is_admin(unsigned uid) { return uid == 0 || uid == ::geteuid(); }
+
+// A service waiting for a held unit (allocate with wait_ms).
+struct LeaseBroker::Waiter {
+  std::weak_ptr<ClientSession> client;
+  const ClientSession* client_key = nullptr;
+  common::AllocateMsg request;
+  PolicyVerdict verdict;
+  Error refusal;  // what the DTU said last: the answer when the wait runs out
+  Done<common::LeaseGrantedMsg> done;
+  std::unique_ptr<common::DeadlineGuard> deadline;
+  bool trying = false;
+};
+
+LeaseBroker::LeaseBroker(Context context, common::Logger log) : context_(std::move(context)), log_(std::move(log)) {}
+
+LeaseBroker::~LeaseBroker() {
+  for (auto& [unit, queue] : waiting_) {
+    for (auto& waiter : queue) waiter->deadline.reset();
+  }
+}
 
 void LeaseBroker::allocate(const std::shared_ptr<ClientSession>& client, common::AllocateMsg request,
                            Done<common::LeaseGrantedMsg> done) {
-  auto dtu = lookup_(request.dtu);
-  if (!dtu) return done(Error(Errc::not_found, "DTU " + request.dtu + " is not connected to manager " + manager_id_));
+  const unsigned uid = client->credentials().uid;
+  if (request.keep && !is_admin(uid)) {
+    return done(Error(Errc::denied, "only root or the devmgr user may keep a lease beyond its connection"));
+  }
+  if (request.wait_ms && *request.wait_ms > kMaxAllocateWaitMs) {
+    return done(Error(Errc::invalid_argument, "wait_ms above " + std::to_string(kMaxAllocateWaitMs)));
+  }
+  if (!context_.lookup(request.dtu)) {
+    return done(Error(Errc::not_found, "DTU " + request.dtu + " is not connected to manager " + context_.manager_id));
+  }
+  const common::DeviceRecord* device = context_.devices->find(request.dtu, request.device);
+  if (device == nullptr) return done(Error(Errc::not_found, "no device " + request.device + " on DTU " + request.dtu));
+  auto unit = std::find_if(device->units.begin(), device->units.end(),
+                           [&](const common::UnitRecord& u) { return u.unit == request.unit; });
+  if (unit == device->units.end()) {
+    return done(Error(Errc::not_found, "device " + request.device + " on DTU " + request.dtu + " has no unit " +
+                                           std::to_string(request.unit)));
+  }
+
+  PolicyRequest ask;
+  ask.device = device;
+  ask.unit = &*unit;
+  ask.session = context_.sessions->at(request.dtu);
+  ask.uid = uid;
+  describe_user(uid, ask.user, ask.groups);
+  ask.service = client->client_name();
+  const PolicyVerdict verdict = context_.policy().evaluate(ask);
+  if (!verdict.allow) {
+    log_.info("", "allocation_denied", {{"dtu", request.dtu}, {"device", request.device}, {"unit", request.unit},
+                                        {"uid", uid}, {"rule", verdict.rule}, {"reason", verdict.reason}});
+    return done(Error(Errc::denied, verdict.reason));
+  }
+  if (verdict.max_leases_per_user) {
+    const auto held = static_cast<std::uint32_t>(
+        std::count_if(leases_.begin(), leases_.end(), [&](const auto& l) { return l.second.uid == uid; }));
+    if (held >= *verdict.max_leases_per_user) {
+      log_.info("", "allocation_denied", {{"dtu", request.dtu}, {"device", request.device}, {"uid", uid},
+                                          {"rule", verdict.rule}, {"reason", "per-user limit"}});
+      return done(Error(Errc::denied, "user " + (ask.user.empty() ? std::to_string(uid) : ask.user) + " holds " +
+                                          std::to_string(held) + " leases, the limit of policy rule '" + verdict.rule +
+                                          "'"));
+    }
+  }
+  if (!request.wait_ms || *request.wait_ms == 0) return ask_dtu(client, request, verdict, std::move(done));
+
+  std::weak_ptr<ClientSession> weak = client;
+  ask_dtu(client, request, verdict,
+          [this, alive = std::weak_ptr<int>(alive_), weak, request, verdict,
+           done = std::move(done)](common::Result<common::LeaseGrantedMsg> r) mutable {
+            if (alive.expired()) return;
+            auto self = weak.lock();
+            if (r.ok() || !self || r.error().code != make_error_code(Errc::refused)) return done(std::move(r));
+            enqueue(self, request, verdict, r.error(), std::move(done));
+          });
+}
+
+void LeaseBroker::ask_dtu(const std::shared_ptr<ClientSession>& client, const common::AllocateMsg& request,
+                          const PolicyVerdict& verdict, Done<common::LeaseGrantedMsg> done) {
+  const std::uint32_t length_ms = verdict.lease_length(request.length_ms);
+  auto dtu = context_.lookup(request.dtu);
+  if (!dtu) return done(Error(Errc::unavailable, "DTU " + request.dtu + " is no longer connected"));
   common::LeaseRequestMsg ask;
   ask.device = request.device;
   ask.unit = request.unit;
   ask.holder = client->holder_name();
   ask.uid = client->credentials().uid;
-  ask.length_ms = request.length_ms;
+  ask.length_ms = length_ms;
   std::weak_ptr<ClientSession> weak = client;
   const std::string peer = dtu->peer();
   dtu->request(common::to_frame(ask), kLeaseRequestTimeout,
-               [this, weak, request, peer, uid = client->credentials().uid, key = client.get(),
+               [this, alive = std::weak_ptr<int>(alive_), weak, request, peer, length_ms, cap = verdict.max_lease_ms,
                 done = std::move(done)](common::Result<Frame> answer) {
+                 if (alive.expired()) return;
                  if (!answer.ok() || answer->type != common::MessageType::lease_granted) return done(error_of(answer));
                  auto granted = common::from_frame<common::LeaseGrantedMsg>(*answer);
                  if (!granted.ok()) return done(granted.error());
                  if (granted->inband) granted->inband = reachable(*granted->inband, peer);
-                 if (weak.expired()) {
+                 auto self = weak.lock();
+                 if (!self) {
                    // The service went away while the DTU granted: give the unit back at once.
                    send_release(request.dtu, granted->lease, [](common::Result<void>) {});
                    return done(Error(Errc::closed, "the client closed its connection"));
                  }
-                 leases_[granted->lease] = Held{request.dtu, granted->device, granted->unit, weak, key, uid};
-                 log_.info("", "lease_granted", {{"lease", granted->lease}, {"dtu", request.dtu},
-                                                 {"device", granted->device}, {"unit", granted->unit},
-                                                 {"holder", granted->holder}, {"uid", uid}});
+                 remember(*granted, self, length_ms, cap, request.keep);
                  done(std::move(granted.value()));
                });
+}
+
+void LeaseBroker::remember(const common::LeaseGrantedMsg& granted, const std::shared_ptr<ClientSession>& client,
+                           std::uint32_t length_ms, std::uint32_t max_lease_ms, bool keep) {
+  Held held;
+  held.dtu = granted.dtu;
+  held.device = granted.device;
+  held.unit = granted.unit;
+  held.holder = granted.holder;
+  held.client = client;
+  held.client_key = client.get();
+  held.uid = client->credentials().uid;
+  held.keep = keep;
+  held.length_ms = length_ms;
+  held.max_lease_ms = max_lease_ms;
+  held.expires = context_.clock->now() + std::chrono::milliseconds(granted.expires_in_ms);
+  leases_[granted.lease] = std::move(held);
+  log_.info("", "lease_granted", {{"lease", granted.lease}, {"dtu", granted.dtu}, {"device", granted.device},
+                                  {"unit", granted.unit}, {"holder", granted.holder},
+                                  {"uid", client->credentials().uid}, {"length_ms", length_ms}, {"keep", keep}});
+}
+
+void LeaseBroker::enqueue(const std::shared_ptr<ClientSession>& client, const common::AllocateMsg& request,
+                          const PolicyVerdict& verdict, Error refusal, Done<common::LeaseGrantedMsg> done) {
+  const UnitKey unit{request.dtu, request.device, request.unit};
+  auto waiter = std::make_shared<Waiter>();
+  waiter->client = client;
+  waiter->client_key = client.get();
+  waiter->request = request;
+  waiter->verdict = verdict;
+  waiter->refusal = std::move(refusal);
+  waiter->done = std::move(done);
+  std::weak_ptr<Waiter> weak = waiter;
+  waiter->deadline = std::make_unique<common::DeadlineGuard>(
+      context_.executor, std::chrono::milliseconds(*request.wait_ms),
+      [this, alive = std::weak_ptr<int>(alive_), unit, weak] {
+        auto w = weak.lock();
+        if (alive.expired() || !w) return;
+        finish_waiter(unit, w, w->refusal);
+      });
+  waiting_[unit].push_back(waiter);
+  log_.info("", "allocation_waiting", {{"dtu", request.dtu}, {"device", request.device}, {"unit", request.unit},
+                                       {"holder", client->holder_name()}, {"wait_ms", *request.wait_ms},
+                                       {"queue", waiting_[unit].size()}});
+  // The unit may have freed between the DTU's refusal and now.
+  kick(unit);
+}
+
+void LeaseBroker::kick(const UnitKey& unit) {
+  auto it = waiting_.find(unit);
+  if (it == waiting_.end() || it->second.empty()) return;
+  auto waiter = it->second.front();
+  if (waiter->trying) return;
+  const auto& [dtu, device, number] = unit;
+  const common::DeviceRecord* record = context_.devices->find(dtu, device);
+  if (record == nullptr) return;
+  auto u = std::find_if(record->units.begin(), record->units.end(),
+                        [n = number](const common::UnitRecord& r) { return r.unit == n; });
+  if (u == record->units.end() || u->state != common::UnitState::free) return;
+  auto client = waiter->client.lock();
+  if (!client) return finish_waiter(unit, waiter, Error(Errc::closed, "the client closed its connection"));
+  waiter->trying = true;
+  ask_dtu(client, waiter->request, waiter->verdict,
+          [this, alive = std::weak_ptr<int>(alive_), unit, waiter](common::Result<common::LeaseGrantedMsg> r) {
+            if (alive.expired()) return;
+            waiter->trying = false;
+            if (!r.ok() && r.error().code == make_error_code(Errc::refused)) {
+              // Someone was quicker: keep our place and wait for the next release.
+              waiter->refusal = r.error();
+              return;
+            }
+            finish_waiter(unit, waiter, std::move(r));
+          });
+}
+
+void LeaseBroker::finish_waiter(const UnitKey& unit, const std::shared_ptr<Waiter>& waiter,
+                                common::Result<common::LeaseGrantedMsg> result) {
+  auto it = waiting_.find(unit);
+  if (it == waiting_.end()) return;
+  auto& queue = it->second;
+  auto pos = std::find(queue.begin(), queue.end(), waiter);
+  if (pos == queue.end()) return;  // answered already
+  queue.erase(pos);
+  if (queue.empty()) waiting_.erase(it);
+  waiter->deadline.reset();
+  if (result.ok()) {
+    waiter->done(std::move(result));
+  } else {
+    waiter->done(result.error());
+  }
+  kick(unit);
+}
+
+std::size_t LeaseBroker::waiting() const {
+  std::size_t n = 0;
+  for (const auto& [unit, queue] : waiting_) n += queue.size();
+  return n;
+}
+
+void LeaseBroker::device_updated(const common::DeviceRecord& record) {
+  for (const common::UnitRecord& unit : record.units) {
+    if (unit.state == common::UnitState::free) kick(UnitKey{record.dtu, record.device, unit.unit});
+  }
 }
 
 common::Result<LeaseBroker::Held> LeaseBroker::check_holder(const ClientSession& client, const std::string& dtu,
                                                             const std::string& lease) const {
   auto it = leases_.find(lease);
   if (it == leases_.end() || it->second.dtu != dtu) {
-    return Error(Errc::not_found, "no lease " + lease + " on DTU " + dtu + " at manager " + manager_id_);
+    return Error(Errc::not_found, "no lease " + lease + " on DTU " + dtu + " at manager " + context_.manager_id);
   }
-  if (it->second.client_key != &client && it->second.uid != client.credentials().uid) {
-    log_.warn("", "lease_access_refused", {{"lease", lease}, {"uid", client.credentials().uid},
-                                           {"holder_uid", it->second.uid}});
-    return Error(Errc::refused, "lease " + lease + " belongs to another user");
+  const unsigned uid = client.credentials().uid;
+  if (it->second.client_key != &client && it->second.uid != uid && !is_admin(uid)) {
+    log_.warn("", "lease_access_refused", {{"lease", lease}, {"uid", uid}, {"holder_uid", it->second.uid}});
+    return Error(Errc::denied, "lease " + lease + " belongs to another user");
   }
   return it->second;
 }
@@ -81,26 +297,68 @@ void LeaseBroker::renew(const std::shared_ptr<ClientSession>& client, common::Re
                         Done<common::LeaseGrantedMsg> done) {
   auto held = check_holder(*client, request.dtu, request.lease);
   if (!held.ok()) return done(held.error());
-  auto dtu = lookup_(request.dtu);
+  auto dtu = context_.lookup(request.dtu);
   if (!dtu) return done(Error(Errc::unavailable, "DTU " + request.dtu + " is not connected; renew in-band or retry"));
-  dtu->request(common::to_frame(common::LeaseRenewMsg{request.lease, request.length_ms, std::nullopt}), kLeaseRequestTimeout,
-               [done = std::move(done)](common::Result<Frame> answer) {
+  // Renewals keep to the cap the policy set at allocation.
+  std::uint32_t length = request.length_ms != 0 ? request.length_ms : held->length_ms;
+  if (held->max_lease_ms != 0) length = std::min(length, held->max_lease_ms);
+  dtu->request(common::to_frame(common::LeaseRenewMsg{request.lease, length, std::nullopt}), kLeaseRequestTimeout,
+               [this, alive = std::weak_ptr<int>(alive_), lease = request.lease,
+                done = std::move(done)](common::Result<Frame> answer) {
+                 if (alive.expired()) return;
                  if (!answer.ok() || answer->type != common::MessageType::lease_granted) return done(error_of(answer));
-                 done(common::from_frame<common::LeaseGrantedMsg>(*answer));
+                 auto granted = common::from_frame<common::LeaseGrantedMsg>(*answer);
+                 if (granted.ok()) {
+                   if (auto it = leases_.find(lease); it != leases_.end()) {
+                     it->second.expires = context_.clock->now() + std::chrono::milliseconds(granted->expires_in_ms);
+                   }
+                 }
+                 done(std::move(granted));
                });
 }
 
 void LeaseBroker::release(const std::shared_ptr<ClientSession>& client, common::ReleaseMsg request, Done<void> done) {
   auto held = check_holder(*client, request.dtu, request.lease);
   if (!held.ok()) return done(held.error());
+  if (held->client_key != client.get()) {
+    log_.info("", "lease_released_by_other", {{"lease", request.lease}, {"by", client->holder_name()},
+                                              {"uid", client->credentials().uid}, {"holder", held->holder}});
+  }
   send_release(request.dtu, request.lease, std::move(done));
 }
 
+void LeaseBroker::resume(const std::shared_ptr<ClientSession>& client, common::ResumeLeaseMsg request,
+                         Done<common::LeaseGrantedMsg> done) {
+  if (auto it = leases_.find(request.lease); it != leases_.end()) {
+    auto held = check_holder(*client, request.dtu, request.lease);
+    if (!held.ok()) return done(held.error());
+  }
+  auto dtu = context_.lookup(request.dtu);
+  if (!dtu) return done(Error(Errc::unavailable, "DTU " + request.dtu + " is not connected to manager " +
+                                                     context_.manager_id + " (yet); retry"));
+  const std::uint32_t length = request.length_ms != 0 ? request.length_ms : kPolicyDefaultLeaseMs;
+  std::weak_ptr<ClientSession> weak = client;
+  dtu->request(common::to_frame(common::LeaseRenewMsg{request.lease, length, request.token}), kLeaseRequestTimeout,
+               [this, alive = std::weak_ptr<int>(alive_), weak, length,
+                done = std::move(done)](common::Result<Frame> answer) {
+                 if (alive.expired()) return;
+                 if (!answer.ok() || answer->type != common::MessageType::lease_granted) return done(error_of(answer));
+                 auto granted = common::from_frame<common::LeaseGrantedMsg>(*answer);
+                 if (!granted.ok()) return done(granted.error());
+                 auto self = weak.lock();
+                 if (!self) return done(Error(Errc::closed, "the client closed its connection"));
+                 remember(*granted, self, length, 0, false);
+                 log_.info("", "lease_resumed", {{"lease", granted->lease}, {"holder", self->holder_name()}});
+                 done(std::move(granted.value()));
+               });
+}
+
 void LeaseBroker::send_release(const std::string& dtu_id, const std::string& lease, Done<void> done) {
-  auto dtu = lookup_(dtu_id);
+  auto dtu = context_.lookup(dtu_id);
   if (!dtu) return done(Error(Errc::unavailable, "DTU " + dtu_id + " is not connected; its lease expires on the DTU"));
   dtu->request(common::to_frame(common::LeaseReleaseMsg{lease}), kLeaseRequestTimeout,
-               [this, lease, done = std::move(done)](common::Result<Frame> answer) {
+               [this, alive = std::weak_ptr<int>(alive_), lease, done = std::move(done)](common::Result<Frame> answer) {
+                 if (alive.expired()) return;
                  if (!answer.ok() || answer->type != common::MessageType::ack) {
                    const Error why = error_of(answer);
                    // Not found: the lease had ended already; the holder's view is the same.
@@ -112,14 +370,27 @@ void LeaseBroker::send_release(const std::string& dtu_id, const std::string& lea
 }
 
 void LeaseBroker::client_closed(const ClientSession* client) {
+  // Its waits end without an answer: nobody is left to read it.
+  for (auto it = waiting_.begin(); it != waiting_.end();) {
+    auto& queue = it->second;
+    for (auto w = queue.begin(); w != queue.end();) {
+      if ((*w)->client_key == client) {
+        (*w)->deadline.reset();
+        w = queue.erase(w);
+      } else {
+        ++w;
+      }
+    }
+    it = queue.empty() ? waiting_.erase(it) : std::next(it);
+  }
   std::vector<std::pair<std::string, std::string>> held;  // (dtu, lease)
   for (auto& [id, lease] : leases_) {
     if (lease.client_key != client) continue;
-    held.emplace_back(lease.dtu, id);
     // The session is gone: its address may be reused by another client's session, which must not
     // pass for the holder. Only the uid rule remains until the DTU confirms the end.
     lease.client_key = nullptr;
     lease.client.reset();
+    if (!lease.keep) held.emplace_back(lease.dtu, id);
   }
   for (const auto& [dtu, lease] : held) {
     log_.info("", "lease_holder_gone", {{"lease", lease}, {"dtu", dtu}});
@@ -136,6 +407,33 @@ void LeaseBroker::lease_ended(const common::LeaseEndedMsg& ended) {
   leases_.erase(it);
   log_.info("", "lease_ended", {{"lease", ended.lease}, {"dtu", ended.dtu}, {"reason", ended.reason}});
   if (client) client->notify(common::to_frame(ended));
+}
+
+void LeaseBroker::dtu_lost(const std::string& dtu) {
+  std::vector<common::LeaseEndedMsg> ended;
+  for (const auto& [id, lease] : leases_) {
+    if (lease.dtu == dtu) ended.push_back(common::LeaseEndedMsg{dtu, id, lease.device, lease.unit, "dtu_lost"});
+  }
+  for (const auto& e : ended) lease_ended(e);
+  std::vector<std::pair<UnitKey, std::shared_ptr<Waiter>>> failed;
+  for (const auto& [unit, queue] : waiting_) {
+    if (std::get<0>(unit) != dtu) continue;
+    for (const auto& w : queue) failed.emplace_back(unit, w);
+  }
+  for (const auto& [unit, w] : failed) {
+    finish_waiter(unit, w, Error(Errc::unavailable, "DTU " + dtu + " disconnected while waiting for its unit"));
+  }
+}
+
+std::vector<common::LeaseInfo> LeaseBroker::list() const {
+  const common::MonoTime now = context_.clock->now();
+  std::vector<common::LeaseInfo> out;
+  out.reserve(leases_.size());
+  for (const auto& [id, lease] : leases_) {
+    out.push_back(common::LeaseInfo{id, lease.dtu, lease.device, lease.unit, lease.holder, lease.uid,
+                                    millis_until(lease.expires, now), lease.keep});
+  }
+  return out;
 }
 
 }  // namespace dtu::devmgr

@@ -1,9 +1,21 @@
 #include "dtu/devmgr/manager_options.hpp"
 
+#include <charconv>
+
 namespace dtu::devmgr {
 
 using common::Errc;
 using common::Error;
+
+common::Result<unsigned> parse_socket_mode(const std::string& text) {
+  unsigned mode = 0;
+  const char* end = text.data() + text.size();
+  auto [ptr, ec] = std::from_chars(text.data(), end, mode, 8);
+  if (text.empty() || ec != std::errc() || ptr != end || mode > 0777) {
+    return Error(Errc::config_error, "expected an octal mode such as \"0660\", got \"" + text + "\"");
+  }
+  return mode;
+}
 
 common::Result<void> apply_config(common::ConfigReader& config, ManagerOptions& options) {
   config.read("id", options.id);
@@ -11,6 +23,9 @@ common::Result<void> apply_config(common::ConfigReader& config, ManagerOptions& 
   config.read("dtu_listen", listen);
   config.read("socket", options.socket_path);
   config.read("site_dtu_key_file", options.site_dtu_key_file);
+  config.read("policy_file", options.policy_file);
+  std::string mode;  // absent: keep the default
+  config.read("socket_mode", mode);
   config.read("heartbeat_interval", options.heartbeat_interval);
   std::int64_t misses = options.heartbeat_misses;
   config.read_int("heartbeat_misses", misses, 1, 100);
@@ -26,6 +41,11 @@ common::Result<void> apply_config(common::ConfigReader& config, ManagerOptions& 
   }
   options.dtu_listen = *endpoint;
   options.heartbeat_misses = static_cast<std::uint32_t>(misses);
+  if (!mode.empty()) {
+    auto parsed = parse_socket_mode(mode);
+    if (!parsed.ok()) return Error(Errc::config_error, config.origin() + ": key 'socket_mode': " + parsed.error().detail);
+    options.socket_mode = *parsed;
+  }
   options.max_frame_bytes = static_cast<std::size_t>(max_frame);
   return {};
 }

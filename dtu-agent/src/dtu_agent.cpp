@@ -355,6 +355,17 @@ std::set<std::uint32_t> DtuAgent::blockers(const std::string& port, std::uint32_
 void DtuAgent::on_lease_renew(const common::Frame& frame) {
   auto msg = decode_request<common::LeaseRenewMsg>(frame);
   if (!msg) return;
+  if (msg->token) {
+    // A service taking its lease over through a manager that did not grant it: the token is
+    // the proof that it is the holder.
+    const agent::Lease* lease = leases_.find(msg->lease);
+    auto token = common::from_hex(*msg->token);
+    if (lease != nullptr && (!token.ok() || !common::constant_time_equal(*token, lease->token))) {
+      log_.warn(link_->peer(), "lease_resume_refused", {{"lease", msg->lease}, {"reason", "token mismatch"}});
+      link_->reply_error(frame, Errc::refused, "lease " + msg->lease + ": the token does not match");
+      return;
+    }
+  }
   auto renewed = renew_lease(msg->lease, std::chrono::milliseconds(msg->length_ms));
   if (!renewed.ok()) {
     link_->reply_error(frame, static_cast<Errc>(renewed.error().code.value()), renewed.error().detail);

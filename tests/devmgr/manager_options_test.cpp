@@ -18,6 +18,25 @@ TEST_CASE("the example devmgr config in packaging/ is valid and read completely"
   CHECK(options.dtu_listen.port == 4711);
   CHECK(options.heartbeat_interval == std::chrono::seconds(1));
   CHECK(options.heartbeat_misses == 3);
+  CHECK(options.socket_mode == 0660);
+  CHECK(options.policy_file == "/etc/dtubroker/policy.json");
+}
+
+TEST_CASE("socket_mode is an octal string; anything else names the key") {
+  ManagerOptions options;
+  ConfigReader good(nlohmann::json{{"socket_mode", "0666"}}, "devmgr.json");
+  REQUIRE(apply_config(good, options).ok());
+  CHECK(options.socket_mode == 0666);
+  for (const char* bad : {"666x", "", "0999", "01777", "rw-rw----"}) {
+    ConfigReader config(nlohmann::json{{"socket_mode", bad}}, "devmgr.json");
+    auto applied = apply_config(config, options);
+    if (std::string(bad).empty()) {
+      CHECK(applied.ok());  // empty: the key keeps its default
+      continue;
+    }
+    REQUIRE_FALSE(applied.ok());
+    CHECK(applied.error().detail.find("socket_mode") != std::string::npos);
+  }
 }
 
 TEST_CASE("a devmgr config error names the file, the key and what was expected") {

@@ -6,30 +6,49 @@
 //   awaiting_hello --client_hello--> ready
 //
 // Legal messages (all requests): awaiting_hello: client_hello. ready: list_devices, allocate,
-// renew, release (handed to the LeaseBroker; the manager may send lease_ended notifies). Anything
-// else, a filament opened by the client, or no hello within the timeout closes this
-// connection with a logged reason. Runs on the manager's io_context thread.
+// renew, release, resume_lease (the LeaseBroker), register_finder, unregister_finder (the
+// FinderRegistry), list_finders, list_leases, list_sessions, get_policy, and the administrators'
+// session_attach, session_detach, reload_policy (others get Errc::denied). The manager sends
+// lease_ended and finder_* notifies. Anything else, a filament opened by the client, or no hello
+// within the timeout closes this connection with a logged reason. When the connection closes its
+// finders are dropped and its leases released (after the current handler, never inside it).
+// Runs on the manager's io_context thread.
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "dtu/common/async.hpp"
 #include "dtu/common/link.hpp"
 #include "dtu/common/log.hpp"
 #include "dtu/common/net.hpp"
+#include "dtu/common/service_messages.hpp"
 #include "dtu/devmgr/device_list.hpp"
+#include "dtu/devmgr/finder_registry.hpp"
 #include "dtu/devmgr/lease_broker.hpp"
 
 namespace dtu::devmgr {
+
+// What a client session may use of its manager. The functions are the manager's own operations
+// (sessions and policy change state beyond one client).
+struct ClientServices {
+  const DeviceList* devices = nullptr;
+  LeaseBroker* leases = nullptr;
+  FinderRegistry* finders = nullptr;
+  std::function<std::vector<common::SessionInfo>()> list_sessions;
+  std::function<common::Result<void>(const common::SessionAttachMsg&)> attach_session;
+  std::function<common::Result<void>(const std::string& session)> detach_session;
+  std::function<common::PolicyInfoMsg()> policy_info;
+  std::function<common::Result<common::PolicyInfoMsg>()> reload_policy;
+};
 
 class ClientSession : public std::enable_shared_from_this<ClientSession> {
  public:
   enum class State { awaiting_hello, ready, closed };
 
   ClientSession(std::shared_ptr<common::Link> link, common::PeerCredentials credentials, std::string manager_id,
-                const DeviceList& devices, LeaseBroker& leases, common::Logger log,
-                std::chrono::milliseconds hello_timeout);
+                ClientServices services, common::Logger log, std::chrono::milliseconds hello_timeout);
 
   // `on_closed` runs once when the connection ends.
   void start(std::function<void(const std::shared_ptr<ClientSession>&)> on_closed);
@@ -38,6 +57,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   const common::PeerCredentials& credentials() const { return credentials_; }
   // How DTUs and logs name this client as a lease holder: "<program>[<pid>]@<manager>".
   std::string holder_name() const;
+  // The program name the client gave in its hello (self-declared: for logs and the policy's
+  // `service` field, never for access decisions).
+  const std::string& client_name() const { return client_name_; }
   // Sends an event (lease_ended) to the client.
   void notify(common::Frame frame) { link_->notify(common::FilamentMux::kControlFilament, std::move(frame)); }
   static bool is_legal(State state, common::MessageType type);
@@ -48,12 +70,18 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // Answers `to` with the message, or with the error.
   template <typename M>
   void answer(const common::Frame& to, const common::Result<M>& result);
+  void answer_void(const common::Frame& to, const common::Result<void>& result);
+  // False (and answers denied) when the caller is not an administrator.
+  bool require_admin(const common::Frame& request, const char* what);
+  void on_request(const common::Frame& frame);
+  // Decodes a request of type M, or closes the connection naming what was wrong.
+  template <typename M>
+  std::optional<M> decode(const common::Frame& frame);
 
   std::shared_ptr<common::Link> link_;
   common::PeerCredentials credentials_;
   std::string manager_id_;
-  const DeviceList& devices_;
-  LeaseBroker& leases_;
+  ClientServices services_;
   common::Logger log_;
   std::chrono::milliseconds hello_timeout_;
   std::unique_ptr<common::DeadlineGuard> hello_deadline_;

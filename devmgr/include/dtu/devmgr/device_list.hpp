@@ -3,9 +3,13 @@
 // Records of one DTU are ordered by their stamp (boot_epoch, seq), generated on the DTU:
 // an update older than what the list holds for that DTU is stale and ignored, whatever
 // order the network delivered them in. Receive time never decides anything.
+// Every applied change is reported to the listener after the list holds it (the finder registry
+// and the lease broker follow the list this way).
 // Not thread-safe: owned by the manager, used on its io_context thread.
 
 #include <cstddef>
+#include <functional>
+#include <string_view>
 #include <map>
 #include <optional>
 #include <string>
@@ -19,6 +23,15 @@ class DeviceList {
  public:
   enum class Applied { applied, stale };
 
+  struct Listener {
+    // A record was added (`before` null) or replaced.
+    std::function<void(const common::DeviceRecord* before, const common::DeviceRecord& now)> updated;
+    // A record left the list: reason "detached" (unplugged, or absent from a newer snapshot) or
+    // "dtu_lost" (drop_dtu).
+    std::function<void(const common::DeviceRecord& gone, std::string_view reason)> removed;
+  };
+  void set_listener(Listener listener) { listener_ = std::move(listener); }
+
   // Replaces every record of `dtu` with `devices` (a snapshot).
   Applied replace(const std::string& dtu, const common::Stamp& stamp, std::vector<common::DeviceRecord> devices);
   // Adds or replaces one record.
@@ -31,6 +44,8 @@ class DeviceList {
 
   // Records sorted by (dtu, device); all DTUs, or only `dtu`.
   std::vector<common::DeviceRecord> list(const std::optional<std::string>& dtu = std::nullopt) const;
+  // The record of one device, or nullptr.
+  const common::DeviceRecord* find(const std::string& dtu, const std::string& device) const;
   std::size_t device_count() const;
   std::size_t dtu_count() const { return devices_.size(); }
 
@@ -40,6 +55,7 @@ class DeviceList {
 
   std::map<std::string, std::map<std::string, common::DeviceRecord>> devices_;  // dtu -> port -> record
   std::map<std::string, common::Stamp> last_stamp_;
+  Listener listener_;
 };
 
 }  // namespace dtu::devmgr

@@ -1,26 +1,35 @@
 #pragma once
-// LeaseBroker: the manager's part in allocation on one server (DESIGN.md §5, steps 1, 4 and 5):
-// it forwards a local service's allocate / renew / release to the DTU that has the unit,
-// remembers which client holds which lease, tells the holder when its lease ends, and releases a
-// client's leases when its connection closes (a dead service holds nothing). The DTU has the
-// final word on every lease; this is routing and bookkeeping.
+// LeaseBroker: the manager's part in allocation on one server (DESIGN.md §5). It applies the
+// policy to a local service's allocate, forwards allocate / renew / release to the DTU that has
+// the unit (the DTU has the final word), queues services that chose to wait for a held unit and
+// retries them in order when the unit frees, remembers which client holds which lease, tells the
+// holder when its lease ends, and releases a client's leases when its connection closes (a dead
+// service holds nothing) unless an administrator asked to keep them.
 //
-// Only the client that obtained a lease, or another connection of the same uid (a service that
-// reconnected), may renew or release it. Policy, finders and group-wide forwarding come with the
-// brokering and mesh issues.
+// Access: only the client that obtained a lease, another connection of the same uid (a service
+// that reconnected), or an administrator may renew or release it. Group-wide forwarding comes
+// with the mesh (issue 5): everything here concerns DTUs connected to this manager.
 //
 // Runs on the manager's io_context thread.
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
 #include <string>
 
+#include <asio.hpp>
+
+#include "dtu/common/async.hpp"
 #include "dtu/common/clock.hpp"
 #include "dtu/common/log.hpp"
 #include "dtu/common/messages.hpp"
 #include "dtu/common/result.hpp"
+#include "dtu/common/service_messages.hpp"
+#include "dtu/devmgr/device_list.hpp"
+#include "dtu/devmgr/policy.hpp"
+#include "dtu/devmgr/session_table.hpp"
 
 namespace dtu::devmgr {
 
@@ -29,6 +38,8 @@ class DtuSession;
 
 // How long the manager waits for a DTU's answer to a lease operation.
 inline constexpr common::Duration kLeaseRequestTimeout = std::chrono::seconds(10);
+// The longest a service may wait for a held unit in one allocate.
+inline constexpr std::uint32_t kMaxAllocateWaitMs = 24 * 60 * 60 * 1000;
 
 class LeaseBroker {
  public:
@@ -36,45 +47,90 @@ class LeaseBroker {
   template <typename T>
   using Done = std::function<void(common::Result<T>)>;
 
-  LeaseBroker(std::string manager_id, DtuLookup lookup, common::Logger log)
-      : manager_id_(std::move(manager_id)), lookup_(std::move(lookup)), log_(std::move(log)) {}
+  struct Context {
+    std::string manager_id;
+    asio::any_io_executor executor;
+    const common::Clock* clock = nullptr;
+    DtuLookup lookup;
+    const DeviceList* devices = nullptr;
+    const SessionTable* sessions = nullptr;
+    std::function<const Policy&()> policy;
+  };
 
-  // Asks the DTU for the unit on behalf of `client`. The grant carries the token and the
-  // in-band endpoint. Errors: Errc::not_found (DTU not connected here, no such device or unit),
-  // Errc::refused (held: the reason names the holder), Errc::unavailable, Errc::timeout.
+  LeaseBroker(Context context, common::Logger log);
+  ~LeaseBroker();
+  LeaseBroker(const LeaseBroker&) = delete;
+  LeaseBroker& operator=(const LeaseBroker&) = delete;
+
+  // Asks the DTU for the unit on behalf of `client`, after the policy allowed it. The grant
+  // carries the token and the in-band endpoint. Errors: Errc::not_found (DTU not connected here,
+  // no such device or unit), Errc::denied (policy, per-user limit, keep without being an
+  // administrator), Errc::refused (held: the reason names the holder; after wait_ms when the
+  // request waited), Errc::unavailable, Errc::timeout.
   void allocate(const std::shared_ptr<ClientSession>& client, common::AllocateMsg request,
                 Done<common::LeaseGrantedMsg> done);
-  // Errc::not_found: no such lease here; Errc::refused: the lease belongs to another uid.
+  // Errc::not_found: no such lease here; Errc::denied: the lease belongs to another uid.
   void renew(const std::shared_ptr<ClientSession>& client, common::RenewMsg request,
              Done<common::LeaseGrantedMsg> done);
   void release(const std::shared_ptr<ClientSession>& client, common::ReleaseMsg request, Done<void> done);
+  // A client takes over a lease it held before a reconnect; the DTU checks the token.
+  void resume(const std::shared_ptr<ClientSession>& client, common::ResumeLeaseMsg request,
+              Done<common::LeaseGrantedMsg> done);
 
-  // The client's connection closed: release every lease it holds. A DTU that is not connected
-  // cannot be told; its lease then ends by expiry on the DTU.
+  // The client's connection closed: drop its waits and release every lease it holds (but kept
+  // ones). A DTU that is not connected cannot be told; its lease then ends by expiry on the DTU.
   void client_closed(const ClientSession* client);
   // A DTU reports that a lease ended: forget it and tell the holder.
   void lease_ended(const common::LeaseEndedMsg& ended);
+  // A device record changed: a unit that became free hands itself to its first waiter.
+  void device_updated(const common::DeviceRecord& record);
+  // The DTU's link ended: its leases' holders are told (reason dtu_lost) and its waits fail.
+  void dtu_lost(const std::string& dtu);
 
+  std::vector<common::LeaseInfo> list() const;
   std::size_t size() const { return leases_.size(); }
+  std::size_t waiting() const;
 
  private:
   struct Held {
     std::string dtu;
     std::string device;
     std::uint32_t unit = 0;
+    std::string holder;
     std::weak_ptr<ClientSession> client;
     const ClientSession* client_key = nullptr;  // identity only, never dereferenced
     unsigned uid = 0;
+    bool keep = false;
+    std::uint32_t length_ms = 0;
+    std::uint32_t max_lease_ms = 0;  // the policy's cap at allocation, applied to renewals; 0: none
+    common::MonoTime expires{};
   };
+  using UnitKey = std::tuple<std::string, std::string, std::uint32_t>;  // (dtu, device, unit)
+  struct Waiter;
 
   // The lease, if `client` may act on it; the error otherwise.
   common::Result<Held> check_holder(const ClientSession& client, const std::string& dtu, const std::string& lease) const;
+  // Sends the lease request for an allocation the policy allowed; `done` gets the DTU's answer.
+  void ask_dtu(const std::shared_ptr<ClientSession>& client, const common::AllocateMsg& request,
+               const PolicyVerdict& verdict, Done<common::LeaseGrantedMsg> done);
+  void enqueue(const std::shared_ptr<ClientSession>& client, const common::AllocateMsg& request,
+               const PolicyVerdict& verdict, common::Error refusal, Done<common::LeaseGrantedMsg> done);
+  // Offers the unit to its first waiter, if it has one and none is being tried.
+  void kick(const UnitKey& unit);
+  void finish_waiter(const UnitKey& unit, const std::shared_ptr<Waiter>& waiter,
+                     common::Result<common::LeaseGrantedMsg> result);
   void send_release(const std::string& dtu, const std::string& lease, Done<void> done);
+  void remember(const common::LeaseGrantedMsg& granted, const std::shared_ptr<ClientSession>& client,
+                std::uint32_t length_ms, std::uint32_t max_lease_ms, bool keep);
 
-  std::string manager_id_;
-  DtuLookup lookup_;
+  Context context_;
   common::Logger log_;
   std::map<std::string, Held> leases_;  // by lease id
+  std::map<UnitKey, std::deque<std::shared_ptr<Waiter>>> waiting_;
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);
 };
+
+// Whether a local client may do what only administrators may: root, or the uid devmgr runs as.
+bool is_admin(unsigned uid);
 
 }  // namespace dtu::devmgr

@@ -20,12 +20,17 @@ struct ManagerOptions {
   // Owner and group may connect; services run in the socket's group (docs/operations.md).
   unsigned socket_mode = 0660;
   std::string site_dtu_key_file = "/etc/dtubroker/site-dtu.key";
+  // The allocation policy (docs/policy.md); empty: the built-in policy (allow all, 60 s leases).
+  std::string policy_file;
   std::chrono::milliseconds heartbeat_interval{1000};
   std::uint32_t heartbeat_misses = 3;
   std::chrono::milliseconds handshake_timeout{5000};  // TLS plus hello
   std::size_t max_frame_bytes = common::kDefaultMaxPayload;
   std::string log_level = "info";
 };
+
+// Reads a socket mode written in octal ("0660"). Errc::config_error otherwise.
+common::Result<unsigned> parse_socket_mode(const std::string& text);
 
 // Reads the keys of a devmgr config file into `options` (absent keys keep their value).
 // Errors name the file, the key and what was expected; unknown keys are errors.
