@@ -79,7 +79,7 @@ ConfigReader::ConfigReader(nlohmann::json doc, std::string origin)
   }
 }
 
-Result<ConfigReader> ConfigReader::load(const std::string& path) {
+Result<nlohmann::json> load_json_file(const std::string& path) {
   const auto cannot_read = [&path](int err) {
     return Error{Errc::config_error, path + ": cannot read: " + std::generic_category().message(err)};
   };
@@ -91,9 +91,8 @@ Result<ConfigReader> ConfigReader::load(const std::string& path) {
   while ((n = std::fread(buf, 1, sizeof buf, file.get())) > 0) text.append(buf, n);
   if (std::ferror(file.get())) return cannot_read(errno);
 
-  nlohmann::json doc;
   try {
-    doc = nlohmann::json::parse(text);
+    return nlohmann::json::parse(text);
   } catch (const nlohmann::json::parse_error& e) {
     // e.byte counts the characters read, the offending one included.
     const auto [line, column] = line_and_column(text, e.byte > 0 ? e.byte - 1 : 0);
@@ -110,7 +109,12 @@ Result<ConfigReader> ConfigReader::load(const std::string& path) {
     const std::string_view why = bracket == std::string_view::npos ? what : what.substr(bracket + 2);
     return Error{Errc::config_error, path + ": invalid JSON: " + std::string(why)};
   }
-  ConfigReader reader(std::move(doc), path);
+}
+
+Result<ConfigReader> ConfigReader::load(const std::string& path) {
+  auto doc = load_json_file(path);
+  if (!doc.ok()) return doc.error();
+  ConfigReader reader(std::move(doc.value()), path);
   if (!reader.ok()) return reader.error();
   return reader;
 }

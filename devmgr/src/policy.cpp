@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "dtu/common/check.hpp"
+#include "dtu/common/config.hpp"
 
 namespace dtu::devmgr {
 
@@ -130,49 +131,6 @@ bool any_glob_matches(const std::vector<std::string>& patterns, const std::strin
                      [&text](const std::string& p) { return glob_matches(p, text); });
 }
 
-// The line and column (both from 1) of the character at `offset`.
-std::pair<std::size_t, std::size_t> line_and_column(std::string_view text, std::size_t offset) {
-  offset = std::min(offset, text.size());
-  const std::string_view before = text.substr(0, offset);
-  const std::size_t line = 1 + static_cast<std::size_t>(std::count(before.begin(), before.end(), '\n'));
-  const std::size_t last_newline = before.rfind('\n');
-  const std::size_t column = last_newline == std::string_view::npos ? offset + 1 : offset - last_newline;
-  return {line, column};
-}
-
-// The JSON document in the file at `path`; errors as ConfigReader::load words them.
-common::Result<json> read_json_file(const std::string& path) {
-  const auto cannot_read = [&path](int err) {
-    return common::Error{common::Errc::config_error,
-                         path + ": cannot read: " + std::generic_category().message(err)};
-  };
-  const std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "rb"), &std::fclose);
-  if (!file) return cannot_read(errno);
-  std::string text;
-  char buf[4096];
-  std::size_t n = 0;
-  while ((n = std::fread(buf, 1, sizeof buf, file.get())) > 0) text.append(buf, n);
-  if (std::ferror(file.get())) return cannot_read(errno);
-  try {
-    return json::parse(text);
-  } catch (const json::parse_error& e) {
-    // e.byte counts the characters read, the offending one included.
-    const auto [line, column] = line_and_column(text, e.byte > 0 ? e.byte - 1 : 0);
-    // what() is "[json.exception.parse_error.N] parse error at line L, column C: <why>".
-    const std::string_view what = e.what();
-    const std::size_t colon = what.find(": ");
-    const std::string_view why = colon == std::string_view::npos ? what : what.substr(colon + 2);
-    return common::Error{common::Errc::config_error, path + ":" + std::to_string(line) + ":" +
-                                                         std::to_string(column) +
-                                                         ": invalid JSON: " + std::string(why)};
-  } catch (const json::exception& e) {
-    // A number beyond double ("1e500") throws out_of_range, which has no position.
-    const std::string_view what = e.what();
-    const std::size_t bracket = what.find("] ");
-    const std::string_view why = bracket == std::string_view::npos ? what : what.substr(bracket + 2);
-    return common::Error{common::Errc::config_error, path + ": invalid JSON: " + std::string(why)};
-  }
-}
 
 const json& builtin_document() {
   static const json document = {
@@ -379,7 +337,7 @@ common::Result<Policy> Policy::parse(const json& document, const std::string& so
 }
 
 common::Result<Policy> Policy::load(const std::string& path) {
-  auto document = read_json_file(path);
+  auto document = common::load_json_file(path);
   if (!document) return document.error();
   return parse(*document, path);
 }

@@ -31,6 +31,10 @@
 
 namespace dtu::common {
 
+// The JSON document in the file at `path` (any JSON value). Errc::config_error:
+// "<path>: cannot read: <strerror>", "<path>:<line>:<col>: invalid JSON: <why>".
+Result<nlohmann::json> load_json_file(const std::string& path);
+
 class ConfigReader {
  public:
   // `origin` names the document in errors (normally the file name).
