@@ -52,13 +52,11 @@ class ManagerClient {
   }
 
   // Sends any client request and reads the reply as R (AckMsg for requests answered with ack).
-  // The manager's error reply comes back as its Errc and reason.
+  // The manager's error reply comes back as its Errc and reason. Not a coroutine itself: the
+  // request is encoded at the call, so a temporary argument may die before the co_await.
   template <typename R, typename M>
   asio::awaitable<common::Result<R>> call(const M& request, common::Duration timeout) {
-    auto pending = link_->request(common::FilamentMux::kControlFilament, common::to_frame(request), timeout);
-    auto answer = co_await std::move(pending);
-    if (!answer.ok()) co_return answer.error();
-    co_return common::from_frame<R>(*answer);
+    return decode_reply<R>(link_->request(common::FilamentMux::kControlFilament, common::to_frame(request), timeout));
   }
 
   // Called, on the io_context thread, for every other event the manager sends (finder_matched,
@@ -80,6 +78,13 @@ class ManagerClient {
     std::function<void(const common::Error&)> closed;
     bool open = true;
   };
+
+  template <typename R>
+  static asio::awaitable<common::Result<R>> decode_reply(asio::awaitable<common::Result<common::Frame>> pending) {
+    auto answer = co_await std::move(pending);
+    if (!answer.ok()) co_return answer.error();
+    co_return common::from_frame<R>(*answer);
+  }
 
   ManagerClient(std::shared_ptr<common::Link> link, std::string manager_id, std::shared_ptr<State> state)
       : link_(std::move(link)), manager_id_(std::move(manager_id)), state_(std::move(state)) {}
