@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The dtubroker demo: a device manager and a desktop-unit agent with the simulated USB backend
 # (demo/sim-devices.json: a printer and a printer/scanner/storage device) on loopback. It shows
-# the device table, plugs a smart-card reader in at run time, shows the table again, then keeps
-# running until Ctrl-C, which stops everything it started.
+# the device table, plugs a smart-card reader in at run time, shows the table again, prints a page
+# in-band with dtu-unit, lets a sample service find a printer, lease it, print a test page and
+# release it, then keeps running until Ctrl-C, which stops everything it started.
 #
 #   make demo          # or: demo/run.sh       (runs until Ctrl-C)
 #   make demo ONCE=1   # or: ONCE=1 demo/run.sh (one pass; exit 0 only if every step worked)
@@ -21,7 +22,8 @@ agent=$BUILD/dtu-agent/dtu-agent
 simctl=$BUILD/dtu-agent/dtu-simctl
 ctl=$BUILD/services/devmgrctl
 unit=$BUILD/services/dtu-unit
-for program in "$devmgr" "$agent" "$simctl" "$ctl" "$unit"; do
+sample=$BUILD/services/dtu-sample-service
+for program in "$devmgr" "$agent" "$simctl" "$ctl" "$unit" "$sample"; do
   [[ -x $program ]] || { echo "demo: $program is missing; run 'make build' first" >&2; exit 1; }
 done
 
@@ -92,6 +94,23 @@ expected=$(printf '%s' "$page" | od -An -v -tx1 | tr -d ' \n')
 echo "the simulated printer received ${#page} bytes, exactly the page; the lease was released:"
 "$ctl" --socket "$run/m1.sock" devices --json | jq -r '.[] | select(.device == "1-1") | .units[0] | "unit 0: \(.state)"'
 
+step "a sample service (dtu-sample-service, libdtu-client): printer finder, lease, test page in-band, release"
+captured_hex() { "$simctl" --socket "$run/$DTU-sim.sock" captured "$1" 0x01 | jq -r .hex; }
+declare -A before
+for port in 1-1 1-2; do before[$port]=$(captured_hex "$port"); done
+test_page=$'\eEdtubroker test page: found by a finder, leased through m1, printed in-band by dtu-sample-service.\r\n\f\eE'
+printf '%s' "$test_page" >"$run/test-page.prn"
+"$sample" --socket "$run/m1.sock" --finder '{"function": "printer"}' --page "$run/test-page.prn" |
+  tee "$run/sample-service.out" || fail "the sample service failed"
+# "allocated lease <id> on <dtu> <device> unit <n> ...": the printer it chose.
+chosen=$(awk '$1 == "allocated" { print $6; exit }' "$run/sample-service.out")
+[[ -n $chosen && -n ${before[$chosen]+set} ]] || fail "the sample service did not say which printer it leased"
+expected=${before[$chosen]}$(printf '%s' "$test_page" | od -An -v -tx1 | tr -d ' \n')
+[[ $(captured_hex "$chosen") == "$expected" ]] || fail "the simulated printer $chosen did not receive the test page"
+echo "the simulated printer $chosen received the ${#test_page}-byte test page; its units now:"
+"$ctl" --socket "$run/m1.sock" devices --json |
+  jq -r --arg d "$chosen" '.[] | select(.device == $d) | .units[] | "unit \(.unit) (\(.function)): \(.state)"'
+
 if [[ -n $ONCE ]]; then
   step "demo passed"
   exit 0
@@ -104,6 +123,7 @@ The demo keeps running. In another terminal:
   $simctl --socket $run/$DTU-sim.sock list | unplug 1-2 | plug 1-2
   echo hello | $unit --socket $run/m1.sock --dtu $DTU --device 1-1 --unit 0 write
   $unit --socket $run/m1.sock --dtu $DTU --device 1-1 --unit 0 device-id
+  $sample --socket $run/m1.sock            (or --hold, and watch: $ctl --socket $run/m1.sock leases)
 Logs: $run/m1.log, $run/$DTU.log
 Press Ctrl-C to stop.
 TEXT

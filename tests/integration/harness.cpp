@@ -413,6 +413,7 @@ std::string binary_path(std::string_view name) {
       {"dtu-simctl", "dtu-agent/dtu-simctl"},
       {"devmgrctl", "services/devmgrctl"},
       {"dtu-unit", "services/dtu-unit"},
+      {"dtu-sample-service", "services/dtu-sample-service"},
   };
   const auto it = kPrograms.find(name);
   if (it == kPrograms.end()) throw std::invalid_argument("binary_path: unknown program " + std::string(name));

@@ -1,6 +1,8 @@
 #include "site.hpp"
 
 #include <algorithm>
+#include <csignal>
+#include <iterator>
 #include <stdexcept>
 
 #include <doctest/doctest.h>
@@ -47,15 +49,38 @@ Site::Manager& Site::start_manager(const std::string& id, const std::string& ip,
                                    "--heartbeat-ms", std::to_string(kTestHeartbeatMs),
                                    "--heartbeat-misses", std::to_string(kTestHeartbeatMisses)};
   argv.insert(argv.end(), extra.begin(), extra.end());
+  m->argv = argv;
   m->process = std::make_unique<Process>(argv, dir_.path(), Environment{}, id);
-  std::smatch match;
-  const std::regex listening(R"( listening .* dtu=([0-9.]+:[0-9]+) )");
-  if (!m->process->wait_for_log(listening, kSettle, &match)) {
-    throw std::runtime_error("devmgr " + id + " did not start listening:\n" + m->process->log());
-  }
-  m->address = match[1].str();
+  m->address = wait_listening(*m);
   managers_.push_back(std::move(m));
   return *managers_.back();
+}
+
+std::string Site::wait_listening(Manager& m) {
+  std::smatch match;
+  const std::regex listening(R"( listening .* dtu=([0-9.]+:[0-9]+) )");
+  if (!m.process->wait_for_log(listening, kSettle, &match)) {
+    throw std::runtime_error("devmgr " + m.id + " did not start listening:\n" + m.process->log());
+  }
+  return match[1].str();
+}
+
+void Site::kill_manager(Manager& m) {
+  m.process->signal(SIGKILL);
+  if (!m.process->wait_exit(kSettle)) throw std::runtime_error("devmgr " + m.id + " survived SIGKILL");
+}
+
+void Site::restart_manager(Manager& m) {
+  if (!m.process->exit_status()) kill_manager(m);
+  std::vector<std::string> argv = m.argv;
+  // The same port: the agents reconnect to the address they know.
+  auto listen = std::find(argv.begin(), argv.end(), "--dtu-listen");
+  if (listen != argv.end() && std::next(listen) != argv.end()) *std::next(listen) = m.address;
+  m.process = std::make_unique<Process>(argv, dir_.path(), Environment{}, m.id);
+  const std::string address = wait_listening(m);
+  if (address != m.address) {
+    throw std::runtime_error("devmgr " + m.id + " came back on " + address + ", not " + m.address);
+  }
 }
 
 Site::Agent& Site::start_agent(const std::string& id, const std::vector<std::string>& managers,
@@ -98,6 +123,17 @@ nlohmann::json Site::devices(const Manager& m) {
   auto r = devmgrctl(m, {"devices", "--json"});
   REQUIRE_MESSAGE(r.exit_code == 0, "devmgrctl devices --json failed: " << r.err);
   return nlohmann::json::parse(r.out);
+}
+
+nlohmann::json Site::unit(const Manager& m, const std::string& dtu, const std::string& device,
+                          std::uint32_t unit) {
+  for (const auto& d : devices(m)) {
+    if (d.at("dtu") != dtu || d.at("device") != device) continue;
+    for (const auto& u : d.at("units")) {
+      if (u.at("unit") == unit) return u;
+    }
+  }
+  return nullptr;
 }
 
 CommandResult Site::simctl(const Agent& a, std::vector<std::string> args) {

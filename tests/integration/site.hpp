@@ -30,6 +30,7 @@ class Site {
     std::string address;  // "127.0.0.x:port" where DTUs connect
     std::filesystem::path socket;
     std::unique_ptr<Process> process;
+    std::vector<std::string> argv;  // how it was started (restart_manager starts it again)
   };
   struct Agent {
     std::string id;
@@ -47,6 +48,11 @@ class Site {
 
   // Starts a devmgr on `ip` (port chosen by the kernel) and waits until it listens.
   Manager& start_manager(const std::string& id, const std::string& ip, std::vector<std::string> extra = {});
+  // Kills a manager with SIGKILL (a crash: it cleans nothing up) and waits until it has exited.
+  void kill_manager(Manager& m);
+  // Starts a killed (or stopped) manager again with its arguments, on the same DTU address and
+  // port and the same socket, and waits until it listens. Its log is <id>-2.err, -3, ….
+  void restart_manager(Manager& m);
   // Starts a dtu-agent on the simulated backend (demo/sim-devices.json) with its own derived key,
   // unless `extra` gives --backend or --key.
   Agent& start_agent(const std::string& id, const std::vector<std::string>& managers,
@@ -55,9 +61,16 @@ class Site {
   CommandResult devmgrctl(const Manager& m, std::vector<std::string> args);
   // `devmgrctl devices --json`, parsed; CHECKs the command succeeded.
   nlohmann::json devices(const Manager& m);
+  // Unit `unit` of `device` on DTU `dtu` as devices() shows it (state, holder, lease, …); null
+  // when the manager does not list it.
+  nlohmann::json unit(const Manager& m, const std::string& dtu, const std::string& device,
+                      std::uint32_t unit);
   CommandResult simctl(const Agent& a, std::vector<std::string> args);
 
  private:
+  // Waits until the manager logs that it listens; its DTU address.
+  std::string wait_listening(Manager& m);
+
   TempDir dir_;
   std::filesystem::path site_key_;
   std::map<std::string, std::filesystem::path> dtu_keys_;
