@@ -320,6 +320,17 @@ TEST_CASE(
   CHECK(ctl_json(site, m, {"policy", "reload"}) ==
         json{{"source", policy_file.string()}, {"policy", json::parse(second)}});
   CHECK(ctl_json(site, m, {"policy"}).at("policy") == json::parse(second));
+
+  // SIGHUP (systemctl reload) does the same: a broken file is logged and changes nothing, a good
+  // one is in force afterwards.
+  write_file(policy_file, "{ \"rules\": [ }\n");
+  m.process->signal(SIGHUP);
+  CHECK(m.process->wait_for_log(std::regex("policy_reload_failed.*policy\\.json:1:"), kSettle));
+  CHECK(ctl_json(site, m, {"policy"}).at("policy") == json::parse(second));
+  const std::string third = R"({ "defaults": { "lease_ms": 5000 }, "rules": [] })";
+  write_file(policy_file, third);
+  m.process->signal(SIGHUP);
+  CHECK(eventually([&] { return ctl_json(site, m, {"policy"}).at("policy") == json::parse(third); }, kSettle));
 }
 
 TEST_CASE("devmgrctl says the manager is unreachable with exit code 3") {
