@@ -10,6 +10,8 @@
 #include <fstream>
 #include <string>
 
+#include "support/temp_dir.hpp"
+
 namespace {
 
 using dtu::common::as_bytes;
@@ -27,26 +29,7 @@ Bytes hex(std::string_view text) {
 
 Bytes repeated(std::uint8_t value, std::size_t n) { return Bytes(n, value); }
 
-// A fresh directory under the system temp dir, removed with everything in it at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "dtu_crypto_test.XXXXXX").string();
-    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  std::filesystem::path path_;
-};
+using TempDir = dtu::testing::UnitTempDir;
 
 void write_text(const std::string& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -187,7 +170,7 @@ TEST_CASE("derive_pair_key is symmetric in its ids and differs per pair") {
 
 TEST_CASE("write_key_file then load_key_file returns the same key in a 0600 file") {
   TempDir dir;
-  const std::string path = dir.file("group.key");
+  const std::string path = dir.path("group.key");
   const SecretKey key = dtu::common::generate_key();
   CHECK(key.bytes.size() == 32);
   REQUIRE(dtu::common::write_key_file(path, key).ok());
@@ -201,7 +184,7 @@ TEST_CASE("write_key_file then load_key_file returns the same key in a 0600 file
 
 TEST_CASE("write_key_file tightens an existing file to 0600 and replaces its content") {
   TempDir dir;
-  const std::string path = dir.file("site.key");
+  const std::string path = dir.path("site.key");
   write_text(path, "old content that is much longer than a key file would ever be............\n");
   REQUIRE(::chmod(path.c_str(), 0644) == 0);
   const SecretKey key{hex(kKeyHex)};
@@ -214,8 +197,8 @@ TEST_CASE("write_key_file tightens an existing file to 0600 and replaces its con
 
 TEST_CASE("write_key_file refuses to follow a symlink") {
   TempDir dir;
-  const std::string target = dir.file("target");
-  const std::string link = dir.file("link.key");
+  const std::string target = dir.path("target");
+  const std::string link = dir.path("link.key");
   write_text(target, "untouched");
   REQUIRE(::symlink(target.c_str(), link.c_str()) == 0);
   const auto written = dtu::common::write_key_file(link, dtu::common::generate_key());
@@ -227,7 +210,7 @@ TEST_CASE("write_key_file refuses to follow a symlink") {
 
 TEST_CASE("load_key_file accepts trailing whitespace and upper-case hex") {
   TempDir dir;
-  const std::string path = dir.file("k");
+  const std::string path = dir.path("k");
   write_text(path, kKeyHex + " \r\n\n");
   auto loaded = dtu::common::load_key_file(path);
   REQUIRE(loaded.ok());
@@ -243,7 +226,7 @@ TEST_CASE("load_key_file accepts trailing whitespace and upper-case hex") {
 
 TEST_CASE("load_key_file rejects bad files with the path and the reason") {
   TempDir dir;
-  const std::string path = dir.file("bad.key");
+  const std::string path = dir.path("bad.key");
 
   SUBCASE("a missing file") {
     const auto r = dtu::common::load_key_file(path);
@@ -298,7 +281,7 @@ TEST_CASE("load_key_file rejects bad files with the path and the reason") {
     CHECK(r.error().detail.find("larger than") != std::string::npos);
   }
   SUBCASE("a directory") {
-    const auto r = dtu::common::load_key_file(dir.file(""));
+    const auto r = dtu::common::load_key_file(dir.path(""));
     REQUIRE_FALSE(r.ok());
     CHECK(r.error().code == Errc::config_error);
     CHECK(r.error().detail.find("not a regular file") != std::string::npos);
