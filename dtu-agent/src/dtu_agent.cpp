@@ -8,6 +8,7 @@
 #include "dtu/agent/record_builder.hpp"
 #include "dtu/agent/unit_rules.hpp"
 #include "dtu/common/async.hpp"
+#include "dtu/common/backoff.hpp"
 #include "dtu/common/messages.hpp"
 #include "dtu/common/net.hpp"
 #include "dtu/common/tls.hpp"
@@ -102,11 +103,8 @@ common::Stamp DtuAgent::next_stamp() {
 }
 
 common::Duration DtuAgent::backoff(unsigned attempt) {
-  const auto base = options_.reconnect_min * (1LL << std::min(attempt, 10U));
-  const auto capped = std::min<common::Duration>(base, options_.reconnect_max);
-  // Jitter in [0.5, 1.5): DTUs that lost the same manager do not all return at once.
-  std::uniform_real_distribution<double> jitter(0.5, 1.5);
-  return std::chrono::duration_cast<common::Duration>(capped * jitter(rng_));
+  // Jittered: DTUs that lost the same manager do not all return at once.
+  return common::backoff_delay(options_.reconnect_min, options_.reconnect_max, attempt, rng_);
 }
 
 asio::awaitable<void> DtuAgent::run() {

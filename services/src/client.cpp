@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "dtu/common/async.hpp"
+#include "dtu/common/backoff.hpp"
 #include "dtu/common/config.hpp"
 #include "dtu/common/crypto.hpp"
 #include "dtu/common/log.hpp"
@@ -41,26 +42,18 @@ std::uint32_t to_ms(Duration d) {
       std::clamp<std::int64_t>(ms, 0, std::numeric_limits<std::uint32_t>::max()));
 }
 
-// Reconnect and retry delays: min doubling up to max, each × a jitter in [0.5, 1.5) so that the
-// services of a restarted manager do not all come back in the same millisecond.
+// Reconnect and retry delays (common::backoff_delay), counting the failures since the last success.
 class Backoff {
  public:
-  Backoff(Duration min, Duration max) : min_(min), max_(std::max(min, max)) {}
+  Backoff(Duration min, Duration max) : min_(min), max_(max) {}
 
-  Duration next(std::mt19937_64& rng) {
-    Duration base = min_;
-    for (int i = 0; i < failures_ && base < max_; ++i) base *= 2;
-    base = std::min(base, max_);
-    ++failures_;
-    std::uniform_real_distribution<double> jitter(0.5, 1.5);
-    return std::chrono::duration_cast<Duration>(base * jitter(rng));
-  }
+  Duration next(std::mt19937_64& rng) { return common::backoff_delay(min_, max_, failures_++, rng); }
   void reset() { failures_ = 0; }
 
  private:
   Duration min_;
   Duration max_;
-  int failures_ = 0;
+  unsigned failures_ = 0;
 };
 
 // Whether a client-visible difference separates two records of one device (the stamp and the
