@@ -111,10 +111,12 @@ void from_json(const json& j, ClientWelcomeMsg& m) {
 void to_json(json& j, const ListDevicesMsg& m) {
   j = json::object();
   if (m.dtu) j["dtu"] = *m.dtu;
+  if (m.group) j["group"] = true;
 }
 void from_json(const json& j, ListDevicesMsg& m) {
   require_object(j);
   m.dtu = optional_field<std::string>(j, "dtu");
+  m.group = field_or(j, "group", false);
 }
 
 void to_json(json& j, const DeviceListMsg& m) { j = json{{"devices", m.devices}}; }

@@ -115,6 +115,7 @@ void to_json(json& j, const DeviceRecord& d) {
   j["units"] = d.units;
   j["stamp"] = d.stamp;
   j["owner"] = d.owner;
+  if (d.orphaned) j["orphaned"] = true;
 }
 
 void from_json(const json& j, DeviceRecord& d) {
@@ -133,6 +134,7 @@ void from_json(const json& j, DeviceRecord& d) {
   d.units = field<std::vector<UnitRecord>>(j, "units");
   d.stamp = field<Stamp>(j, "stamp");
   d.owner = field_or(j, "owner", std::string());
+  d.orphaned = field_or(j, "orphaned", false);
 }
 
 }  // namespace dtu::common

@@ -77,12 +77,17 @@ void from_json(const json& j, FinderGoneMsg& m) {
 void to_json(json& j, const FinderSyncedMsg& m) { j = json{{"finder_id", m.finder_id}}; }
 void from_json(const json& j, FinderSyncedMsg& m) { m.finder_id = field<std::uint64_t>(j, "finder_id"); }
 
-void to_json(json& j, const MatchRef& m) { j = json{{"dtu", m.dtu}, {"device", m.device}, {"units", m.units}}; }
+void to_json(json& j, const MatchRef& m) {
+  j = json{{"dtu", m.dtu}, {"device", m.device}, {"units", m.units}, {"owner", m.owner}};
+  if (m.orphaned) j["orphaned"] = true;
+}
 void from_json(const json& j, MatchRef& m) {
   require_object(j);
   m.dtu = field<std::string>(j, "dtu");
   m.device = field<std::string>(j, "device");
   m.units = unit_array(j, "units");
+  m.owner = field_or(j, "owner", std::string());
+  m.orphaned = field_or(j, "orphaned", false);
 }
 
 void to_json(json& j, const FinderInfo& m) {
@@ -177,5 +182,53 @@ void from_json(const json& j, ResumeLeaseMsg& m) {
   m.token = field<std::string>(j, "token");
   m.length_ms = field<std::uint32_t>(j, "length_ms");
 }
+
+void to_json(json& j, const GroupStatusMsg&) { j = json::object(); }
+void from_json(const json& j, GroupStatusMsg&) { require_object(j); }
+
+void to_json(json& j, const GroupMemberInfo& m) {
+  j = json{{"id", m.id},
+           {"address", m.address},
+           {"self", m.self},
+           {"state", m.state},
+           {"incarnation", m.incarnation},
+           {"finders_held", m.finders_held},
+           {"finders_sent", m.finders_sent},
+           {"last_error", m.last_error}};
+  if (m.rtt_ms) j["rtt_ms"] = *m.rtt_ms;
+  if (m.offset_ms) j["offset_ms"] = *m.offset_ms;
+  if (m.last_heard_ms_ago) j["last_heard_ms_ago"] = *m.last_heard_ms_ago;
+  if (m.dtus) j["dtus"] = *m.dtus;
+  if (m.devices) j["devices"] = *m.devices;
+}
+void from_json(const json& j, GroupMemberInfo& m) {
+  require_object(j);
+  m.id = field<std::string>(j, "id");
+  m.address = field<std::string>(j, "address");
+  m.self = field<bool>(j, "self");
+  m.state = field<std::string>(j, "state");
+  m.incarnation = field<std::uint64_t>(j, "incarnation");
+  m.rtt_ms = optional_field<double>(j, "rtt_ms");
+  m.offset_ms = optional_field<double>(j, "offset_ms");
+  m.last_heard_ms_ago = optional_field<std::uint64_t>(j, "last_heard_ms_ago");
+  m.dtus = optional_field<std::uint32_t>(j, "dtus");
+  m.devices = optional_field<std::uint32_t>(j, "devices");
+  m.finders_held = field<std::uint32_t>(j, "finders_held");
+  m.finders_sent = field<std::uint32_t>(j, "finders_sent");
+  m.last_error = field<std::string>(j, "last_error");
+}
+
+void to_json(json& j, const GroupInfoMsg& m) {
+  j = json{{"manager", m.manager}, {"incarnation", m.incarnation}, {"members", m.members}};
+}
+void from_json(const json& j, GroupInfoMsg& m) {
+  require_object(j);
+  m.manager = field<std::string>(j, "manager");
+  m.incarnation = field<std::uint64_t>(j, "incarnation");
+  m.members = field<std::vector<GroupMemberInfo>>(j, "members");
+}
+
+void to_json(json& j, const ReloadGroupMsg&) { j = json::object(); }
+void from_json(const json& j, ReloadGroupMsg&) { require_object(j); }
 
 }  // namespace dtu::common

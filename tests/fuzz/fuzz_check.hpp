@@ -233,6 +233,31 @@ inline void check_own_message(const common::Frame& frame) {
     case common::MessageType::resume_lease:
       check_message<common::ResumeLeaseMsg>(frame);
       break;
+    // group (client range): lead
+    case common::MessageType::group_status:
+      check_message<common::GroupStatusMsg>(frame);
+      break;
+    case common::MessageType::group_info:
+      check_message<common::GroupInfoMsg>(frame);
+      break;
+    case common::MessageType::reload_group:
+      check_message<common::ReloadGroupMsg>(frame);
+      break;
+    // peer handshake: helper "auth"
+    case common::MessageType::peer_auth_init:
+    case common::MessageType::peer_auth_challenge:
+    case common::MessageType::peer_auth_proof:
+    case common::MessageType::peer_welcome:
+      break;
+    // peer group messages: helper "group"
+    case common::MessageType::peer_ownership:
+    case common::MessageType::peer_allocate:
+    case common::MessageType::peer_renew:
+    case common::MessageType::peer_release:
+    case common::MessageType::peer_resume:
+    case common::MessageType::peer_status:
+    case common::MessageType::peer_status_reply:
+      break;
     case common::MessageType::inband_hello:
       check_message<common::InbandHelloMsg>(frame);
       break;
@@ -286,7 +311,10 @@ inline void check_every_message(const common::Frame& frame) {
                    common::ListFindersMsg, common::FinderListMsg, common::ListLeasesMsg, common::LeaseListMsg,
                    common::SessionAttachMsg, common::SessionDetachMsg, common::ListSessionsMsg,
                    common::SessionListMsg, common::GetPolicyMsg, common::PolicyInfoMsg, common::ReloadPolicyMsg,
-                   common::ResumeLeaseMsg>(frame);
+                   common::ResumeLeaseMsg, common::GroupStatusMsg, common::GroupInfoMsg,
+                   common::ReloadGroupMsg>(frame);
+  // peer handshake messages: helper "auth" adds check_all_refuse<...> here
+  // peer group messages: helper "group" adds check_all_refuse<...> here
 }
 
 }  // namespace dtu::fuzz

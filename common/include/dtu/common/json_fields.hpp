@@ -60,7 +60,7 @@ T to_integer(const nlohmann::json& v, const char* key) {
 template <typename T>
 T field(const nlohmann::json& j, const char* key) {
   try {
-    if constexpr (std::is_integral_v<T>) {
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
       return to_integer<T>(required_value(j, key), key);
     } else {
       return required_value(j, key).template get<T>();
@@ -74,7 +74,7 @@ T field(const nlohmann::json& j, const char* key) {
 template <typename T>
 std::optional<T> optional_field(const nlohmann::json& j, const char* key) {
   try {
-    if constexpr (std::is_integral_v<T>) {
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
       const nlohmann::json* value = optional_value(j, key);
       if (value == nullptr) return std::nullopt;
       return to_integer<T>(*value, key);

@@ -54,6 +54,23 @@ enum class MessageType : std::uint16_t {
   policy_info = 86,        // manager -> client: the policy in force and where it came from
   reload_policy = 87,      // admin -> manager: read the policy file again
   resume_lease = 88,       // client -> manager: take a lease over again after a reconnect
+  group_status = 89,       // client -> manager: request the state of every group member
+  group_info = 90,         // manager -> client: the members, their links and counts
+  reload_group = 91,       // admin -> manager: read the group file and keys again
+  // Manager <-> manager (peer mesh). The peer link also carries, with the same bodies:
+  // register_finder / unregister_finder (a forwarded finder), finder_matched / changed / gone /
+  // synced (its answers), list_devices / device_list and lease_ended (docs/protocol.md §6).
+  peer_auth_init = 128,       // dialer -> acceptor: ids and the dialer's nonce
+  peer_auth_challenge = 129,  // acceptor -> dialer: the acceptor's nonce and MAC (reply)
+  peer_auth_proof = 130,      // dialer -> acceptor: the dialer's MAC, its hello and purpose
+  peer_welcome = 131,         // acceptor -> dialer: authenticated; the acceptor's hello (reply)
+  peer_ownership = 136,       // owner -> every peer: DTUs it serves (stamped) and DTUs it lost
+  peer_allocate = 137,        // origin -> owner: allocate for a service of the origin (uid carried)
+  peer_renew = 138,           // origin -> owner: renew a lease for a service of the origin
+  peer_release = 139,         // origin -> owner: release a lease for a service of the origin
+  peer_resume = 140,          // origin -> owner: resume a lease for a service of the origin
+  peer_status = 141,          // manager -> peer: request its counts
+  peer_status_reply = 142,    // peer -> manager: DTUs, devices, finders it holds (reply)
   // In-band (service <-> DTU, over the lease's TLS channel).
   inband_hello = 192,     // service -> DTU: first request; names the lease
   inband_welcome = 193,   // DTU -> service: the leased unit, its endpoints, the expiry

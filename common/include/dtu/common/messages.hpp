@@ -168,6 +168,9 @@ struct ClientWelcomeMsg {
 struct ListDevicesMsg {
   static constexpr MessageType kType = MessageType::list_devices;
   std::optional<std::string> dtu;
+  // From a client: also every peer's devices (each peer answers for the DTUs it owns). Never
+  // set between managers.
+  bool group = false;
 };
 
 struct DeviceListMsg {

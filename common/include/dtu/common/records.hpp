@@ -64,6 +64,9 @@ struct DeviceRecord {
   std::vector<UnitRecord> units;
   Stamp stamp;
   std::string owner;    // the manager that owns the DTU (set by the manager)
+  // Set by a manager that holds the record of a dead peer: the record stays for the grace window
+  // (the DTU may re-home) and then goes away. Encoded only when true.
+  bool orphaned = false;
 
   friend bool operator==(const DeviceRecord&, const DeviceRecord&) = default;
 };

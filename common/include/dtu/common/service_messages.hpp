@@ -76,6 +76,8 @@ struct MatchRef {
   std::string dtu;
   std::string device;
   std::vector<std::uint32_t> units;
+  std::string owner;      // the manager that owns the DTU
+  bool orphaned = false;  // the owner is dead; gone at the end of the grace window
 
   friend bool operator==(const MatchRef&, const MatchRef&) = default;
 };
@@ -182,6 +184,40 @@ struct ResumeLeaseMsg {
   std::uint32_t length_ms = 0;
 };
 
+struct GroupStatusMsg {
+  static constexpr MessageType kType = MessageType::group_status;
+};
+
+// One member of the group as the answering manager sees it.
+struct GroupMemberInfo {
+  std::string id;
+  std::string address;              // its mesh address, host:port
+  bool self = false;                // the answering manager
+  std::string state;                // "self", "up", "connecting", "down" (dead or not reached yet)
+  std::uint64_t incarnation = 0;    // of the current (or last) link; 0 when never linked
+  std::optional<double> rtt_ms;     // heartbeat round trip
+  std::optional<double> offset_ms;  // its clock minus ours
+  std::optional<std::uint64_t> last_heard_ms_ago;
+  std::optional<std::uint32_t> dtus;     // DTUs it owns (ownership announcements)
+  std::optional<std::uint32_t> devices;  // devices on them (asked when the status was requested)
+  std::uint32_t finders_held = 0;   // finders it forwarded that the answering manager holds
+  std::uint32_t finders_sent = 0;   // distinct finders the answering manager forwarded to it
+  std::string last_error;           // why the link last failed or closed
+
+  friend bool operator==(const GroupMemberInfo&, const GroupMemberInfo&) = default;
+};
+
+struct GroupInfoMsg {
+  static constexpr MessageType kType = MessageType::group_info;
+  std::string manager;
+  std::uint64_t incarnation = 0;
+  std::vector<GroupMemberInfo> members;  // self first, then the peers by id
+};
+
+struct ReloadGroupMsg {
+  static constexpr MessageType kType = MessageType::reload_group;
+};
+
 void to_json(nlohmann::json& j, const RegisterFinderMsg& m);
 void from_json(const nlohmann::json& j, RegisterFinderMsg& m);
 void to_json(nlohmann::json& j, const UnregisterFinderMsg& m);
@@ -226,5 +262,13 @@ void to_json(nlohmann::json& j, const ReloadPolicyMsg& m);
 void from_json(const nlohmann::json& j, ReloadPolicyMsg& m);
 void to_json(nlohmann::json& j, const ResumeLeaseMsg& m);
 void from_json(const nlohmann::json& j, ResumeLeaseMsg& m);
+void to_json(nlohmann::json& j, const GroupStatusMsg& m);
+void from_json(const nlohmann::json& j, GroupStatusMsg& m);
+void to_json(nlohmann::json& j, const GroupMemberInfo& m);
+void from_json(const nlohmann::json& j, GroupMemberInfo& m);
+void to_json(nlohmann::json& j, const GroupInfoMsg& m);
+void from_json(const nlohmann::json& j, GroupInfoMsg& m);
+void to_json(nlohmann::json& j, const ReloadGroupMsg& m);
+void from_json(const nlohmann::json& j, ReloadGroupMsg& m);
 
 }  // namespace dtu::common
