@@ -170,7 +170,10 @@ std::vector<common::FinderInfo> FinderRegistry::list() const {
     info.uid = entry.owner.uid;
     info.finder_id = entry.finder_id;
     info.finder = entry.finder;
-    for (const auto& [key, units] : entry.matches) info.matches.push_back(common::MatchRef{key.first, key.second, units});
+    // The registry matches only this manager's devices: it owns every one of them.
+    for (const auto& [key, units] : entry.matches) {
+      info.matches.push_back(common::MatchRef{key.first, key.second, units, manager_id_, false});
+    }
     out.push_back(std::move(info));
   }
   return out;

@@ -210,7 +210,7 @@ TEST_CASE("listings come from the cache; unregistering and a closed client stop 
   CHECK(list[0].uid == 1000);
   CHECK(list[0].finder_id == 1);
   REQUIRE(list[0].matches.size() == 1);
-  CHECK(list[0].matches[0] == dtu::common::MatchRef{"d1", "1-1", {0}});
+  CHECK(list[0].matches[0] == dtu::common::MatchRef{"d1", "1-1", {0}, "m1", false});
   CHECK(list[1].matches.empty());
 
   CHECK(!f.registry.add(&f.client, {"svc", 42, 1000}, f.sink, 1, finder("{}")).ok());  // id in use
