@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The dtubroker demo: a device manager and a desktop-unit agent with the simulated USB backend
-# (demo/sim-devices.json: a printer and a printer/scanner/storage device) on loopback. It shows
-# the device table, plugs a smart-card reader in at run time, shows the table again, prints a page
-# in-band with dtu-unit, lets a sample service find a printer, lease it, print a test page and
-# release it, then keeps running until Ctrl-C, which stops everything it started.
+# The dtubroker demo: a group of three device managers (m1, m2, m3 on 127.0.0.2–4, one mesh link
+# per pair) and two desktop-unit agents with the simulated USB backend (demo/sim-devices.json: a
+# printer and a printer/scanner/storage device each), dtu-demo-1 at m1 and dtu-demo-2 at m2. It
+# shows the group and the device table, plugs a smart-card reader in at run time, prints a page
+# in-band with dtu-unit, then lets a sample service at m3 — a server with no DTU of its own — find
+# a printer on a remote DTU, lease it through the DTU's manager, print a test page and release
+# it, then keeps running until Ctrl-C, which stops everything it started.
 #
 #   make demo          # or: demo/run.sh       (runs until Ctrl-C)
 #   make demo ONCE=1   # or: ONCE=1 demo/run.sh (one pass; exit 0 only if every step worked)
@@ -15,6 +17,9 @@ BUILD=${BUILD:-build}
 ONCE=${ONCE:-}
 MANAGER_IP=127.0.0.2
 DTU=dtu-demo-1
+DTU2=dtu-demo-2
+MESH_PORT=4720
+declare -A MANAGER_IPS=([m1]=127.0.0.2 [m2]=127.0.0.3 [m3]=127.0.0.4)
 SETTLE_SECONDS=10
 
 devmgr=$BUILD/devmgr/devmgr
@@ -55,21 +60,44 @@ wait_until() {
   done
 }
 
-step "keys: a site DTU key for the manager, and the DTU's own key derived from it"
+step "keys: a site DTU key and a group key for the managers, each DTU's own key derived from the site key"
 "$ctl" keygen --out "$run/site-dtu.key"
+"$ctl" keygen --out "$run/group.key"
 "$ctl" keygen --dtu "$DTU" --site-key "$run/site-dtu.key" --out "$run/$DTU.key"
+"$ctl" keygen --dtu "$DTU2" --site-key "$run/site-dtu.key" --out "$run/$DTU2.key"
 
-step "devmgr m1 on $MANAGER_IP (DTU port chosen by the kernel)"
-setsid "$devmgr" --id m1 --dtu-listen "$MANAGER_IP:0" --socket "$run/m1.sock" \
-  --site-dtu-key "$run/site-dtu.key" 2>"$run/m1.log" &
-pids+=($!)
-wait_until "$SETTLE_SECONDS" grep -qs ' listening ' "$run/m1.log" || fail "devmgr did not start"
+step "the group list: m1, m2, m3, each with its mesh address"
+jq -n --arg port "$MESH_PORT" '{members: [
+  {id: "m1", address: "127.0.0.2:\($port)"},
+  {id: "m2", address: "127.0.0.3:\($port)"},
+  {id: "m3", address: "127.0.0.4:\($port)"}]}' | tee "$run/group.json"
+
+step "devmgr m1, m2, m3 on 127.0.0.2-4, all at once (DTU ports chosen by the kernel)"
+for m in m1 m2 m3; do
+  setsid "$devmgr" --id "$m" --dtu-listen "${MANAGER_IPS[$m]}:0" --socket "$run/$m.sock" \
+    --site-dtu-key "$run/site-dtu.key" --group "$run/group.json" --group-key "$run/group.key" 2>"$run/$m.log" &
+  pids+=($!)
+done
+for m in m1 m2 m3; do
+  wait_until "$SETTLE_SECONDS" grep -qs ' listening ' "$run/$m.log" || fail "devmgr $m did not start"
+done
 address=$(grep -o 'dtu=[0-9.]*:[0-9]*' "$run/m1.log" | head -n1 | cut -d= -f2)
-echo "listening for DTUs on $address, services on $run/m1.sock"
+address2=$(grep -o 'dtu=[0-9.]*:[0-9]*' "$run/m2.log" | head -n1 | cut -d= -f2)
+peers_up() { [[ $("$ctl" --socket "$run/$1.sock" group --json 2>/dev/null | jq '[.members[] | select(.state == "up")] | length') == 2 ]]; }
+for m in m1 m2 m3; do
+  wait_until "$SETTLE_SECONDS" peers_up "$m" || fail "devmgr $m did not link up with both peers"
+done
+echo "m1 takes DTUs on $address, m2 on $address2; services use $run/m1.sock, m2.sock, m3.sock"
 
-step "dtu-agent $DTU with the simulated USB backend (demo/sim-devices.json)"
+step "devmgrctl group (at m3): one authenticated link per pair, heartbeats both ways"
+"$ctl" --socket "$run/m3.sock" group
+
+step "dtu-agent $DTU at m1 and $DTU2 at m2, with the simulated USB backend (demo/sim-devices.json)"
 setsid "$agent" --id "$DTU" --manager "$address" --key "$run/$DTU.key" --inband "$MANAGER_IP:0" \
   --backend sim --sim-devices demo/sim-devices.json --sim-control "$run/$DTU-sim.sock" 2>"$run/$DTU.log" &
+pids+=($!)
+setsid "$agent" --id "$DTU2" --manager "$address2" --key "$run/$DTU2.key" --inband "127.0.0.3:0" \
+  --backend sim --sim-devices demo/sim-devices.json --sim-control "$run/$DTU2-sim.sock" 2>"$run/$DTU2.log" &
 pids+=($!)
 
 device_count() { "$ctl" --socket "$run/m1.sock" devices --json 2>/dev/null | jq length; }
@@ -94,22 +122,32 @@ expected=$(printf '%s' "$page" | od -An -v -tx1 | tr -d ' \n')
 echo "the simulated printer received ${#page} bytes, exactly the page; the lease was released:"
 "$ctl" --socket "$run/m1.sock" devices --json | jq -r '.[] | select(.device == "1-1") | .units[0] | "unit 0: \(.state)"'
 
-step "a sample service (dtu-sample-service, libdtu-client): printer finder, lease, test page in-band, release"
-captured_hex() { "$simctl" --socket "$run/$DTU-sim.sock" captured "$1" 0x01 | jq -r .hex; }
+step "devmgrctl devices --group (at m3, which has no DTU): every member answers for its own DTUs"
+group_has_devices() { [[ $("$ctl" --socket "$run/m3.sock" devices --group --json 2>/dev/null | jq length) == 5 ]]; }
+wait_until "$SETTLE_SECONDS" group_has_devices || fail "m3 did not list the 5 devices of the group"
+"$ctl" --socket "$run/m3.sock" devices --group
+
+step "a sample service at m3 (libdtu-client): printer finder group-wide, lease through the DTU's manager, test page in-band, release"
+captured_hex() { "$simctl" --socket "$run/$1-sim.sock" captured "$2" 0x01 | jq -r .hex; }
 declare -A before
-for port in 1-1 1-2; do before[$port]=$(captured_hex "$port"); done
-test_page=$'\eEdtubroker test page: found by a finder, leased through m1, printed in-band by dtu-sample-service.\r\n\f\eE'
+for dtu in "$DTU" "$DTU2"; do
+  for port in 1-1 1-2; do before[$dtu/$port]=$(captured_hex "$dtu" "$port"); done
+done
+test_page=$'\eEdtubroker test page: found group-wide by a finder at m3, leased through the DTU\'s manager, printed in-band.\r\n\f\eE'
 printf '%s' "$test_page" >"$run/test-page.prn"
-"$sample" --socket "$run/m1.sock" --finder '{"function": "printer"}' --page "$run/test-page.prn" |
+"$sample" --socket "$run/m3.sock" --finder '{"function": "printer"}' --page "$run/test-page.prn" |
   tee "$run/sample-service.out" || fail "the sample service failed"
 # "allocated lease <id> on <dtu> <device> unit <n> ...": the printer it chose.
+chosen_dtu=$(awk '$1 == "allocated" { print $5; exit }' "$run/sample-service.out")
 chosen=$(awk '$1 == "allocated" { print $6; exit }' "$run/sample-service.out")
-[[ -n $chosen && -n ${before[$chosen]+set} ]] || fail "the sample service did not say which printer it leased"
-expected=${before[$chosen]}$(printf '%s' "$test_page" | od -An -v -tx1 | tr -d ' \n')
-[[ $(captured_hex "$chosen") == "$expected" ]] || fail "the simulated printer $chosen did not receive the test page"
-echo "the simulated printer $chosen received the ${#test_page}-byte test page; its units now:"
-"$ctl" --socket "$run/m1.sock" devices --json |
-  jq -r --arg d "$chosen" '.[] | select(.device == $d) | .units[] | "unit \(.unit) (\(.function)): \(.state)"'
+[[ -n $chosen && -n ${before[$chosen_dtu/$chosen]+set} ]] || fail "the sample service did not say which printer it leased"
+expected=${before[$chosen_dtu/$chosen]}$(printf '%s' "$test_page" | od -An -v -tx1 | tr -d ' \n')
+[[ $(captured_hex "$chosen_dtu" "$chosen") == "$expected" ]] ||
+  fail "the simulated printer $chosen on $chosen_dtu did not receive the test page"
+owner=$("$ctl" --socket "$run/m3.sock" devices --group --json | jq -r --arg t "$chosen_dtu" --arg d "$chosen" '.[] | select(.dtu == $t and .device == $d) | .owner')
+echo "the simulated printer $chosen on $chosen_dtu (owned by $owner, not m3) received the ${#test_page}-byte test page; its units now:"
+"$ctl" --socket "$run/m3.sock" devices --group --json |
+  jq -r --arg t "$chosen_dtu" --arg d "$chosen" '.[] | select(.dtu == $t and .device == $d) | .units[] | "unit \(.unit) (\(.function)): \(.state)"'
 
 if [[ -n $ONCE ]]; then
   step "demo passed"
@@ -119,12 +157,12 @@ fi
 cat <<TEXT
 
 The demo keeps running. In another terminal:
-  $ctl --socket $run/m1.sock devices [--json]
+  $ctl --socket $run/m1.sock devices [--json]     (m2.sock, m3.sock; devices --group; group)
   $simctl --socket $run/$DTU-sim.sock list | unplug 1-2 | plug 1-2
   echo hello | $unit --socket $run/m1.sock --dtu $DTU --device 1-1 --unit 0 write
   $unit --socket $run/m1.sock --dtu $DTU --device 1-1 --unit 0 device-id
   $sample --socket $run/m1.sock            (or --hold, and watch: $ctl --socket $run/m1.sock leases)
-Logs: $run/m1.log, $run/$DTU.log
+Logs: $run/m1.log, m2.log, m3.log, $run/$DTU.log, $run/$DTU2.log
 Press Ctrl-C to stop.
 TEXT
 while true; do

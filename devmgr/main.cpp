@@ -30,7 +30,9 @@ int main(int argc, char** argv) {
   CLI::App app{"dtubroker device manager"};
   std::string config_path;
   std::optional<std::string> id, listen, socket, socket_mode, key_file, policy_file, log_level;
-  std::optional<int> heartbeat_ms, heartbeat_misses;
+  std::optional<int> heartbeat_ms, heartbeat_misses, orphan_grace_ms;
+  std::optional<std::string> peer_listen, group_file, group_key, group_key_next;
+  std::vector<std::string> peers;
   app.add_option("-c,--config", config_path, "JSON config file (flags override it)");
   app.add_option("--id", id, "manager id in the group");
   app.add_option("--dtu-listen", listen, "address:port where DTUs connect (port 0: any)");
@@ -42,6 +44,14 @@ int main(int argc, char** argv) {
   app.add_option("--heartbeat-misses", heartbeat_misses, "silent intervals before a link is closed")
       ->check(CLI::Range(1, 100));
   app.add_option("--log-level", log_level, "debug | info | warn | error");
+  app.add_option("--peer-listen", peer_listen,
+                 "address:port of this manager in the group mesh (default: its entry in the group list)");
+  app.add_option("--group", group_file, "group list file (docs/group.md); reloaded on SIGHUP");
+  app.add_option("--peer", peers, "another group member, id=host:port (repeatable; added to the group list)");
+  app.add_option("--group-key", group_key, "file with the group key (64 hex digits)");
+  app.add_option("--group-key-next", group_key_next, "during a key rotation: file with the next group key");
+  app.add_option("--orphan-grace-ms", orphan_grace_ms, "how long a dead peer's devices stay orphaned, in ms")
+      ->check(CLI::Range(0, 3600000));
   app.set_version_flag("--version", common::kVersion);
   CLI11_PARSE(app, argc, argv);
 
@@ -70,6 +80,16 @@ int main(int argc, char** argv) {
   if (heartbeat_ms) options.heartbeat_interval = std::chrono::milliseconds(*heartbeat_ms);
   if (heartbeat_misses) options.heartbeat_misses = static_cast<std::uint32_t>(*heartbeat_misses);
   if (log_level) options.log_level = *log_level;
+  if (peer_listen) {
+    auto endpoint = common::parse_endpoint(*peer_listen);
+    if (!endpoint.ok()) return fail(log, "config_error", common::Error(common::Errc::config_error, "--peer-listen: " + endpoint.error().detail));
+    options.peer_listen = *endpoint;
+  }
+  if (group_file) options.group_file = *group_file;
+  options.peers.insert(options.peers.end(), peers.begin(), peers.end());
+  if (group_key) options.group_key_file = *group_key;
+  if (group_key_next) options.group_key_next_file = *group_key_next;
+  if (orphan_grace_ms) options.orphan_grace = std::chrono::milliseconds(*orphan_grace_ms);
   if (!common::set_log_level(options.log_level)) {
     return fail(log, "config_error", common::Error(common::Errc::config_error,
                                                    "log level '" + options.log_level + "': expected debug, info, warn or error"));
@@ -94,12 +114,13 @@ int main(int argc, char** argv) {
     reload.cancel();
     io.stop();
   });
-  // SIGHUP (systemctl reload) reads the policy again; a broken file keeps the old one and the
-  // log says why.
+  // SIGHUP (systemctl reload) reads the policy, the group list and the group keys again; a
+  // broken file keeps what is in force and the log says why.
   std::function<void(std::error_code, int)> on_hup = [&](std::error_code ec, int) {
     if (ec) return;
     log.info("", "reloading", {{"signal", "SIGHUP"}});
     (void)manager.reload_policy();
+    (void)manager.reload_group();
     reload.async_wait(on_hup);
   };
   reload.async_wait(on_hup);

@@ -40,7 +40,9 @@ bool ClientSession::is_legal(State state, MessageType type) {
         case MessageType::session_attach:
         case MessageType::session_detach:
         case MessageType::get_policy:
-        case MessageType::reload_policy: return true;
+        case MessageType::reload_policy:
+        case MessageType::group_status:
+        case MessageType::reload_group: return true;
         default: return false;
       }
     case State::closed: return false;
@@ -73,8 +75,8 @@ void ClientSession::start(std::function<void(const std::shared_ptr<ClientSession
     // Clean up after the code that closed the link has returned: it may be iterating the
     // finders or leases this would change (a slow client's send queue overflowing mid-event).
     asio::post(self->link_->executor(), [self, on_closed = std::move(on_closed)] {
-      self->services_.finders->remove_client(self.get());
-      self->services_.leases->client_closed(self.get());
+      self->services_.group->remove_client(self.get());
+      self->services_.group->holder_closed(self.get());
       if (on_closed) on_closed(self);
     });
   });
@@ -162,31 +164,39 @@ void ClientSession::on_request(const Frame& frame) {
     case MessageType::list_devices: {
       auto request = decode<common::ListDevicesMsg>(frame);
       if (!request) return;
-      link_->reply(frame, common::to_frame(common::DeviceListMsg{services_.devices->list(request->dtu)}));
+      if (!request->group) {
+        link_->reply(frame, common::to_frame(common::DeviceListMsg{services_.devices->list(request->dtu)}));
+        return;
+      }
+      services_.group->list_group_devices(request->dtu, [weak, frame](std::vector<common::DeviceRecord> devices) {
+        if (auto self = weak.lock(); self && self->state_ != State::closed) {
+          self->link_->reply(frame, common::to_frame(common::DeviceListMsg{std::move(devices)}));
+        }
+      });
       return;
     }
     case MessageType::allocate: {
       auto request = decode<common::AllocateMsg>(frame);
       if (!request) return;
-      services_.leases->allocate(shared_from_this(), std::move(request.value()), reply_lease);
+      services_.group->allocate(shared_from_this(), std::move(request.value()), reply_lease);
       return;
     }
     case MessageType::renew: {
       auto request = decode<common::RenewMsg>(frame);
       if (!request) return;
-      services_.leases->renew(shared_from_this(), std::move(request.value()), reply_lease);
+      services_.group->renew(shared_from_this(), std::move(request.value()), reply_lease);
       return;
     }
     case MessageType::resume_lease: {
       auto request = decode<common::ResumeLeaseMsg>(frame);
       if (!request) return;
-      services_.leases->resume(shared_from_this(), std::move(request.value()), reply_lease);
+      services_.group->resume(shared_from_this(), std::move(request.value()), reply_lease);
       return;
     }
     case MessageType::release: {
       auto request = decode<common::ReleaseMsg>(frame);
       if (!request) return;
-      services_.leases->release(shared_from_this(), std::move(request.value()), [weak, frame](common::Result<void> r) {
+      services_.group->release(shared_from_this(), std::move(request.value()), [weak, frame](common::Result<void> r) {
         if (auto self = weak.lock()) self->answer_void(frame, r);
       });
       return;
@@ -200,7 +210,7 @@ void ClientSession::on_request(const Frame& frame) {
         link_->reply_error(frame, Errc::invalid_argument, request.error().detail);
         return;
       }
-      if (services_.finders->has(this, request->finder_id)) {
+      if (services_.group->has_finder(this, request->finder_id)) {
         link_->reply_error(frame, Errc::invalid_argument,
                            "finder " + std::to_string(request->finder_id) + " is already registered");
         return;
@@ -212,20 +222,20 @@ void ClientSession::on_request(const Frame& frame) {
       auto sink = [weak](Frame event) {
         if (auto self = weak.lock(); self && self->state_ != State::closed) self->notify(std::move(event));
       };
-      (void)services_.finders->add(this, owner, sink, request->finder_id, std::move(request->finder));
+      (void)services_.group->add_finder(this, owner, sink, request->finder_id, std::move(request->finder));
       log_.debug(link_->peer(), "finder_registered", {{"client", client_name_}, {"finder", request->finder_id}});
       return;
     }
     case MessageType::unregister_finder: {
       auto request = decode<common::UnregisterFinderMsg>(frame);
       if (!request) return;
-      answer_void(frame, services_.finders->remove(this, request->finder_id));
+      answer_void(frame, services_.group->remove_finder(this, request->finder_id));
       return;
     }
     case MessageType::list_finders: {
       auto request = decode<common::ListFindersMsg>(frame);
       if (!request) return;
-      link_->reply(frame, common::to_frame(common::FinderListMsg{services_.finders->list()}));
+      link_->reply(frame, common::to_frame(common::FinderListMsg{services_.group->list_finders()}));
       return;
     }
     case MessageType::list_leases: {
@@ -265,6 +275,21 @@ void ClientSession::on_request(const Frame& frame) {
       if (!request) return;
       if (!require_admin(frame, "reload the policy")) return;
       answer(frame, services_.reload_policy());
+      return;
+    }
+    case MessageType::group_status: {
+      auto request = decode<common::GroupStatusMsg>(frame);
+      if (!request) return;
+      services_.group_status([weak, frame](common::GroupInfoMsg info) {
+        if (auto self = weak.lock()) self->answer(frame, common::Result<common::GroupInfoMsg>(std::move(info)));
+      });
+      return;
+    }
+    case MessageType::reload_group: {
+      auto request = decode<common::ReloadGroupMsg>(frame);
+      if (!request) return;
+      if (!require_admin(frame, "reload the group")) return;
+      answer(frame, services_.reload_group());
       return;
     }
     default: return protocol_error("unexpected message");

@@ -39,7 +39,12 @@ DeviceManager::DeviceManager(const asio::any_io_executor& ex, const common::Cloc
                                      return it == dtus_.end() ? nullptr : it->second;
                                    },
                                    &devices_, &sessions_, [this]() -> const Policy& { return policy_; }},
-              log_) {
+              log_),
+      incarnation_(static_cast<std::uint64_t>(common::to_micros(clock.wall_now()))),
+      group_(GroupBroker::Context{options_.id, incarnation_, ex, &clock, &devices_, &finders_, &leases_, &sessions_,
+                                  options_.orphan_grace,
+                                  [this](const std::string& dtu) { return dtus_.contains(dtu); }},
+             log_) {
   // Every change of the device list reaches the finders (events to services) and the broker
   // (a freed unit goes to its first waiter).
   devices_.set_listener(DeviceList::Listener{
@@ -83,6 +88,17 @@ common::Result<void> DeviceManager::start() {
   if (!unix_acceptor.ok()) return unix_acceptor.error();
   client_acceptor_.emplace(std::move(unix_acceptor.value()));
 
+  auto group = load_group();
+  if (!group.ok()) return group.error();
+  if (group->address) {
+    if (auto mesh = start_mesh(*group); !mesh.ok()) return mesh.error();
+  } else {
+    log_.info("", "group_standalone", {{"reason", group->members.empty()
+                                                      ? std::string("no group configured")
+                                                      : "no mesh address: no peer_listen and no entry for " +
+                                                            options_.id + " in the group list"}});
+  }
+
   common::spawn(executor_, accept_dtus(), log_, "accept dtus");
   common::spawn(executor_, accept_clients(), log_, "accept clients");
   log_.info("", "listening", {{"id", options_.id}, {"dtu", bound_.to_string()}, {"socket", options_.socket_path},
@@ -100,6 +116,7 @@ void DeviceManager::stop() {
     client_acceptor_->close(ignored);
     ::unlink(options_.socket_path.c_str());
   }
+  if (mesh_) mesh_->stop();
   const Error reason(Errc::closed, "manager stopping");
   auto pending = hello_pending_;
   for (auto& s : pending) s->close(reason);
@@ -161,6 +178,11 @@ void DeviceManager::on_dtu_active(const std::shared_ptr<DtuSession>& session) {
     old->close(Error(Errc::closed, "replaced by a newer connection from the same DTU"));
   }
   dtus_[session->dtu()] = session;
+  // The claim's stamp orders it against other managers' claims on the same DTU: the DTU's boot,
+  // then when it connected (a DTU that moved to another manager connected there later).
+  const std::int64_t now_us = common::to_micros(clock_.wall_now());
+  group_.dtu_active(session->dtu(),
+                    common::Stamp{session->boot_epoch(), static_cast<std::uint64_t>(std::max<std::int64_t>(now_us, 0)), now_us});
 }
 
 void DeviceManager::on_dtu_closed(const std::shared_ptr<DtuSession>& session, const Error& reason) {
@@ -172,6 +194,7 @@ void DeviceManager::on_dtu_closed(const std::shared_ptr<DtuSession>& session, co
   log_.warn(session->peer(), "dtu_lost", {{"dtu", session->dtu()}, {"reason", reason.describe()},
                                           {"devices_removed", removed}});
   leases_.dtu_lost(session->dtu());
+  group_.dtu_lost(session->dtu());
 }
 
 common::Result<void> DeviceManager::attach_session(const common::SessionAttachMsg& request) {
@@ -185,6 +208,7 @@ common::Result<void> DeviceManager::attach_session(const common::SessionAttachMs
   log_.info("", "session_attached", {{"session", request.session}, {"user", request.user}, {"dtu", request.dtu},
                                      {"from", move.from ? *move.from : std::string()}});
   finders_.session_moved(request.session, move);
+  group_.session_moved(request.session, move);
   return {};
 }
 
@@ -193,7 +217,129 @@ common::Result<void> DeviceManager::detach_session(const std::string& session) {
   if (!move) return Error(Errc::not_found, "no session " + session);
   log_.info("", "session_detached", {{"session", session}, {"from", move->from ? *move->from : std::string()}});
   finders_.session_moved(session, *move);
+  group_.session_moved(session, *move);
   return {};
+}
+
+common::Result<DeviceManager::GroupSettings> DeviceManager::load_group() const {
+  GroupSettings group;
+  if (!options_.group_file.empty()) {
+    auto members = load_group_file(options_.group_file);
+    if (!members.ok()) return members.error();
+    group.members = std::move(members.value());
+  }
+  for (const auto& spec : options_.peers) {
+    auto member = parse_member(spec);
+    if (!member.ok()) return Error(Errc::config_error, "peer '" + spec + "': " + member.error().detail);
+    group.members.push_back(std::move(member.value()));
+  }
+  if (auto checked = check_members(group.members); !checked.ok()) return checked.error();
+  group.address = options_.peer_listen;
+  for (const auto& m : group.members) {
+    if (!group.address && m.id == options_.id) group.address = m.address;
+  }
+  if (!group.address) return group;
+  auto current = common::load_key_file(options_.group_key_file);
+  if (!current.ok()) return current.error();
+  group.keys.current = std::move(current.value());
+  if (!options_.group_key_next_file.empty()) {
+    auto next = common::load_key_file(options_.group_key_next_file);
+    if (!next.ok()) return next.error();
+    group.keys.next = std::move(next.value());
+  }
+  return group;
+}
+
+common::Result<void> DeviceManager::start_mesh(const GroupSettings& group) {
+  PeerMesh::Options o;
+  o.id = options_.id;
+  o.listen = *group.address;
+  o.members = group.members;
+  o.keys = group.keys;
+  o.incarnation = incarnation_;
+  o.heartbeat_interval = options_.heartbeat_interval;
+  o.heartbeat_misses = options_.heartbeat_misses;
+  o.handshake_timeout = options_.handshake_timeout;
+  o.max_frame_bytes = options_.max_frame_bytes;
+  PeerMesh::Hooks hooks;
+  hooks.up = [this](const std::shared_ptr<PeerLink>& link) { group_.peer_up(link); };
+  hooks.down = [this](const std::shared_ptr<PeerLink>& link, const Error& reason) { group_.peer_down(link, reason); };
+  hooks.frame = [this](const std::shared_ptr<PeerLink>& link, common::Frame frame) {
+    group_.peer_frame(link, std::move(frame));
+  };
+  mesh_ = std::make_unique<PeerMesh>(executor_, clock_, std::move(o), std::move(hooks), log_);
+  return mesh_->start();
+}
+
+common::GroupInfoMsg DeviceManager::group_info() const {
+  common::GroupInfoMsg info;
+  info.manager = options_.id;
+  info.incarnation = incarnation_;
+  common::GroupMemberInfo self;
+  self.id = options_.id;
+  self.address = mesh_ ? mesh_->endpoint().to_string() : std::string();
+  self.self = true;
+  self.state = "self";
+  self.incarnation = incarnation_;
+  self.dtus = static_cast<std::uint32_t>(dtus_.size());
+  self.devices = static_cast<std::uint32_t>(devices_.device_count());
+  info.members.push_back(std::move(self));
+  if (!mesh_) return info;
+  for (auto& member : mesh_->status()) {
+    const auto counts = group_.counts(member.id);
+    member.finders_held = counts.finders_held;
+    member.finders_sent = counts.finders_sent;
+    member.dtus = counts.dtus;
+    info.members.push_back(std::move(member));
+  }
+  return info;
+}
+
+void DeviceManager::group_status(std::function<void(common::GroupInfoMsg)> done) {
+  struct Gather {
+    common::GroupInfoMsg info;
+    std::size_t pending = 1;  // released after every question is out, so an early answer cannot finish
+    std::function<void(common::GroupInfoMsg)> done;
+    void finish_one() {
+      if (--pending == 0) done(std::move(info));
+    }
+  };
+  auto gather = std::make_shared<Gather>();
+  gather->info = group_info();
+  gather->done = std::move(done);
+  for (std::size_t i = 1; i < gather->info.members.size(); ++i) {
+    auto link = mesh_ ? mesh_->peer(gather->info.members[i].id) : nullptr;
+    if (!link) continue;
+    ++gather->pending;
+    group_.peer_devices(link, [gather, i](std::optional<std::uint32_t> devices) {
+      gather->info.members[i].devices = devices;
+      gather->finish_one();
+    });
+  }
+  gather->finish_one();
+}
+
+common::Result<common::GroupInfoMsg> DeviceManager::reload_group() {
+  auto group = load_group();
+  if (!group.ok()) {
+    log_.error("", "group_reload_failed", {{"reason", group.error().describe()}});
+    return group.error();
+  }
+  if (!mesh_ && group->address) {
+    if (auto started = start_mesh(*group); !started.ok()) {
+      log_.error("", "group_reload_failed", {{"reason", started.error().describe()}});
+      mesh_.reset();
+      return started.error();
+    }
+  } else if (mesh_) {
+    if (group->address && *group->address != mesh_->endpoint()) {
+      log_.warn("", "group_address_unchanged", {{"configured", group->address->to_string()},
+                                                {"in_use", mesh_->endpoint().to_string()},
+                                                {"reason", "the mesh address changes only with a restart"}});
+    }
+    mesh_->reload(group->members, group->keys);
+  }
+  return group_info();
 }
 
 common::PolicyInfoMsg DeviceManager::policy_info() const {
@@ -237,12 +383,14 @@ asio::awaitable<void> DeviceManager::accept_clients() {
     ClientServices services;
     services.devices = &devices_;
     services.leases = &leases_;
-    services.finders = &finders_;
+    services.group = &group_;
     services.list_sessions = [this] { return sessions_.list(clock_.now()); };
     services.attach_session = [this](const common::SessionAttachMsg& m) { return attach_session(m); };
     services.detach_session = [this](const std::string& session) { return detach_session(session); };
     services.policy_info = [this] { return policy_info(); };
     services.reload_policy = [this] { return reload_policy(); };
+    services.group_status = [this](std::function<void(common::GroupInfoMsg)> done) { group_status(std::move(done)); };
+    services.reload_group = [this] { return reload_group(); };
     auto session = std::make_shared<ClientSession>(link, *credentials, options_.id, std::move(services), log_,
                                                    options_.handshake_timeout);
     clients_.insert(session);

@@ -6,7 +6,7 @@
 
 #include <algorithm>
 
-#include "dtu/devmgr/client_session.hpp"
+#include "dtu/common/net.hpp"
 #include "dtu/devmgr/dtu_session.hpp"
 
 namespace dtu::devmgr {
@@ -68,8 +68,8 @@ bool is_admin(unsigned uid) { return uid == 0 || uid == ::geteuid(); }
 
 // A service waiting for a held unit (allocate with wait_ms).
 struct LeaseBroker::Waiter {
-  std::weak_ptr<ClientSession> client;
-  const ClientSession* client_key = nullptr;
+  std::weak_ptr<LeaseHolder> client;
+  const LeaseHolder* client_key = nullptr;
   common::AllocateMsg request;
   PolicyVerdict verdict;
   Error refusal;  // what the DTU said last: the answer when the wait runs out
@@ -86,9 +86,9 @@ LeaseBroker::~LeaseBroker() {
   }
 }
 
-void LeaseBroker::allocate(const std::shared_ptr<ClientSession>& client, common::AllocateMsg request,
+void LeaseBroker::allocate(const std::shared_ptr<LeaseHolder>& client, common::AllocateMsg request,
                            Done<common::LeaseGrantedMsg> done) {
-  const unsigned uid = client->credentials().uid;
+  const unsigned uid = client->uid();
   if (request.keep && !is_admin(uid)) {
     return done(Error(Errc::denied, "only root or the devmgr user may keep a lease beyond its connection"));
   }
@@ -133,7 +133,7 @@ void LeaseBroker::allocate(const std::shared_ptr<ClientSession>& client, common:
   }
   if (!request.wait_ms || *request.wait_ms == 0) return ask_dtu(client, request, verdict, std::move(done));
 
-  std::weak_ptr<ClientSession> weak = client;
+  std::weak_ptr<LeaseHolder> weak = client;
   ask_dtu(client, request, verdict,
           [this, alive = std::weak_ptr<int>(alive_), weak, request, verdict,
            done = std::move(done)](common::Result<common::LeaseGrantedMsg> r) mutable {
@@ -144,7 +144,7 @@ void LeaseBroker::allocate(const std::shared_ptr<ClientSession>& client, common:
           });
 }
 
-void LeaseBroker::ask_dtu(const std::shared_ptr<ClientSession>& client, const common::AllocateMsg& request,
+void LeaseBroker::ask_dtu(const std::shared_ptr<LeaseHolder>& client, const common::AllocateMsg& request,
                           const PolicyVerdict& verdict, Done<common::LeaseGrantedMsg> done) {
   const std::uint32_t length_ms = verdict.lease_length(request.length_ms);
   auto dtu = context_.lookup(request.dtu);
@@ -153,9 +153,9 @@ void LeaseBroker::ask_dtu(const std::shared_ptr<ClientSession>& client, const co
   ask.device = request.device;
   ask.unit = request.unit;
   ask.holder = client->holder_name();
-  ask.uid = client->credentials().uid;
+  ask.uid = client->uid();
   ask.length_ms = length_ms;
-  std::weak_ptr<ClientSession> weak = client;
+  std::weak_ptr<LeaseHolder> weak = client;
   const std::string peer = dtu->peer();
   dtu->request(common::to_frame(ask), kLeaseRequestTimeout,
                [this, alive = std::weak_ptr<int>(alive_), weak, request, peer, length_ms, cap = verdict.max_lease_ms,
@@ -176,7 +176,7 @@ void LeaseBroker::ask_dtu(const std::shared_ptr<ClientSession>& client, const co
                });
 }
 
-void LeaseBroker::remember(const common::LeaseGrantedMsg& granted, const std::shared_ptr<ClientSession>& client,
+void LeaseBroker::remember(const common::LeaseGrantedMsg& granted, const std::shared_ptr<LeaseHolder>& client,
                            std::uint32_t length_ms, std::uint32_t max_lease_ms, bool keep) {
   Held held;
   held.dtu = granted.dtu;
@@ -185,7 +185,7 @@ void LeaseBroker::remember(const common::LeaseGrantedMsg& granted, const std::sh
   held.holder = granted.holder;
   held.client = client;
   held.client_key = client.get();
-  held.uid = client->credentials().uid;
+  held.uid = client->uid();
   held.keep = keep;
   held.length_ms = length_ms;
   held.max_lease_ms = max_lease_ms;
@@ -193,10 +193,10 @@ void LeaseBroker::remember(const common::LeaseGrantedMsg& granted, const std::sh
   leases_[granted.lease] = std::move(held);
   log_.info("", "lease_granted", {{"lease", granted.lease}, {"dtu", granted.dtu}, {"device", granted.device},
                                   {"unit", granted.unit}, {"holder", granted.holder},
-                                  {"uid", client->credentials().uid}, {"length_ms", length_ms}, {"keep", keep}});
+                                  {"uid", client->uid()}, {"length_ms", length_ms}, {"keep", keep}});
 }
 
-void LeaseBroker::enqueue(const std::shared_ptr<ClientSession>& client, const common::AllocateMsg& request,
+void LeaseBroker::enqueue(const std::shared_ptr<LeaseHolder>& client, const common::AllocateMsg& request,
                           const PolicyVerdict& verdict, Error refusal, Done<common::LeaseGrantedMsg> done) {
   const UnitKey unit{request.dtu, request.device, request.unit};
   auto waiter = std::make_shared<Waiter>();
@@ -279,13 +279,13 @@ void LeaseBroker::device_updated(const common::DeviceRecord& record) {
   }
 }
 
-common::Result<LeaseBroker::Held> LeaseBroker::check_holder(const ClientSession& client, const std::string& dtu,
+common::Result<LeaseBroker::Held> LeaseBroker::check_holder(const LeaseHolder& client, const std::string& dtu,
                                                             const std::string& lease) const {
   auto it = leases_.find(lease);
   if (it == leases_.end() || it->second.dtu != dtu) {
     return Error(Errc::not_found, "no lease " + lease + " on DTU " + dtu + " at manager " + context_.manager_id);
   }
-  const unsigned uid = client.credentials().uid;
+  const unsigned uid = client.uid();
   if (it->second.client_key != &client && it->second.uid != uid && !is_admin(uid)) {
     log_.warn("", "lease_access_refused", {{"lease", lease}, {"uid", uid}, {"holder_uid", it->second.uid}});
     return Error(Errc::denied, "lease " + lease + " belongs to another user");
@@ -293,7 +293,7 @@ common::Result<LeaseBroker::Held> LeaseBroker::check_holder(const ClientSession&
   return it->second;
 }
 
-void LeaseBroker::renew(const std::shared_ptr<ClientSession>& client, common::RenewMsg request,
+void LeaseBroker::renew(const std::shared_ptr<LeaseHolder>& client, common::RenewMsg request,
                         Done<common::LeaseGrantedMsg> done) {
   auto held = check_holder(*client, request.dtu, request.lease);
   if (!held.ok()) return done(held.error());
@@ -317,17 +317,17 @@ void LeaseBroker::renew(const std::shared_ptr<ClientSession>& client, common::Re
                });
 }
 
-void LeaseBroker::release(const std::shared_ptr<ClientSession>& client, common::ReleaseMsg request, Done<void> done) {
+void LeaseBroker::release(const std::shared_ptr<LeaseHolder>& client, common::ReleaseMsg request, Done<void> done) {
   auto held = check_holder(*client, request.dtu, request.lease);
   if (!held.ok()) return done(held.error());
   if (held->client_key != client.get()) {
     log_.info("", "lease_released_by_other", {{"lease", request.lease}, {"by", client->holder_name()},
-                                              {"uid", client->credentials().uid}, {"holder", held->holder}});
+                                              {"uid", client->uid()}, {"holder", held->holder}});
   }
   send_release(request.dtu, request.lease, std::move(done));
 }
 
-void LeaseBroker::resume(const std::shared_ptr<ClientSession>& client, common::ResumeLeaseMsg request,
+void LeaseBroker::resume(const std::shared_ptr<LeaseHolder>& client, common::ResumeLeaseMsg request,
                          Done<common::LeaseGrantedMsg> done) {
   if (auto it = leases_.find(request.lease); it != leases_.end()) {
     auto held = check_holder(*client, request.dtu, request.lease);
@@ -337,7 +337,7 @@ void LeaseBroker::resume(const std::shared_ptr<ClientSession>& client, common::R
   if (!dtu) return done(Error(Errc::unavailable, "DTU " + request.dtu + " is not connected to manager " +
                                                      context_.manager_id + " (yet); retry"));
   const std::uint32_t length = request.length_ms != 0 ? request.length_ms : kPolicyDefaultLeaseMs;
-  std::weak_ptr<ClientSession> weak = client;
+  std::weak_ptr<LeaseHolder> weak = client;
   dtu->request(common::to_frame(common::LeaseRenewMsg{request.lease, length, request.token}), kLeaseRequestTimeout,
                [this, alive = std::weak_ptr<int>(alive_), weak, length,
                 done = std::move(done)](common::Result<Frame> answer) {
@@ -369,7 +369,7 @@ void LeaseBroker::send_release(const std::string& dtu_id, const std::string& lea
                });
 }
 
-void LeaseBroker::client_closed(const ClientSession* client) {
+void LeaseBroker::holder_closed(const LeaseHolder* client) {
   // Its waits end without an answer: nobody is left to read it.
   for (auto it = waiting_.begin(); it != waiting_.end();) {
     auto& queue = it->second;
@@ -423,6 +423,10 @@ void LeaseBroker::dtu_lost(const std::string& dtu) {
   for (const auto& [unit, w] : failed) {
     finish_waiter(unit, w, Error(Errc::unavailable, "DTU " + dtu + " disconnected while waiting for its unit"));
   }
+}
+
+bool LeaseBroker::holds(const LeaseHolder* holder) const {
+  return std::any_of(leases_.begin(), leases_.end(), [&](const auto& l) { return l.second.client_key == holder; });
 }
 
 std::vector<common::LeaseInfo> LeaseBroker::list() const {

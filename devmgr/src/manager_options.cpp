@@ -33,6 +33,13 @@ common::Result<void> apply_config(common::ConfigReader& config, ManagerOptions& 
   auto max_frame = static_cast<std::int64_t>(options.max_frame_bytes);
   config.read_int("max_frame_bytes", max_frame, 4096, 64 * 1024 * 1024);
   config.read("log_level", options.log_level);
+  std::string peer_listen = options.peer_listen ? options.peer_listen->to_string() : std::string();
+  config.read("peer_listen", peer_listen);
+  config.read("group_file", options.group_file);
+  config.read("peers", options.peers);
+  config.read("group_key_file", options.group_key_file);
+  config.read("group_key_next_file", options.group_key_next_file);
+  config.read("orphan_grace", options.orphan_grace);
   config.reject_unknown_keys();
   if (!config.ok()) return config.error();
   auto endpoint = common::parse_endpoint(listen);
@@ -40,6 +47,11 @@ common::Result<void> apply_config(common::ConfigReader& config, ManagerOptions& 
     return Error(Errc::config_error, config.origin() + ": key 'dtu_listen': " + endpoint.error().detail);
   }
   options.dtu_listen = *endpoint;
+  if (!peer_listen.empty()) {
+    auto mesh = common::parse_endpoint(peer_listen);
+    if (!mesh.ok()) return Error(Errc::config_error, config.origin() + ": key 'peer_listen': " + mesh.error().detail);
+    options.peer_listen = *mesh;
+  }
   options.heartbeat_misses = static_cast<std::uint32_t>(misses);
   if (!mode.empty()) {
     auto parsed = parse_socket_mode(mode);

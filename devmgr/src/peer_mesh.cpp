@@ -414,7 +414,7 @@ asio::awaitable<common::Result<void>> PeerMesh::Impl::dial(std::shared_ptr<Impl>
                            self->clock_, self->log_, peer->address, self->link_options());
   self->start_link(link, peer_id);
   common::PeerAuthParams params{
-      self_id, peer_id, std::move(pair_key), std::move(exporter.value()), self->hello(), purpose, timeout};
+      self_id, peer_id, std::move(pair_key), std::move(exporter.value()), self->hello(), purpose, timeout, self->log_};
   auto auth = common::authenticate_dialer(link, std::move(params));
   auto authed = co_await std::move(auth);
   self->handshaking_.erase(link);
@@ -493,7 +493,8 @@ asio::awaitable<void> PeerMesh::Impl::admit(std::shared_ptr<Impl> self, tcp::soc
                                 std::move(exporter.value()),
                                 self->hello(),
                                 common::PeerPurpose::link,
-                                self->options_.handshake_timeout};
+                                self->options_.handshake_timeout,
+                                self->log_};
   auto auth = common::authenticate_acceptor(link, std::move(params));
   auto authed = co_await std::move(auth);
   --peer->connecting;
@@ -633,8 +634,8 @@ void PeerMesh::Impl::retire(Peer& peer, const Error& reason) {
   auto old = std::move(peer.link);
   peer.link = nullptr;
   if (!old) return;
-  if (auto o = old->link().clock_offset(); o && peer.last_heard && o->at > *peer.last_heard) {
-    peer.last_heard = o->at;
+  if (peer.last_heard && old->link().last_received() > *peer.last_heard) {
+    peer.last_heard = old->link().last_received();
   }
   peer.last_error = reason.describe();
   old->close(reason);  // its close handler finds it retired already
@@ -672,8 +673,9 @@ std::vector<common::GroupMemberInfo> PeerMesh::Impl::status() const {
       if (auto o = peer->link->link().clock_offset()) {
         info.rtt_ms = to_ms(o->rtt);
         info.offset_ms = to_ms(o->offset);
-        if (!last_heard || o->at > *last_heard) last_heard = o->at;
       }
+      const common::MonoTime received = peer->link->link().last_received();
+      if (!last_heard || received > *last_heard) last_heard = received;
     }
     if (last_heard) {
       info.last_heard_ms_ago = static_cast<std::uint64_t>(std::max<std::int64_t>(

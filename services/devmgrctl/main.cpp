@@ -1,5 +1,5 @@
 // devmgrctl: the administrator's command line for a devmgr (docs/devmgrctl.md).
-// Verbs: devices, finders, leases, sessions, policy [reload], session attach|detach, allocate,
+// Verbs: devices [--group], group [reload], finders, leases, sessions, policy [reload], session attach|detach, allocate,
 // release, keygen. Each listing prints a table for people or, with --json, the manager's records
 // under the message's field names.
 // Exit codes: 0 done, 1 the operation failed, 2 bad usage, 3 the manager is unreachable.
@@ -155,8 +155,8 @@ void print_json(const nlohmann::json& j) {
 
 // --- listings -------------------------------------------------------------------------------------
 
-int run_devices(const Target& target, const std::optional<std::string>& dtu, bool json) {
-  auto answer = ask<common::DeviceListMsg>(target, common::ListDevicesMsg{dtu});
+int run_devices(const Target& target, const std::optional<std::string>& dtu, bool group, bool json) {
+  auto answer = ask<common::DeviceListMsg>(target, common::ListDevicesMsg{dtu, group});
   if (!answer.result->ok()) return fail(answer, target);
   const auto& devices = answer.result->value().devices;
   if (json) {
@@ -237,6 +237,38 @@ int run_policy_reload(const Target& target, bool json) {
   }
   if (!json) std::cout << "reloaded the policy\n";
   print_policy(answer.result->value(), json);
+  return kExitDone;
+}
+
+// --- group ----------------------------------------------------------------------------------------
+
+int run_group(const Target& target, bool json) {
+  auto answer = ask<common::GroupInfoMsg>(target, common::GroupStatusMsg{});
+  if (!answer.result->ok()) return fail(answer, target);
+  const auto& info = answer.result->value();
+  if (json) {
+    print_json(info);
+  } else {
+    services::group_table(info.members).print(std::cout);
+  }
+  return kExitDone;
+}
+
+int run_group_reload(const Target& target, bool json) {
+  auto answer = ask<common::GroupInfoMsg>(target, common::ReloadGroupMsg{});
+  if (!answer.result->ok()) {
+    return fail(answer, target,
+                {{Errc::denied, kRunAsAdmin},
+                 {Errc::config_error,
+                  "the group list and keys in force are unchanged; fix the file and run `devmgrctl group reload` "
+                  "again."}});
+  }
+  if (json) {
+    print_json(answer.result->value());
+  } else {
+    std::cout << "reloaded the group list and keys\n";
+    services::group_table(answer.result->value().members).print(std::cout);
+  }
   return kExitDone;
 }
 
@@ -543,6 +575,17 @@ int main(int argc, char** argv) {
   std::optional<std::string> dtu_filter;
   add_json(devices, "an array of device records");
   devices->add_option("--dtu", dtu_filter, "only this DTU's devices");
+  bool group_devices = false;
+  devices->add_flag("--group", group_devices, "the devices of the whole group (each member answers for its DTUs)");
+
+  auto* group = app.add_subcommand("group", "list the members of the group: links, incarnations, clocks, counts");
+  group->require_subcommand(0, 1);
+  group->fallthrough();
+  add_json(group, "{manager, incarnation, members: [{id, address, self, state, incarnation, rtt_ms, offset_ms, "
+                  "last_heard_ms_ago, dtus, devices, finders_held, finders_sent, last_error}]}");
+  auto* group_reload = group->add_subcommand(
+      "reload", "read the group list and keys again (administrators): new peers are dialed, removed ones dropped");
+  add_json(group_reload, "the group after the reload, as `group --json`");
 
   auto* finders = app.add_subcommand("finders", "list the finders services registered, with their matches");
   add_json(finders, "an array of finders (client, pid, uid, finder_id, finder, matches)");
@@ -623,7 +666,9 @@ int main(int argc, char** argv) {
     return code == 0 ? kExitDone : kExitUsage;
   }
   const Target target{socket, std::chrono::milliseconds(timeout_ms)};
-  if (devices->parsed()) return run_devices(target, dtu_filter, json);
+  if (devices->parsed()) return run_devices(target, dtu_filter, group_devices, json);
+  if (group_reload->parsed()) return run_group_reload(target, json);
+  if (group->parsed()) return run_group(target, json);
   if (finders->parsed()) return run_finders(target, json);
   if (leases->parsed()) return run_leases(target, json);
   if (sessions->parsed()) return run_sessions(target, json);

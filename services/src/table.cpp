@@ -138,6 +138,34 @@ Table device_table(const std::vector<common::DeviceRecord>& devices) {
   return table;
 }
 
+namespace {
+
+std::string optional_cell(const std::optional<std::uint32_t>& value) {
+  return value ? std::to_string(*value) : std::string("-");
+}
+
+std::string millis_cell(const std::optional<double>& ms) {
+  if (!ms) return "-";
+  char text[32];
+  std::snprintf(text, sizeof text, "%.2fms", *ms);
+  return text;
+}
+
+}  // namespace
+
+Table group_table(const std::vector<common::GroupMemberInfo>& members) {
+  Table table({"ID", "ADDRESS", "STATE", "INCARNATION", "RTT", "OFFSET", "HEARD", "DTUS", "DEVICES", "FINDERS"});
+  for (const auto& m : members) {
+    table.add_row({m.self ? m.id + " *" : m.id, m.address, m.state,
+                   m.incarnation == 0 ? std::string("-") : std::to_string(m.incarnation), millis_cell(m.rtt_ms),
+                   millis_cell(m.offset_ms),
+                   m.last_heard_ms_ago ? format_duration_ms(*m.last_heard_ms_ago) + " ago" : std::string("-"),
+                   optional_cell(m.dtus), optional_cell(m.devices),
+                   m.self ? std::string("-") : std::to_string(m.finders_held) + "/" + std::to_string(m.finders_sent)});
+  }
+  return table;
+}
+
 Table finder_table(const std::vector<common::FinderInfo>& finders) {
   Table table({"CLIENT", "UID", "ID", "FINDER", "MATCHES"});
   for (const auto& f : finders) {

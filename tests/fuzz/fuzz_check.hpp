@@ -12,8 +12,10 @@
 
 #include "dtu/common/errors.hpp"
 #include "dtu/common/frame.hpp"
+#include "dtu/common/group_messages.hpp"
 #include "dtu/common/inband_messages.hpp"
 #include "dtu/common/messages.hpp"
+#include "dtu/common/peer_messages.hpp"
 #include "dtu/common/service_messages.hpp"
 
 namespace dtu::fuzz {
@@ -243,20 +245,39 @@ inline void check_own_message(const common::Frame& frame) {
     case common::MessageType::reload_group:
       check_message<common::ReloadGroupMsg>(frame);
       break;
-    // peer handshake: helper "auth"
     case common::MessageType::peer_auth_init:
+      check_message<common::PeerAuthInitMsg>(frame);
+      break;
     case common::MessageType::peer_auth_challenge:
+      check_message<common::PeerAuthChallengeMsg>(frame);
+      break;
     case common::MessageType::peer_auth_proof:
+      check_message<common::PeerAuthProofMsg>(frame);
+      break;
     case common::MessageType::peer_welcome:
+      check_message<common::PeerWelcomeMsg>(frame);
       break;
     // peer group messages: helper "group"
     case common::MessageType::peer_ownership:
+      check_message<common::PeerOwnershipMsg>(frame);
+      break;
     case common::MessageType::peer_allocate:
+      check_message<common::PeerAllocateMsg>(frame);
+      break;
     case common::MessageType::peer_renew:
+      check_message<common::PeerRenewMsg>(frame);
+      break;
     case common::MessageType::peer_release:
+      check_message<common::PeerReleaseMsg>(frame);
+      break;
     case common::MessageType::peer_resume:
+      check_message<common::PeerResumeMsg>(frame);
+      break;
     case common::MessageType::peer_status:
+      check_message<common::PeerStatusMsg>(frame);
+      break;
     case common::MessageType::peer_status_reply:
+      check_message<common::PeerStatusReplyMsg>(frame);
       break;
     case common::MessageType::inband_hello:
       check_message<common::InbandHelloMsg>(frame);
@@ -313,8 +334,10 @@ inline void check_every_message(const common::Frame& frame) {
                    common::SessionListMsg, common::GetPolicyMsg, common::PolicyInfoMsg, common::ReloadPolicyMsg,
                    common::ResumeLeaseMsg, common::GroupStatusMsg, common::GroupInfoMsg,
                    common::ReloadGroupMsg>(frame);
-  // peer handshake messages: helper "auth" adds check_all_refuse<...> here
-  // peer group messages: helper "group" adds check_all_refuse<...> here
+  check_all_refuse<common::PeerAuthInitMsg, common::PeerAuthChallengeMsg, common::PeerAuthProofMsg,
+                   common::PeerWelcomeMsg>(frame);
+  check_all_refuse<common::PeerOwnershipMsg, common::PeerAllocateMsg, common::PeerRenewMsg, common::PeerReleaseMsg,
+                   common::PeerResumeMsg, common::PeerStatusMsg, common::PeerStatusReplyMsg>(frame);
 }
 
 }  // namespace dtu::fuzz

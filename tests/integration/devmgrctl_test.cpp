@@ -145,8 +145,8 @@ TEST_CASE("devmgrctl lists finders, leases and sessions as JSON after known acti
                           {"uid", ::getuid()},
                           {"finder_id", 5},
                           {"finder", finder},
-                          {"matches", json::parse(R"([{"dtu": "dtu-1", "device": "1-1", "units": [0]},
-                                                       {"dtu": "dtu-1", "device": "1-2", "units": [0]}])")}};
+                          {"matches", json::parse(R"([{"dtu": "dtu-1", "device": "1-1", "units": [0], "owner": "m1"},
+                                                       {"dtu": "dtu-1", "device": "1-2", "units": [0], "owner": "m1"}])")}};
   CHECK(sorted_matches(ctl_json(site, m, {"finders"})) == json::array({expected_finder}));
   auto table = site.devmgrctl(m, {"finders"});
   CHECK(table.out.find("finder-test[" + std::to_string(::getpid()) + "]") != std::string::npos);

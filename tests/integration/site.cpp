@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <csignal>
+#include <fstream>
 #include <iterator>
 #include <stdexcept>
 
@@ -54,6 +55,80 @@ Site::Manager& Site::start_manager(const std::string& id, const std::string& ip,
   m->address = wait_listening(*m);
   managers_.push_back(std::move(m));
   return *managers_.back();
+}
+
+std::filesystem::path Site::group_key() {
+  if (group_key_.empty()) {
+    const auto path = dir_ / "group.key";
+    auto r = run_command({binary_path("devmgrctl"), "keygen", "--out", path.string()}, kToolDeadline);
+    if (r.exit_code != 0) throw std::runtime_error("devmgrctl keygen failed: " + r.err);
+    group_key_ = path;
+  }
+  return group_key_;
+}
+
+std::vector<Site::Manager*> Site::start_group(const std::vector<Member>& members, const std::vector<std::string>& extra) {
+  nlohmann::json list = {{"members", nlohmann::json::array()}};
+  for (const auto& member : members) {
+    list["members"].push_back({{"id", member.id}, {"address", member.ip + ":" + std::to_string(kMeshPort)}});
+  }
+  std::ofstream(group_file()) << list.dump(2) << '\n';
+  const auto key = group_key();
+  std::vector<Manager*> started;
+  for (const auto& member : members) {
+    auto m = std::make_unique<Manager>();
+    m->id = member.id;
+    m->socket = dir_ / (member.id + ".sock");
+    std::vector<std::string> argv = {binary_path("devmgr"),
+                                     "--id", member.id,
+                                     "--dtu-listen", member.ip + ":0",
+                                     "--socket", m->socket.string(),
+                                     "--site-dtu-key", site_key().string(),
+                                     "--heartbeat-ms", std::to_string(kTestHeartbeatMs),
+                                     "--heartbeat-misses", std::to_string(kTestHeartbeatMisses),
+                                     "--group", group_file().string(),
+                                     "--group-key", key.string()};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    m->argv = argv;
+    m->process = std::make_unique<Process>(argv, dir_.path(), Environment{}, member.id);
+    managers_.push_back(std::move(m));
+    started.push_back(managers_.back().get());
+  }
+  for (Manager* m : started) m->address = wait_listening(*m);
+  return started;
+}
+
+nlohmann::json Site::group(const Manager& m) {
+  auto r = devmgrctl(m, {"group", "--json"});
+  REQUIRE_MESSAGE(r.exit_code == 0, "devmgrctl group --json failed: " << r.err);
+  return nlohmann::json::parse(r.out);
+}
+
+nlohmann::json Site::member(const Manager& m, const std::string& id) {
+  const nlohmann::json members = group(m).at("members");
+  for (const auto& member : members) {
+    if (member.at("id") == id) return member;
+  }
+  return nullptr;
+}
+
+bool Site::wait_peers_up(const Manager& m, std::size_t peers, std::chrono::milliseconds deadline) {
+  std::string last;
+  const bool all_up = eventually(
+      [&] {
+        auto r = devmgrctl(m, {"group", "--json"});
+        last = r.out + r.err;
+        if (r.exit_code != 0) return false;
+        std::size_t up = 0;
+        const nlohmann::json group = nlohmann::json::parse(r.out);
+        for (const auto& member : group.at("members")) {
+          if (member.at("state") == "up") ++up;
+        }
+        return up == peers;
+      },
+      deadline);
+  if (!all_up) MESSAGE(m.id << " does not see " << peers << " peers up; devmgrctl group --json said:\n" << last);
+  return all_up;
 }
 
 std::string Site::wait_listening(Manager& m) {

@@ -22,6 +22,8 @@ inline constexpr std::chrono::milliseconds kSettle{10000};
 // Heartbeats for tests: failures are noticed within 3 x 200 ms.
 inline constexpr int kTestHeartbeatMs = 200;
 inline constexpr int kTestHeartbeatMisses = 3;
+// The mesh port of every manager of a test group (each manager has its own address).
+inline constexpr int kMeshPort = 4720;
 
 class Site {
  public:
@@ -48,6 +50,23 @@ class Site {
 
   // Starts a devmgr on `ip` (port chosen by the kernel) and waits until it listens.
   Manager& start_manager(const std::string& id, const std::string& ip, std::vector<std::string> extra = {});
+  struct Member {
+    std::string id;
+    std::string ip;
+  };
+  // A group: writes the group list (each member's mesh address is ip:kMeshPort) and the group key,
+  // starts every manager at once (none waits for another) and then waits until each listens.
+  // `extra` goes to every manager. The managers come back in the order of `members`.
+  std::vector<Manager*> start_group(const std::vector<Member>& members, const std::vector<std::string>& extra = {});
+  // The group key file (devmgrctl keygen), and the group list start_group wrote.
+  std::filesystem::path group_key();
+  std::filesystem::path group_file() const { return dir_ / "group.json"; }
+  // `devmgrctl group --json`, parsed; CHECKs the command succeeded.
+  nlohmann::json group(const Manager& m);
+  // The member `id` as `m` sees it in group(m), or null.
+  nlohmann::json member(const Manager& m, const std::string& id);
+  // Waits until `m` sees `peers` peers in state "up".
+  bool wait_peers_up(const Manager& m, std::size_t peers, std::chrono::milliseconds deadline = kSettle);
   // Kills a manager with SIGKILL (a crash: it cleans nothing up) and waits until it has exited.
   void kill_manager(Manager& m);
   // Starts a killed (or stopped) manager again with its arguments, on the same DTU address and
@@ -73,6 +92,7 @@ class Site {
 
   TempDir dir_;
   std::filesystem::path site_key_;
+  std::filesystem::path group_key_;
   std::map<std::string, std::filesystem::path> dtu_keys_;
   std::vector<std::unique_ptr<Manager>> managers_;
   std::vector<std::unique_ptr<Agent>> agents_;

@@ -93,7 +93,7 @@ TEST_CASE(
   printers.uid = 1000;
   printers.finder_id = 7;
   printers.finder = finder_of({{"function", "printer"}, {"scope", "session"}, {"session", "s1"}});
-  printers.matches = {{"dtu-1", "1-1", {0}}, {"dtu-1", "1-2", {0}}};
+  printers.matches = {{"dtu-1", "1-1", {0}, "m1", false}, {"dtu-1", "1-2", {0}, "m1", false}};
   FinderInfo all;
   all.client = "audit";
   all.pid = 9;

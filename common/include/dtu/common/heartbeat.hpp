@@ -34,6 +34,7 @@ class Heartbeat {
   Duration interval() const { return interval_; }
   std::uint32_t misses() const { return misses_; }
   Duration silence(MonoTime now) const { return now - last_received_; }
+  MonoTime last_received() const { return last_received_; }
 
  private:
   Duration interval_;

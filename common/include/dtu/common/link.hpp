@@ -87,6 +87,8 @@ class Link : public std::enable_shared_from_this<Link> {
   // The peer's clock minus ours, from heartbeat round trips; nullopt before the first one.
   std::optional<OffsetSample> clock_offset() const { return offset_.estimate(); }
   std::uint64_t frames_received() const { return frames_received_; }
+  // When the last frame (of any kind, heartbeats included) arrived; the link's start before any.
+  MonoTime last_received() const { return heartbeat_.last_received(); }
 
  private:
   Link(const asio::any_io_executor& ex, std::unique_ptr<Transport> transport, FilamentMux::Side side,

@@ -5,13 +5,15 @@
 //
 //   awaiting_hello --client_hello--> ready
 //
-// Legal messages (all requests): awaiting_hello: client_hello. ready: list_devices, allocate,
-// renew, release, resume_lease (the LeaseBroker), register_finder, unregister_finder (the
-// FinderRegistry), list_finders, list_leases, list_sessions, get_policy, and the administrators'
-// session_attach, session_detach, reload_policy (others get Errc::denied). The manager sends
-// lease_ended and finder_* notifies. Anything else, a filament opened by the client, or no hello
-// within the timeout closes this connection with a logged reason. When the connection closes its
-// finders are dropped and its leases released (after the current handler, never inside it).
+// Legal messages (all requests): awaiting_hello: client_hello. ready: list_devices (with group:
+// every manager's), allocate, renew, release, resume_lease, register_finder, unregister_finder,
+// list_finders (all through the GroupBroker, which serves local DTUs from the LeaseBroker and
+// FinderRegistry and forwards the rest), list_leases, list_sessions, get_policy, and the
+// administrators' session_attach, session_detach, reload_policy (others get Errc::denied). The
+// manager sends lease_ended and finder_* notifies. Anything else, a filament opened by the client,
+// or no hello within the timeout closes this connection with a logged reason. When the connection
+// closes its finders are dropped and its leases released (after the current handler, never inside
+// it). A ClientSession is the LeaseHolder of the leases it obtains.
 // Runs on the manager's io_context thread.
 
 #include <functional>
@@ -26,6 +28,7 @@
 #include "dtu/common/service_messages.hpp"
 #include "dtu/devmgr/device_list.hpp"
 #include "dtu/devmgr/finder_registry.hpp"
+#include "dtu/devmgr/group_broker.hpp"
 #include "dtu/devmgr/lease_broker.hpp"
 
 namespace dtu::devmgr {
@@ -34,16 +37,18 @@ namespace dtu::devmgr {
 // (sessions and policy change state beyond one client).
 struct ClientServices {
   const DeviceList* devices = nullptr;
-  LeaseBroker* leases = nullptr;
-  FinderRegistry* finders = nullptr;
+  const LeaseBroker* leases = nullptr;  // list_leases
+  GroupBroker* group = nullptr;         // finders, allocation, group listings
   std::function<std::vector<common::SessionInfo>()> list_sessions;
   std::function<common::Result<void>(const common::SessionAttachMsg&)> attach_session;
   std::function<common::Result<void>(const std::string& session)> detach_session;
   std::function<common::PolicyInfoMsg()> policy_info;
   std::function<common::Result<common::PolicyInfoMsg>()> reload_policy;
+  std::function<void(std::function<void(common::GroupInfoMsg)>)> group_status;
+  std::function<common::Result<common::GroupInfoMsg>()> reload_group;
 };
 
-class ClientSession : public std::enable_shared_from_this<ClientSession> {
+class ClientSession : public LeaseHolder, public std::enable_shared_from_this<ClientSession> {
  public:
   enum class State { awaiting_hello, ready, closed };
 
@@ -55,13 +60,18 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void close(const common::Error& reason) { link_->close(reason); }
 
   const common::PeerCredentials& credentials() const { return credentials_; }
+  unsigned uid() const override { return credentials_.uid; }
+  unsigned gid() const override { return credentials_.gid; }
+  unsigned pid() const override { return static_cast<unsigned>(credentials_.pid); }
   // How DTUs and logs name this client as a lease holder: "<program>[<pid>]@<manager>".
-  std::string holder_name() const;
+  std::string holder_name() const override;
   // The program name the client gave in its hello (self-declared: for logs and the policy's
   // `service` field, never for access decisions).
-  const std::string& client_name() const { return client_name_; }
+  std::string client_name() const override { return client_name_; }
   // Sends an event (lease_ended) to the client.
-  void notify(common::Frame frame) { link_->notify(common::FilamentMux::kControlFilament, std::move(frame)); }
+  void notify(common::Frame frame) override {
+    link_->notify(common::FilamentMux::kControlFilament, std::move(frame));
+  }
   static bool is_legal(State state, common::MessageType type);
 
  private:

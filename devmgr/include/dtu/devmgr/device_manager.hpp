@@ -22,6 +22,9 @@
 #include "dtu/devmgr/device_list.hpp"
 #include "dtu/devmgr/dtu_session.hpp"
 #include "dtu/devmgr/finder_registry.hpp"
+#include "dtu/devmgr/group_broker.hpp"
+#include "dtu/devmgr/group_config.hpp"
+#include "dtu/devmgr/peer_mesh.hpp"
 #include "dtu/devmgr/lease_broker.hpp"
 #include "dtu/devmgr/manager_options.hpp"
 #include "dtu/devmgr/policy.hpp"
@@ -43,7 +46,14 @@ class DeviceManager {
   // Reads the policy file again. On error the policy in force stays, and the error says why
   // (file, line, rule). Without a policy file the built-in policy stays.
   common::Result<common::PolicyInfoMsg> reload_policy();
-  // Stops accepting and closes every session. Idempotent.
+  // Reads the group list and the group keys again: the mesh dials new peers and drops removed
+  // ones (a manager that had no mesh address and has one now starts its mesh). On error the
+  // group in force stays and the error says why (group_reload_failed in the log).
+  common::Result<common::GroupInfoMsg> reload_group();
+  // Every member of the group as this manager sees it, itself first; the peers' device counts
+  // are asked for (a peer that does not answer within a second shows none).
+  void group_status(std::function<void(common::GroupInfoMsg)> done);
+  // Stops accepting and closes every session and peer link. Idempotent.
   void stop();
 
   // The bound DTU endpoint (the real port when the options asked for port 0).
@@ -51,6 +61,12 @@ class DeviceManager {
   const DeviceList& devices() const { return devices_; }
   const LeaseBroker& leases() const { return leases_; }
   const FinderRegistry& finders() const { return finders_; }
+  // The group layer: the mesh's hooks (peer_up / peer_down / peer_frame) go here.
+  GroupBroker& group() { return group_; }
+  const GroupBroker& group() const { return group_; }
+  // This start of the manager (orders news about it in the group): microseconds of wall time at
+  // construction.
+  std::uint64_t incarnation() const { return incarnation_; }
   const SessionTable& sessions() const { return sessions_; }
   const Policy& policy() const { return policy_; }
   std::size_t dtu_count() const { return dtus_.size(); }
@@ -65,6 +81,17 @@ class DeviceManager {
   common::Result<void> attach_session(const common::SessionAttachMsg& request);
   common::Result<void> detach_session(const std::string& session);
   common::PolicyInfoMsg policy_info() const;
+  // The group list (file, then --peer entries), the keys and this manager's mesh address
+  // (peer_listen, else its own entry); no address: no mesh.
+  struct GroupSettings {
+    std::vector<GroupMember> members;
+    common::GroupKeys keys;
+    std::optional<common::Endpoint> address;
+  };
+  common::Result<GroupSettings> load_group() const;
+  common::Result<void> start_mesh(const GroupSettings& group);
+  // The members without the peers' device counts.
+  common::GroupInfoMsg group_info() const;
 
   asio::any_io_executor executor_;
   const common::Clock& clock_;
@@ -80,9 +107,13 @@ class DeviceManager {
   Policy policy_ = Policy::builtin();
   FinderRegistry finders_;
   LeaseBroker leases_;
+  std::uint64_t incarnation_ = 0;
+  GroupBroker group_;
   std::set<std::shared_ptr<DtuSession>> hello_pending_;
   std::map<std::string, std::shared_ptr<DtuSession>> dtus_;  // active, by DTU id
   std::set<std::shared_ptr<ClientSession>> clients_;
+  // Declared after group_: destroyed first, so no hook reaches a destroyed GroupBroker.
+  std::unique_ptr<PeerMesh> mesh_;
   bool stopped_ = false;
 };
 

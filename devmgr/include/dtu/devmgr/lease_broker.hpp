@@ -6,9 +6,10 @@
 // holder when its lease ends, and releases a client's leases when its connection closes (a dead
 // service holds nothing) unless an administrator asked to keep them.
 //
-// Access: only the client that obtained a lease, another connection of the same uid (a service
-// that reconnected), or an administrator may renew or release it. Group-wide forwarding comes
-// with the mesh (issue 5): everything here concerns DTUs connected to this manager.
+// Access: only the holder that obtained a lease, another holder of the same uid (a service
+// that reconnected), or an administrator may renew or release it. Everything here concerns DTUs
+// connected to this manager; a holder is a local client (ClientSession) or a service of a peer
+// manager (GroupBroker's remote holder), under the same policy, limits, waits and access rules.
 //
 // Runs on the manager's io_context thread.
 
@@ -33,8 +34,23 @@
 
 namespace dtu::devmgr {
 
-class ClientSession;
 class DtuSession;
+
+// Who holds (or asks for) a lease: a local client or a peer manager's service. The uid is the
+// kernel's (SO_PEERCRED), seen by this manager or by the peer that forwarded the request.
+class LeaseHolder {
+ public:
+  virtual ~LeaseHolder() = default;
+  virtual unsigned uid() const = 0;
+  virtual unsigned gid() const = 0;
+  virtual unsigned pid() const = 0;
+  // How DTUs and logs name the holder: "<program>[<pid>]@<manager>".
+  virtual std::string holder_name() const = 0;
+  // The program name it declared (for logs and the policy's `service` field, never for access).
+  virtual std::string client_name() const = 0;
+  // Sends an event (lease_ended) to the holder.
+  virtual void notify(common::Frame frame) = 0;
+};
 
 // How long the manager waits for a DTU's answer to a lease operation.
 inline constexpr common::Duration kLeaseRequestTimeout = std::chrono::seconds(10);
@@ -67,19 +83,20 @@ class LeaseBroker {
   // no such device or unit), Errc::denied (policy, per-user limit, keep without being an
   // administrator), Errc::refused (held: the reason names the holder; after wait_ms when the
   // request waited), Errc::unavailable, Errc::timeout.
-  void allocate(const std::shared_ptr<ClientSession>& client, common::AllocateMsg request,
+  void allocate(const std::shared_ptr<LeaseHolder>& client, common::AllocateMsg request,
                 Done<common::LeaseGrantedMsg> done);
   // Errc::not_found: no such lease here; Errc::denied: the lease belongs to another uid.
-  void renew(const std::shared_ptr<ClientSession>& client, common::RenewMsg request,
+  void renew(const std::shared_ptr<LeaseHolder>& client, common::RenewMsg request,
              Done<common::LeaseGrantedMsg> done);
-  void release(const std::shared_ptr<ClientSession>& client, common::ReleaseMsg request, Done<void> done);
+  void release(const std::shared_ptr<LeaseHolder>& client, common::ReleaseMsg request, Done<void> done);
   // A client takes over a lease it held before a reconnect; the DTU checks the token.
-  void resume(const std::shared_ptr<ClientSession>& client, common::ResumeLeaseMsg request,
+  void resume(const std::shared_ptr<LeaseHolder>& client, common::ResumeLeaseMsg request,
               Done<common::LeaseGrantedMsg> done);
 
-  // The client's connection closed: drop its waits and release every lease it holds (but kept
-  // ones). A DTU that is not connected cannot be told; its lease then ends by expiry on the DTU.
-  void client_closed(const ClientSession* client);
+  // The holder went away (a local client's connection closed): drop its waits and release every
+  // lease it holds (but kept ones). A DTU that is not connected cannot be told; its lease then
+  // ends by expiry on the DTU.
+  void holder_closed(const LeaseHolder* holder);
   // A DTU reports that a lease ended: forget it and tell the holder.
   void lease_ended(const common::LeaseEndedMsg& ended);
   // A device record changed: a unit that became free hands itself to its first waiter.
@@ -88,6 +105,8 @@ class LeaseBroker {
   void dtu_lost(const std::string& dtu);
 
   std::vector<common::LeaseInfo> list() const;
+  // Whether any lease here is held by `holder`.
+  bool holds(const LeaseHolder* holder) const;
   std::size_t size() const { return leases_.size(); }
   std::size_t waiting() const;
 
@@ -97,8 +116,8 @@ class LeaseBroker {
     std::string device;
     std::uint32_t unit = 0;
     std::string holder;
-    std::weak_ptr<ClientSession> client;
-    const ClientSession* client_key = nullptr;  // identity only, never dereferenced
+    std::weak_ptr<LeaseHolder> client;
+    const LeaseHolder* client_key = nullptr;  // identity only, never dereferenced
     unsigned uid = 0;
     bool keep = false;
     std::uint32_t length_ms = 0;
@@ -109,18 +128,18 @@ class LeaseBroker {
   struct Waiter;
 
   // The lease, if `client` may act on it; the error otherwise.
-  common::Result<Held> check_holder(const ClientSession& client, const std::string& dtu, const std::string& lease) const;
+  common::Result<Held> check_holder(const LeaseHolder& client, const std::string& dtu, const std::string& lease) const;
   // Sends the lease request for an allocation the policy allowed; `done` gets the DTU's answer.
-  void ask_dtu(const std::shared_ptr<ClientSession>& client, const common::AllocateMsg& request,
+  void ask_dtu(const std::shared_ptr<LeaseHolder>& client, const common::AllocateMsg& request,
                const PolicyVerdict& verdict, Done<common::LeaseGrantedMsg> done);
-  void enqueue(const std::shared_ptr<ClientSession>& client, const common::AllocateMsg& request,
+  void enqueue(const std::shared_ptr<LeaseHolder>& client, const common::AllocateMsg& request,
                const PolicyVerdict& verdict, common::Error refusal, Done<common::LeaseGrantedMsg> done);
   // Offers the unit to its first waiter, if it has one and none is being tried.
   void kick(const UnitKey& unit);
   void finish_waiter(const UnitKey& unit, const std::shared_ptr<Waiter>& waiter,
                      common::Result<common::LeaseGrantedMsg> result);
   void send_release(const std::string& dtu, const std::string& lease, Done<void> done);
-  void remember(const common::LeaseGrantedMsg& granted, const std::shared_ptr<ClientSession>& client,
+  void remember(const common::LeaseGrantedMsg& granted, const std::shared_ptr<LeaseHolder>& client,
                 std::uint32_t length_ms, std::uint32_t max_lease_ms, bool keep);
 
   Context context_;

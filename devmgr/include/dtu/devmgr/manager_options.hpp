@@ -4,7 +4,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "dtu/common/clock.hpp"
 #include "dtu/common/config.hpp"
@@ -27,6 +29,15 @@ struct ManagerOptions {
   std::chrono::milliseconds handshake_timeout{5000};  // TLS plus hello
   std::size_t max_frame_bytes = common::kDefaultMaxPayload;
   std::string log_level = "info";
+  // The group (docs/group.md). The mesh runs when this manager has a mesh address: `peer_listen`,
+  // or else its own entry in the group list. Without one it serves alone.
+  std::optional<common::Endpoint> peer_listen;
+  std::string group_file;          // {"members": [{"id", "address"}, …]}; reloaded on SIGHUP
+  std::vector<std::string> peers;  // more members, "id=host:port" (flags; kept across reloads)
+  std::string group_key_file = "/etc/dtubroker/group.key";
+  std::string group_key_next_file;  // during a key rotation: the next group key (docs/group.md)
+  // How long a dead peer's devices stay `orphaned` (their DTUs may re-home) before they are gone.
+  std::chrono::milliseconds orphan_grace{10000};
 };
 
 // Reads a socket mode written in octal ("0660"). Errc::config_error otherwise.

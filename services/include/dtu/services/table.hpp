@@ -50,6 +50,10 @@ Table finder_table(const std::vector<common::FinderInfo>& finders);
 // `devmgrctl leases`: LEASE, DTU, DEVICE, UNIT, HOLDER, UID, EXPIRES IN, KEEP ("yes" / "no").
 Table lease_table(const std::vector<common::LeaseInfo>& leases);
 
+// `devmgrctl group`: ID (self marked "*"), ADDRESS, STATE, INCARNATION, RTT, OFFSET, HEARD
+// ("0.8s ago"), DTUS, DEVICES, FINDERS ("held/sent": finders of that member this manager holds /
+// distinct finders this manager forwarded to it); "-" where unknown.
+Table group_table(const std::vector<common::GroupMemberInfo>& members);
 // `devmgrctl sessions`: SESSION, USER, DTU, SINCE ("4m05s ago").
 Table session_table(const std::vector<common::SessionInfo>& sessions);
 

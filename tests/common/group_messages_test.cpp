@@ -1,0 +1,166 @@
+// Group messages (136–142): each round-trips through the wire encoding, and the decoders refuse
+// what a broken or hostile peer could send (missing fields, bad ids, wrong nesting), naming the
+// field.
+#include "dtu/common/group_messages.hpp"
+
+#include <doctest/doctest.h>
+
+#include <ostream>  // doctest prints std::error_code
+#include <string>
+#include <string_view>
+
+#include "dtu/common/frame_decoder.hpp"
+
+namespace dtu::common {
+namespace {
+
+using nlohmann::json;
+
+Frame object_frame(MessageType type, const json& j) {
+  const std::string text = j.dump();
+  Frame f;
+  f.type = type;
+  f.payload.assign(text.begin(), text.end());
+  return f;
+}
+
+template <typename M>
+M round_trip(const M& msg) {
+  const Frame sent = to_frame(msg);
+  CHECK(sent.type == M::kType);
+  FrameDecoder decoder;
+  decoder.feed(encode_frame(sent));
+  Frame received;
+  REQUIRE(decoder.next(received) == FrameDecoder::Status::complete);
+  auto result = from_frame<M>(received);
+  REQUIRE_MESSAGE(result.ok(), result.error().describe());
+  return std::move(result).value();
+}
+
+// The detail of the bad_payload error from_frame<M> reports. REQUIRES: it fails.
+template <typename M>
+std::string refusal(const json& j) {
+  auto result = from_frame<M>(object_frame(M::kType, j));
+  REQUIRE_FALSE(result.ok());
+  CHECK(result.error().code == make_error_code(Errc::bad_payload));
+  return result.error().detail;
+}
+
+bool contains(const std::string& text, std::string_view part) { return text.find(part) != std::string::npos; }
+
+OnBehalf someone() { return OnBehalf{1000, 100, 4242, "printd", "printd[4242]@m3"}; }
+
+TEST_CASE("peer_ownership round-trips a full announcement and a delta") {
+  PeerOwnershipMsg full;
+  full.manager = "m1";
+  full.incarnation = 1767225600123456;
+  full.full = true;
+  full.owned.push_back(OwnedDtu{"dtu-a", Stamp{1700000000000, 17, 1700000000000123}, 2});
+  full.owned.push_back(OwnedDtu{"dtu-b", Stamp{5, 1, 0}, 0});
+  auto back = round_trip(full);
+  CHECK(back.manager == "m1");
+  CHECK(back.incarnation == 1767225600123456);
+  CHECK(back.full);
+  CHECK(back.owned == full.owned);
+  CHECK(back.lost.empty());
+
+  PeerOwnershipMsg delta;
+  delta.manager = "m1";
+  delta.incarnation = 7;
+  delta.lost = {"dtu-a"};
+  auto d = round_trip(delta);
+  CHECK_FALSE(d.full);
+  CHECK(d.owned.empty());
+  CHECK(d.lost == std::vector<std::string>{"dtu-a"});
+}
+
+TEST_CASE("peer_ownership refuses bad manager and DTU ids") {
+  const json good = {{"manager", "m1"}, {"incarnation", 1}, {"full", false}, {"owned", json::array()},
+                     {"lost", json::array()}};
+  json bad = good;
+  bad["manager"] = "../m1";
+  CHECK(contains(refusal<PeerOwnershipMsg>(bad), "manager"));
+  bad = good;
+  bad["lost"] = json::array({"ok", 3});
+  CHECK(contains(refusal<PeerOwnershipMsg>(bad), "lost"));
+  bad = good;
+  bad["owned"] = json::array({json{{"dtu", "a b"}, {"stamp", json{{"boot_epoch", 1}, {"seq", 1}, {"time_us", 0}}},
+                                   {"devices", 0}}});
+  CHECK(contains(refusal<PeerOwnershipMsg>(bad), "dtu"));
+  bad = good;
+  bad.erase("full");
+  CHECK(contains(refusal<PeerOwnershipMsg>(bad), "full"));
+  bad = good;
+  bad["incarnation"] = -1;
+  CHECK(contains(refusal<PeerOwnershipMsg>(bad), "incarnation"));
+}
+
+TEST_CASE("peer_allocate carries the service's identity and its allocate unchanged") {
+  PeerAllocateMsg msg;
+  msg.on_behalf = someone();
+  msg.request.dtu = "dtu-a";
+  msg.request.device = "1-1.4";
+  msg.request.unit = 0;
+  msg.request.length_ms = 30000;
+  msg.request.wait_ms = 5000;
+  msg.request.keep = true;
+  auto back = round_trip(msg);
+  CHECK(back.on_behalf == someone());
+  CHECK(back.request.dtu == "dtu-a");
+  CHECK(back.request.device == "1-1.4");
+  CHECK(back.request.length_ms == 30000);
+  CHECK(back.request.wait_ms == std::optional<std::uint32_t>(5000));
+  CHECK(back.request.keep);
+}
+
+TEST_CASE("peer_renew, peer_release and peer_resume round-trip") {
+  auto renew = round_trip(PeerRenewMsg{someone(), RenewMsg{"dtu-a", "L1", 1000}});
+  CHECK(renew.on_behalf == someone());
+  CHECK(renew.request.lease == "L1");
+  CHECK(renew.request.length_ms == 1000);
+  auto release = round_trip(PeerReleaseMsg{someone(), ReleaseMsg{"dtu-a", "L1"}});
+  CHECK(release.request.dtu == "dtu-a");
+  auto resume = round_trip(PeerResumeMsg{someone(), ResumeLeaseMsg{"dtu-a", "L1", std::string(64, 'a'), 0}});
+  CHECK(resume.request.token == std::string(64, 'a'));
+}
+
+TEST_CASE("a forwarded lease request without its service's identity is refused, naming what is missing") {
+  const json request = {{"dtu", "dtu-a"}, {"device", "1-1"}, {"unit", 0}, {"length_ms", 0}};
+  CHECK(contains(refusal<PeerAllocateMsg>(json{{"request", request}}), "on_behalf"));
+  json who = {{"uid", 1000}, {"gid", 100}, {"pid", 1}, {"client", "x"}, {"holder", "x[1]@m3"}};
+  json bad = who;
+  bad.erase("uid");
+  CHECK(contains(refusal<PeerAllocateMsg>(json{{"on_behalf", bad}, {"request", request}}), "uid"));
+  bad = who;
+  bad["uid"] = 1ULL << 40;  // a uid is 32 bits
+  CHECK(contains(refusal<PeerAllocateMsg>(json{{"on_behalf", bad}, {"request", request}}), "uid"));
+  bad = who;
+  bad["holder"] = "";
+  CHECK(contains(refusal<PeerAllocateMsg>(json{{"on_behalf", bad}, {"request", request}}), "holder"));
+  CHECK(contains(refusal<PeerAllocateMsg>(json{{"on_behalf", who}, {"request", "dtu-a"}}), "request"));
+  json short_request = request;
+  short_request.erase("device");
+  CHECK(contains(refusal<PeerAllocateMsg>(json{{"on_behalf", who}, {"request", short_request}}), "device"));
+}
+
+TEST_CASE("peer_status and its reply round-trip") {
+  round_trip(PeerStatusMsg{});
+  auto reply = round_trip(PeerStatusReplyMsg{"m2", 9, 2, 5, 3});
+  CHECK(reply.manager == "m2");
+  CHECK(reply.incarnation == 9);
+  CHECK(reply.dtus == 2);
+  CHECK(reply.devices == 5);
+  CHECK(reply.finders_held_total == 3);
+  CHECK(contains(refusal<PeerStatusMsg>(json::array()), "object"));
+  CHECK(contains(refusal<PeerStatusReplyMsg>(json{{"manager", "m2"}, {"incarnation", 1}, {"dtus", 0}, {"devices", 0}}),
+                 "finders_held_total"));
+}
+
+TEST_CASE("a group decoder refuses another message type") {
+  auto result = from_frame<PeerAllocateMsg>(to_frame(PeerStatusMsg{}));
+  REQUIRE_FALSE(result.ok());
+  CHECK(result.error().code == make_error_code(Errc::unknown_type));
+}
+
+}  // namespace
+}  // namespace dtu::common
