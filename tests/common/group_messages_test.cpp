@@ -10,32 +10,15 @@
 #include <string_view>
 
 #include "dtu/common/frame_decoder.hpp"
+#include "support/message_checks.hpp"
 
 namespace dtu::common {
 namespace {
 
 using nlohmann::json;
 
-Frame object_frame(MessageType type, const json& j) {
-  const std::string text = j.dump();
-  Frame f;
-  f.type = type;
-  f.payload.assign(text.begin(), text.end());
-  return f;
-}
-
-template <typename M>
-M round_trip(const M& msg) {
-  const Frame sent = to_frame(msg);
-  CHECK(sent.type == M::kType);
-  FrameDecoder decoder;
-  decoder.feed(encode_frame(sent));
-  Frame received;
-  REQUIRE(decoder.next(received) == FrameDecoder::Status::complete);
-  auto result = from_frame<M>(received);
-  REQUIRE_MESSAGE(result.ok(), result.error().describe());
-  return std::move(result).value();
-}
+using dtu::testing::object_frame;
+using dtu::testing::round_trip;
 
 // The detail of the bad_payload error from_frame<M> reports. REQUIRES: it fails.
 template <typename M>

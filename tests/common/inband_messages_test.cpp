@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "dtu/common/frame_decoder.hpp"
+#include "support/message_checks.hpp"
 
 namespace dtu::common {
 namespace {
@@ -18,27 +19,8 @@ bool contains(const std::string& text, std::string_view part) {
   return text.find(part) != std::string::npos;
 }
 
-Frame object_frame(MessageType type, const json& j) {
-  Frame f;
-  f.type = type;
-  const std::string text = j.dump();
-  f.payload.assign(text.begin(), text.end());
-  return f;
-}
-
-// Sends `msg` through to_frame, the wire encoding and the decoder, then from_frame.
-template <typename M>
-M round_trip(const M& msg) {
-  const Frame sent = to_frame(msg);
-  CHECK(sent.type == M::kType);
-  FrameDecoder decoder;
-  decoder.feed(encode_frame(sent));
-  Frame received;
-  REQUIRE(decoder.next(received) == FrameDecoder::Status::complete);
-  auto result = from_frame<M>(received);
-  REQUIRE_MESSAGE(result.ok(), result.error().describe());
-  return std::move(result).value();
-}
+using dtu::testing::object_frame;
+using dtu::testing::round_trip;
 
 // The error from_frame<M> reports for `frame`. REQUIRES: it fails.
 template <typename M>

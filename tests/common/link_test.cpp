@@ -22,6 +22,7 @@
 #include "dtu/common/messages.hpp"
 #include "dtu/common/net.hpp"
 #include "dtu/common/tls.hpp"
+#include "support/log_capture.hpp"
 
 // Link end to end over real in-process sockets (Unix socket pairs, and TCP+TLS on 127.0.0.1),
 // on one io_context driven by this thread with SystemClock. Tests run the context until the
@@ -57,34 +58,7 @@ struct Closed {
 template <typename T>
 using Outcome = std::shared_ptr<std::optional<T>>;
 
-// Captures every log line while alive.
-class LogCapture {
- public:
-  LogCapture() {
-    common::set_log_sink([this](std::string_view line) { lines_.emplace_back(line); });
-  }
-  ~LogCapture() { common::set_log_sink(nullptr); }
-  LogCapture(const LogCapture&) = delete;
-  LogCapture& operator=(const LogCapture&) = delete;
-
-  // True when one line contains every word.
-  bool has(std::initializer_list<std::string_view> words) const {
-    for (const auto& line : lines_) {
-      bool all = true;
-      for (auto word : words) all = all && line.find(word) != std::string::npos;
-      if (all) return true;
-    }
-    return false;
-  }
-  std::string text() const {
-    std::string out;
-    for (const auto& line : lines_) out += line + "\n";
-    return out;
-  }
-
- private:
-  std::vector<std::string> lines_;
-};
+using dtu::testing::LogCapture;
 
 // One io_context, the links made on it and their sockets. On destruction it closes every link
 // and runs the context until their coroutines have ended, so nothing outlives the context.

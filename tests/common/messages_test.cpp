@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "dtu/common/frame_decoder.hpp"
+#include "support/message_checks.hpp"
 
 namespace dtu::common {
 namespace {
@@ -26,27 +27,8 @@ Frame json_frame(MessageType type, std::string_view text) {
   return f;
 }
 
-Frame object_frame(MessageType type, const json& j) {
-  const std::string text = j.dump();
-  return json_frame(type, std::string_view(text));
-}
-
-// Sends `msg` through to_frame, the wire encoding and the decoder, then from_frame.
-template <typename M>
-M round_trip(const M& msg, std::uint32_t filament = 0) {
-  const Frame sent = to_frame(msg, filament);
-  CHECK(sent.type == M::kType);
-  CHECK(sent.filament == filament);
-  CHECK(sent.flags == 0);
-  CHECK(sent.txn == 0);
-  FrameDecoder decoder;
-  decoder.feed(encode_frame(sent));
-  Frame received;
-  REQUIRE(decoder.next(received) == FrameDecoder::Status::complete);
-  auto result = from_frame<M>(received);
-  REQUIRE_MESSAGE(result.ok(), result.error().describe());
-  return std::move(result).value();
-}
+using dtu::testing::object_frame;
+using dtu::testing::round_trip;
 
 // The error from_frame<M> reports for `frame`. REQUIRES: it fails.
 template <typename M>

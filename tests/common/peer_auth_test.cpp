@@ -20,6 +20,7 @@
 #include "dtu/common/messages.hpp"
 #include "dtu/common/net.hpp"
 #include "dtu/common/tls.hpp"
+#include "support/log_capture.hpp"
 
 // The peer handshake end to end: real TLS-PSK over loopback TCP (127.0.0.40, kernel-chosen
 // ports), real Links on both ends, one io_context driven by this thread with SystemClock. A
@@ -61,34 +62,7 @@ using Outcome = std::shared_ptr<std::optional<T>>;
 using TlsResult = Result<std::unique_ptr<common::TlsTransport>>;
 using AuthOutcome = Outcome<Result<PeerAuthResult>>;
 
-// Captures every log line while alive.
-class LogCapture {
- public:
-  LogCapture() {
-    common::set_log_sink([this](std::string_view line) { lines_.emplace_back(line); });
-  }
-  ~LogCapture() { common::set_log_sink(nullptr); }
-  LogCapture(const LogCapture&) = delete;
-  LogCapture& operator=(const LogCapture&) = delete;
-
-  // True when one line contains every word.
-  bool has(std::initializer_list<std::string_view> words) const {
-    for (const auto& line : lines_) {
-      bool all = true;
-      for (auto word : words) all = all && line.find(word) != std::string::npos;
-      if (all) return true;
-    }
-    return false;
-  }
-  std::string text() const {
-    std::string out;
-    for (const auto& line : lines_) out += line + "\n";
-    return out;
-  }
-
- private:
-  std::vector<std::string> lines_;
-};
+using dtu::testing::LogCapture;
 
 template <typename T>
 asio::awaitable<void> store(asio::awaitable<T> task, Outcome<T> out) {

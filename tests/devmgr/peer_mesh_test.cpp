@@ -16,6 +16,7 @@
 #include "dtu/common/log.hpp"
 #include "dtu/common/messages.hpp"
 #include "dtu/common/transport.hpp"
+#include "support/log_capture.hpp"
 
 using namespace std::chrono_literals;
 using dtu::common::Endpoint;
@@ -34,32 +35,7 @@ constexpr auto kSettleLimit = 15s;
 
 // Collects every log line (all meshes of a test log through one sink); each node logs with its
 // id as the component, so "<level> m2 ..." lines are m2's.
-class LogCapture {
- public:
-  LogCapture() {
-    dtu::common::set_log_sink([this](std::string_view line) { lines_.emplace_back(line); });
-  }
-  ~LogCapture() { dtu::common::set_log_sink(nullptr); }
-  LogCapture(const LogCapture&) = delete;
-  LogCapture& operator=(const LogCapture&) = delete;
-
-  // Lines logged by `component` containing every one of `parts`.
-  std::size_t count(const std::string& component, const std::vector<std::string>& parts) const {
-    return static_cast<std::size_t>(std::count_if(lines_.begin(), lines_.end(), [&](const std::string& line) {
-      if (line.find(" " + component + " ") == std::string::npos) return false;
-      return std::all_of(parts.begin(), parts.end(),
-                         [&](const std::string& p) { return line.find(p) != std::string::npos; });
-    }));
-  }
-  std::string dump() const {
-    std::string out;
-    for (const auto& l : lines_) out += l + "\n";
-    return out;
-  }
-
- private:
-  std::vector<std::string> lines_;
-};
+using dtu::testing::LogCapture;
 
 // A port no one listens on right now at `host` (these loopback addresses are this test's own).
 std::uint16_t free_port(asio::io_context& io, const std::string& host) {
@@ -217,7 +193,7 @@ TEST_CASE("three managers started one after another form a full mesh with one li
     group.start(i);
     group.run_until([] { return false; }, 50ms);
   }
-  REQUIRE_MESSAGE(group.run_until([&] { return group.fully_linked(); }), logs.dump());
+  REQUIRE_MESSAGE(group.run_until([&] { return group.fully_linked(); }), logs.text());
   group.run_for(4 * kHeartbeat);  // any second link or churn would show now
   group.check_one_link_per_pair();
   CHECK(group.links_established_total() == 6);  // 3 pairs, counted at both ends
@@ -226,16 +202,16 @@ TEST_CASE("three managers started one after another form a full mesh with one li
     CHECK(group.node(i).downs.empty());
   }
   // The lower address dials: m1 (127.0.0.50) is the initiator of both its links.
-  CHECK(logs.count("m1", {"peer_up", "peer=m2", "role=initiator"}) == 1);
-  CHECK(logs.count("m2", {"peer_up", "peer=m1", "role=acceptor"}) == 1);
-  CHECK(logs.count("m3", {"peer_up", "peer=m2", "role=acceptor"}) == 1);
+  CHECK(logs.count({" m1 ", "peer_up", "peer=m2", "role=initiator"}) == 1);
+  CHECK(logs.count({" m2 ", "peer_up", "peer=m1", "role=acceptor"}) == 1);
+  CHECK(logs.count({" m3 ", "peer_up", "peer=m2", "role=acceptor"}) == 1);
 }
 
 TEST_CASE("five managers started at once form a full mesh with one link per pair") {
   LogCapture logs;
   Group group(5);
   for (int i = 0; i < group.size(); ++i) group.start(i);
-  REQUIRE_MESSAGE(group.run_until([&] { return group.fully_linked(); }), logs.dump());
+  REQUIRE_MESSAGE(group.run_until([&] { return group.fully_linked(); }), logs.text());
   group.run_for(4 * kHeartbeat);
   group.check_one_link_per_pair();
   CHECK(group.links_established_total() == 20);  // 10 pairs, counted at both ends
@@ -286,7 +262,7 @@ TEST_CASE("a stopped manager is reported down and links again, once per pair, wh
     }
     return true;
   }),
-                  logs.dump());
+                  logs.text());
   for (int i : {0, 2, 3}) {
     CHECK(group.node(i).mesh->peer("m2") == nullptr);
     auto status = group.node(i).mesh->status();
@@ -299,7 +275,7 @@ TEST_CASE("a stopped manager is reported down and links again, once per pair, wh
   group.node(1).incarnation = 2;
   group.node(1).ups.clear();
   group.start(1);
-  REQUIRE_MESSAGE(group.run_until([&] { return group.fully_linked(); }), logs.dump());
+  REQUIRE_MESSAGE(group.run_until([&] { return group.fully_linked(); }), logs.text());
   group.run_for(4 * kHeartbeat);
   group.check_one_link_per_pair();
   for (int i : {0, 2, 3}) {
@@ -317,18 +293,18 @@ TEST_CASE("a higher manager started first makes the lower one dial at once inste
   Group group(2);
   // m1 (lower, the initiator) alone: its dials to m2 fail and its backoff grows.
   group.start(0);
-  REQUIRE(group.run_until([&] { return logs.count("m1", {"peer_dial_failed", "peer=m2"}) >= 5; }));
+  REQUIRE(group.run_until([&] { return logs.count({" m1 ", "peer_dial_failed", "peer=m2"}) >= 5; }));
   // Its next dial is at least 800 ms away (base 1.6 s x jitter >= 0.5); m2 asks after one
   // heartbeat interval (150 ms).
-  const std::size_t failures = logs.count("m1", {"peer_dial_failed", "peer=m2"});
+  const std::size_t failures = logs.count({" m1 ", "peer_dial_failed", "peer=m2"});
   group.start(1);
-  REQUIRE_MESSAGE(group.run_until([&] { return group.fully_linked(); }), logs.dump());
-  CHECK(logs.count("m2", {"please_initiate_sent", "peer=m1"}) >= 1);
-  CHECK(logs.count("m1", {"please_initiate_received", "peer=m2", "action=dialing"}) == 1);
+  REQUIRE_MESSAGE(group.run_until([&] { return group.fully_linked(); }), logs.text());
+  CHECK(logs.count({" m2 ", "please_initiate_sent", "peer=m1"}) >= 1);
+  CHECK(logs.count({" m1 ", "please_initiate_received", "peer=m2", "action=dialing"}) == 1);
   // The link came from the dial please_initiate triggered, not from a backoff timer that fired
   // after another failure.
-  CHECK(logs.count("m1", {"peer_dial_failed", "peer=m2"}) == failures);
-  CHECK(logs.count("m1", {"peer_up", "peer=m2", "role=initiator"}) == 1);
+  CHECK(logs.count({" m1 ", "peer_dial_failed", "peer=m2"}) == failures);
+  CHECK(logs.count({" m1 ", "peer_up", "peer=m2", "role=initiator"}) == 1);
   group.run_for(4 * kHeartbeat);
   group.check_one_link_per_pair();
   CHECK(group.links_established_total() == 2);
@@ -344,12 +320,12 @@ TEST_CASE("reload adds a peer and removes one") {
   group.start(2, all);
   REQUIRE(group.run_until([&] { return group.node(0).mesh->peer("m2") != nullptr; }));
   // m3 is not (yet) in m1's and m2's lists: their TLS refuses it.
-  REQUIRE(group.run_until([&] { return logs.count("m1", {"peer_auth_failed"}) >= 1; }));
+  REQUIRE(group.run_until([&] { return logs.count({" m1 ", "peer_auth_failed"}) >= 1; }));
   CHECK(group.node(2).mesh->peers().empty());
 
   group.node(0).mesh->reload(all, group.node(0).keys);
   group.node(1).mesh->reload(all, group.node(1).keys);
-  REQUIRE_MESSAGE(group.run_until([&] { return group.fully_linked(); }), logs.dump());
+  REQUIRE_MESSAGE(group.run_until([&] { return group.fully_linked(); }), logs.text());
   group.check_one_link_per_pair();
 
   // m1 drops m3: both ends see the link go down, and it stays down (m1's TLS refuses m3).
@@ -376,15 +352,15 @@ TEST_CASE("a manager with another group key never links, and the logs say why") 
   group.start(0);
   group.start(1);
   REQUIRE(group.run_until([&] {
-    return logs.count("m1", {"peer_dial_failed", "peer=m2"}) >= 3 &&
-           logs.count("m2", {"peer_auth_failed"}) >= 3;
+    return logs.count({" m1 ", "peer_dial_failed", "peer=m2"}) >= 3 &&
+           logs.count({" m2 ", "peer_auth_failed"}) >= 3;
   }));
   CHECK(group.node(0).ups.empty());
   CHECK(group.node(1).ups.empty());
   CHECK(group.node(0).mesh->peer("m2") == nullptr);
   // The dialer and the acceptor both say it is the TLS handshake (the PSK) that failed.
-  CHECK(logs.count("m1", {"peer_dial_failed", "TLS handshake failed"}) >= 1);
-  CHECK(logs.count("m2", {"peer_auth_failed", "TLS handshake failed"}) >= 1);
+  CHECK(logs.count({" m1 ", "peer_dial_failed", "TLS handshake failed"}) >= 1);
+  CHECK(logs.count({" m2 ", "peer_auth_failed", "TLS handshake failed"}) >= 1);
   auto status = group.node(0).mesh->status();
   REQUIRE(status.size() == 1);
   CHECK(status[0].state != "up");
@@ -401,8 +377,8 @@ TEST_CASE("during a key rotation a manager with the new key links with one that 
     group.node(1).keys = GroupKeys{k1, k2};
     group.start(0);
     group.start(1);
-    REQUIRE_MESSAGE(group.run_until([&] { return group.fully_linked(); }), logs.dump());
-    CHECK(logs.count("m1", {"peer_dial_failed"}) == 0);
+    REQUIRE_MESSAGE(group.run_until([&] { return group.fully_linked(); }), logs.text());
+    CHECK(logs.count({" m1 ", "peer_dial_failed"}) == 0);
   }
   SUBCASE("the dialer still offers the old key first") {
     LogCapture logs;
@@ -411,9 +387,9 @@ TEST_CASE("during a key rotation a manager with the new key links with one that 
     group.node(1).keys = GroupKeys{k2, std::nullopt};
     group.start(0);
     group.start(1);
-    REQUIRE_MESSAGE(group.run_until([&] { return group.fully_linked(); }), logs.dump());
+    REQUIRE_MESSAGE(group.run_until([&] { return group.fully_linked(); }), logs.text());
     // The retry with the next key happens within the same dial.
-    CHECK(logs.count("m1", {"peer_dial_failed"}) == 0);
+    CHECK(logs.count({" m1 ", "peer_dial_failed"}) == 0);
   }
 }
 
@@ -427,7 +403,7 @@ TEST_CASE("a peer that opens a filament is a protocol error: the link closes and
   REQUIRE(link);
   REQUIRE(link->link().mux().open("side channel").ok());
   REQUIRE(group.run_until([&] { return group.node(1).downs["m1"] == 1 && group.node(0).downs["m2"] == 1; }));
-  CHECK(logs.count("m2", {"peer_protocol_error", "peer=m1"}) == 1);
+  CHECK(logs.count({" m2 ", "peer_protocol_error", "peer=m1"}) == 1);
   REQUIRE(group.run_until([&] { return group.fully_linked(); }));
   CHECK(group.node(0).ups["m2"] == 2);
 }

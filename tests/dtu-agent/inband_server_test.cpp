@@ -25,6 +25,7 @@
 #include "dtu/common/inband_messages.hpp"
 #include "dtu/common/net.hpp"
 #include "dtu/common/tls.hpp"
+#include "support/log_capture.hpp"
 
 // The in-band channel end to end: real TLS over 127.0.0.1 between an InbandServer and the
 // client library's InbandChannel, on one io_context driven by this thread, over a SimBackend
@@ -87,32 +88,7 @@ dtu::agent::SimDeviceSet devices() {
   return std::move(set).value();
 }
 
-class LogCapture {
- public:
-  LogCapture() {
-    common::set_log_sink([this](std::string_view line) { lines_.emplace_back(line); });
-  }
-  ~LogCapture() { common::set_log_sink(nullptr); }
-  LogCapture(const LogCapture&) = delete;
-  LogCapture& operator=(const LogCapture&) = delete;
-
-  bool has(std::initializer_list<std::string_view> words) const {
-    for (const auto& line : lines_) {
-      bool all = true;
-      for (auto word : words) all = all && line.find(word) != std::string::npos;
-      if (all) return true;
-    }
-    return false;
-  }
-  std::string text() const {
-    std::string out;
-    for (const auto& line : lines_) out += line + "\n";
-    return out;
-  }
-
- private:
-  std::vector<std::string> lines_;
-};
+using dtu::testing::LogCapture;
 
 template <typename T>
 using Outcome = std::shared_ptr<std::optional<T>>;

@@ -34,6 +34,7 @@
 // under the preload too, so the binary re-execs itself with it before main() (support/fake_usb.hpp).
 
 #include "support/fake_usb.hpp"
+#include "support/log_capture.hpp"
 
 namespace {
 
@@ -56,30 +57,7 @@ constexpr auto kTransferLimit = std::chrono::seconds(5);
 constexpr auto kPollStep = std::chrono::milliseconds(5);
 
 // Collects log lines (they come from the backend's event thread).
-class LogCapture {
- public:
-  LogCapture() {
-    dtu::common::set_log_sink([this](std::string_view line) {
-      std::lock_guard lock(mutex_);
-      lines_.emplace_back(line);
-    });
-  }
-  ~LogCapture() { dtu::common::set_log_sink(nullptr); }
-  LogCapture(const LogCapture&) = delete;
-  LogCapture& operator=(const LogCapture&) = delete;
-
-  std::size_t count(std::string_view a, std::string_view b) {
-    std::lock_guard lock(mutex_);
-    std::size_t n = 0;
-    for (const auto& line : lines_)
-      n += line.find(a) != std::string::npos && line.find(b) != std::string::npos;
-    return n;
-  }
-
- private:
-  std::mutex mutex_;
-  std::vector<std::string> lines_;
-};
+using dtu::testing::LogCapture;
 
 struct Fixture {
   explicit Fixture(UsbWatch watch = UsbWatch::hotplug_if_supported) : backend(io.get_executor(), watch) {}
@@ -266,7 +244,7 @@ TEST_CASE(
   CHECK(d.product == std::nullopt);
   CHECK(d.serial == std::nullopt);
   CHECK(d.interfaces.size() == 1);
-  CHECK(log.count("usb_strings_unreadable", "1-4") == 1);
+  CHECK(log.count({"usb_strings_unreadable", "1-4"}) == 1);
 }
 
 TEST_CASE("LibusbBackend delivers no callback after stop() returns and can start again") {
@@ -416,13 +394,13 @@ TEST_CASE("LibusbBackend detaches a bound kernel driver on claim and re-attaches
   REQUIRE(f.claim("1-1", 0));
   CHECK(device->bound_driver(0).empty());
   CHECK(device->claimed() == std::set<std::uint8_t>{0});
-  CHECK(log.count("usb_driver_detached", "1-1") == 1);
+  CHECK(log.count({"usb_driver_detached", "1-1"}) == 1);
   REQUIRE(f.write("1-1", 0x01, bytes_of("x")));
 
   REQUIRE(f.release("1-1", 0));
   CHECK(device->claimed().empty());
   CHECK(device->bound_driver(0) == "usblp");
-  CHECK(log.count("usb_driver_reattached", "1-1") == 1);
+  CHECK(log.count({"usb_driver_reattached", "1-1"}) == 1);
 }
 
 TEST_CASE("LibusbBackend answers the printer-class GET_DEVICE_ID control request, and a STALL is refused") {
@@ -459,7 +437,7 @@ TEST_CASE("LibusbBackend configures a device that arrives unconfigured and repor
   CHECK(d.interfaces.size() == 3);
   CHECK(d.product == "Test MFP Printer-Scanner-Storage");
   CHECK(device->configuration() == 1);
-  CHECK(log.count("usb_configured", "1-2") == 1);
+  CHECK(log.count({"usb_configured", "1-2"}) == 1);
   REQUIRE(f.claim("1-2", 0));
   CHECK(f.write("1-2", 0x01, bytes_of("x")));
 }
@@ -476,7 +454,7 @@ TEST_CASE("LibusbBackend reports a device whose configuration descriptor libusb 
   CHECK(d.vid == 0x04b8);
   CHECK(d.product == "Stylus Test Printer");
   CHECK(d.interfaces.empty());
-  CHECK(log.count("usb_config_unreadable", "1-1") == 1);
+  CHECK(log.count({"usb_config_unreadable", "1-1"}) == 1);
 }
 
 TEST_CASE("LibusbBackend stop() completes pending transfers with closed and gives claims back") {
