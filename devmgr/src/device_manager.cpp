@@ -332,7 +332,14 @@ common::Result<common::GroupInfoMsg> DeviceManager::reload_group() {
       return started.error();
     }
   } else if (mesh_) {
-    if (group->address && *group->address != mesh_->endpoint()) {
+    if (!group->address) {
+      const Error error(Errc::config_error, "the group list has no entry for " + options_.id +
+                                                " and no peer_listen is set; the group in force stays (a restart "
+                                                "leaves the group)");
+      log_.error("", "group_reload_failed", {{"reason", error.describe()}});
+      return error;
+    }
+    if (*group->address != mesh_->endpoint()) {
       log_.warn("", "group_address_unchanged", {{"configured", group->address->to_string()},
                                                 {"in_use", mesh_->endpoint().to_string()},
                                                 {"reason", "the mesh address changes only with a restart"}});

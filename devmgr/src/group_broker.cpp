@@ -109,11 +109,11 @@ void GroupBroker::protocol_error(const std::shared_ptr<PeerLink>& link, const st
 void GroupBroker::peer_up(const std::shared_ptr<PeerLink>& link) {
   const std::string id = link->id();
   if (auto it = peers_.find(id); it != peers_.end()) {
+    // A lower incarnation means the peer's clock went back across its restart: the link is
+    // still the peer's newest (frames from replaced links are dropped), so it is taken.
     if (link->incarnation() < it->second.incarnation) {
-      log_.warn(link->address(), "peer_stale_incarnation",
+      log_.warn(link->address(), "peer_incarnation_went_back",
                 {{"peer", id}, {"incarnation", link->incarnation()}, {"known", it->second.incarnation}});
-      link->close(Error(Errc::illegal_state, "an older incarnation than the one already known"));
-      return;
     }
     if (it->second.link && it->second.link != link) {
       peer_down(it->second.link, Error(Errc::closed, "replaced by a newer link"));
@@ -468,7 +468,15 @@ void GroupBroker::orphan(const std::string& peer) {
       for (auto& [device, match] : from->second) {
         if (match.record.orphaned) continue;
         match.record.orphaned = true;
-        for (std::uint64_t id : distinct.clients) show_match(clients_.at(id), peer, match.record, match.units);
+        // Only a client that sees the device through this peer is told: the DTU may already be
+        // live here (it re-homed before the peer was declared dead).
+        for (std::uint64_t id : distinct.clients) {
+          ClientEntry& entry = clients_.at(id);
+          auto shown = entry.shown.find(device);
+          if (shown != entry.shown.end() && shown->second.source == peer) {
+            show_match(entry, peer, match.record, match.units);
+          }
+        }
       }
     }
     // A dead peer no longer holds up anyone's finder_synced.
@@ -501,7 +509,15 @@ void GroupBroker::session_moved(const std::string& session, const SessionTable::
       distinct.synced.clear();
     }
     distinct.wire = wire_form(distinct.finder, *context_.sessions);
-    if (!distinct.wire) continue;
+    if (!distinct.wire) {
+      // Nothing travels now: no peer's finder_synced is due any more.
+      for (std::uint64_t id : distinct.clients) {
+        ClientEntry& entry = clients_.at(id);
+        entry.waiting.clear();
+        maybe_synced(entry);
+      }
+      continue;
+    }
     distinct.wire_id = next_wire_++;
     by_wire_[distinct.wire_id] = key;
     for (auto& [id, peer] : peers_) {
@@ -777,7 +793,8 @@ void GroupBroker::on_lease_ended(const std::string& peer, const common::LeaseEnd
 std::shared_ptr<GroupBroker::RemoteHolder> GroupBroker::remote_holder(const std::string& peer,
                                                                        const common::OnBehalf& who) {
   prune_holders();
-  auto& slot = holders_[{peer, who.holder}];
+  // Keyed by uid too: a later process of another uid reusing the name and pid is someone else.
+  auto& slot = holders_[{peer, who.holder + "#" + std::to_string(who.uid)}];
   if (!slot) {
     slot = std::make_shared<RemoteHolder>(peer, who, [this, alive = std::weak_ptr<int>(alive_)](const std::string& to, Frame frame) {
       if (alive.expired()) return;

@@ -245,8 +245,20 @@ void LeaseBroker::kick(const UnitKey& unit) {
               waiter->refusal = r.error();
               return;
             }
+            if (r.ok() && !is_waiting(unit, waiter)) {
+              // The wait ran out while the DTU was granting: nobody will learn of this lease,
+              // so give the unit back rather than hold it until it expires.
+              log_.info("", "late_grant_released", {{"lease", r->lease}, {"dtu", r->dtu}});
+              send_release(r->dtu, r->lease, [](common::Result<void>) {});
+              return;
+            }
             finish_waiter(unit, waiter, std::move(r));
           });
+}
+
+bool LeaseBroker::is_waiting(const UnitKey& unit, const std::shared_ptr<Waiter>& waiter) const {
+  auto it = waiting_.find(unit);
+  return it != waiting_.end() && std::find(it->second.begin(), it->second.end(), waiter) != it->second.end();
 }
 
 void LeaseBroker::finish_waiter(const UnitKey& unit, const std::shared_ptr<Waiter>& waiter,

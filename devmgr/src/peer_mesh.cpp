@@ -208,7 +208,7 @@ void PeerMesh::Impl::stop() {
 }
 
 void PeerMesh::Impl::reload(std::vector<GroupMember> members, common::GroupKeys keys) {
-  if (stopped_) return;
+  if (stopped_ || keys.current.bytes.empty()) return;  // REQUIRES of reload: a group key
   keys_ = std::move(keys);
   const std::size_t before = peers_.size();
   apply_members(members);
@@ -326,6 +326,16 @@ asio::awaitable<void> PeerMesh::Impl::peer_loop(std::shared_ptr<Impl> self, std:
       auto wait = sleep(peer, common::Duration::max());
       co_await std::move(wait);
       grace = true;
+      if (!peer->link && peer->initiator) {
+        if (self->clock_.now() - peer->link_up_at >= self->options_.heartbeat_interval) {
+          peer->attempt = 0;  // a link that lived: reconnect at once
+        } else {
+          // Refused or closed as soon as it was up: back off, or two managers that disagree
+          // would redo full handshakes as fast as they can.
+          auto pause = sleep(peer, self->next_backoff(*peer));
+          co_await std::move(pause);
+        }
+      }
       continue;
     }
     if (!peer->initiator && grace) {
@@ -338,10 +348,7 @@ asio::awaitable<void> PeerMesh::Impl::peer_loop(std::shared_ptr<Impl> self, std:
     auto op = dial(self, peer, purpose);
     auto result = co_await std::move(op);
     if (self->stopped_ || peer->removed) co_return;
-    if (result.ok() && purpose == common::PeerPurpose::link) {
-      peer->attempt = 0;
-      continue;
-    }
+    if (result.ok() && purpose == common::PeerPurpose::link) continue;
     const auto delay = self->next_backoff(*peer);
     if (!result.ok()) {
       peer->last_error = result.error().describe();
@@ -572,9 +579,16 @@ asio::awaitable<void> PeerMesh::Impl::close_later(std::shared_ptr<Impl> self,
 void PeerMesh::Impl::start_link(const std::shared_ptr<common::Link>& link, const std::string& peer_id) {
   handshaking_.insert(link);
   std::weak_ptr<Impl> weak = weak_from_this();
-  const common::Link* raw = link.get();
-  link->start([weak, raw, peer_id](const Error& reason) {
-    if (auto self = weak.lock()) self->link_closed(peer_id, raw, reason);
+  std::weak_ptr<common::Link> weak_link = link;
+  link->start([weak, weak_link, peer_id, ex = executor_](const Error& reason) {
+    // Link::close runs this inside whatever closed the link — a send overflowing the queue in
+    // the middle of FinderRegistry::add or a GroupBroker handler: retire the link (and run the
+    // down hook) after that code has returned.
+    auto closed = weak_link.lock();
+    if (!closed) return;
+    asio::post(ex, [weak, closed, peer_id, reason] {
+      if (auto self = weak.lock()) self->link_closed(peer_id, closed.get(), reason);
+    });
   });
 }
 
@@ -594,7 +608,6 @@ bool PeerMesh::Impl::install(const std::shared_ptr<Peer>& peer, const std::share
   peer->link_up_at = clock_.now();
   peer->last_heard = peer->link_up_at;
   peer->incarnation = hello.incarnation;
-  peer->attempt = 0;
   ++links_established_;
   log_.info(peer->address, "peer_up",
             {{"peer", peer->member.id},

@@ -136,6 +136,8 @@ class LeaseBroker {
                const PolicyVerdict& verdict, common::Error refusal, Done<common::LeaseGrantedMsg> done);
   // Offers the unit to its first waiter, if it has one and none is being tried.
   void kick(const UnitKey& unit);
+  // Whether `waiter` still waits for `unit` (not answered yet).
+  bool is_waiting(const UnitKey& unit, const std::shared_ptr<Waiter>& waiter) const;
   void finish_waiter(const UnitKey& unit, const std::shared_ptr<Waiter>& waiter,
                      common::Result<common::LeaseGrantedMsg> result);
   void send_release(const std::string& dtu, const std::string& lease, Done<void> done);
