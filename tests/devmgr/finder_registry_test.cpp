@@ -163,7 +163,7 @@ TEST_CASE("a snapshot that drops a device reports it gone, detached") {
   CHECK(f.take() == std::vector<std::string>{"gone 1 d1/1-1 detached", "changed 1 d1/1-2"});
 }
 
-TEST_CASE("scope dtu matches one DTU only; scope bus only this manager's devices") {
+TEST_CASE("scope dtu matches one DTU only: scope bus only this manager's devices") {
   Fixture f;
   f.add(1, R"({"function": "printer", "scope": "dtu", "scope_dtu": "d2"})");
   f.add(2, R"({"function": "printer", "scope": "bus"})");
@@ -198,7 +198,7 @@ TEST_CASE("a session-scoped finder follows its session: gone for the old DTU, th
   CHECK(f.take() == std::vector<std::string>{"gone 5 d2/1-1 session_moved", "gone 5 d2/1-2 session_moved"});
 }
 
-TEST_CASE("listings come from the cache; unregistering and a closed client stop the events") {
+TEST_CASE("listings come from the cache: unregistering and a closed client stop the events") {
   Fixture f;
   f.devices.upsert(printer("d1", "1-1"));
   f.add(1, R"({"function": "printer"})");

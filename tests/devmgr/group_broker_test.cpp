@@ -438,7 +438,7 @@ TEST_CASE("A client joining a forwarded finder gets the cached remote matches at
   CHECK(late.events == std::vector<std::string>{"matched 2 dtu-a/1-1", "synced 2"});
 }
 
-TEST_CASE("finder_synced waits for every live peer; a peer that goes down stops counting") {
+TEST_CASE("finder_synced waits for every live peer: a peer that goes down stops counting") {
   Group g;
   Manager& a = g.add("A");
   Manager& b = g.add("B");
@@ -482,7 +482,7 @@ TEST_CASE("A dead peer's matches are orphaned, then gone owner_lost after the gr
   CHECK_FALSE(c.group.owner_of("dtu-a").has_value());
 }
 
-TEST_CASE("A peer back within the grace window replaces its orphaned matches; what it lost is gone at its synced") {
+TEST_CASE("A peer back within the grace window replaces its orphaned matches: what it lost is gone at its synced") {
   Group g;
   Manager& a = g.add("A");
   Manager& c = g.add("C");  // a 10 s grace: nothing expires during this test

@@ -22,7 +22,7 @@ TEST_CASE("the example devmgr config in packaging/ is valid and read completely"
   CHECK(options.policy_file == "/etc/dtubroker/policy.json");
 }
 
-TEST_CASE("socket_mode is an octal string; anything else names the key") {
+TEST_CASE("socket_mode is an octal string: anything else names the key") {
   ManagerOptions options;
   ConfigReader good(nlohmann::json{{"socket_mode", "0666"}}, "devmgr.json");
   REQUIRE(apply_config(good, options).ok());

@@ -104,7 +104,7 @@ TEST_CASE("check_control needs a leased interface or endpoint in wIndex") {
   CHECK(code_of(check_control(second, UsbSetup{0xa1, 0, 0, 0x0000, 1023})) == Errc::refused);
 }
 
-TEST_CASE("device_id_request addresses the printer interface; other units are refused") {
+TEST_CASE("device_id_request addresses the printer interface: other units are refused") {
   const auto request = device_id_request(lease_scope(lease_of(0, {0}), mfp()));
   REQUIRE(request.ok());
   CHECK(request->request_type == 0xa1);

@@ -546,7 +546,7 @@ TEST_CASE("hex_encode and hex_decode round-trip bytes") {
   CHECK(failed_with(dtu::agent::hex_decode("zz"), Errc::invalid_argument));
 }
 
-TEST_CASE("SimBackend transfers need the interface claimed; release and unplug end the claim") {
+TEST_CASE("SimBackend transfers need the interface claimed: release and unplug end the claim") {
   Fixture f;
   REQUIRE(f.release("1-2", 1));
   auto unclaimed = f.read("1-2", 0x84, 64, kNoTimeout);

@@ -46,7 +46,7 @@ UsbDeviceInfo shared_endpoint_device() {
 
 }  // namespace
 
-TEST_CASE("units that share an endpoint exclude each other; the others stay free") {
+TEST_CASE("units that share an endpoint exclude each other: the others stay free") {
   const UsbDeviceInfo device = shared_endpoint_device();
   auto record = build_device_record(device, "dtu-1", {1, 1, 1});
   CHECK(conflicting_units(device, record, 1) == std::set<std::uint32_t>{2});

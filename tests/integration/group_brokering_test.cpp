@@ -65,7 +65,7 @@ struct Watch {
 
 }  // namespace
 
-TEST_CASE("a service at m3 finds, allocates and prints on a DTU at m1; a finder at m2 sees the allocation and the release") {
+TEST_CASE("a service at m3 finds, allocates and prints on a DTU at m1: a finder at m2 sees the allocation and the release") {
   Site site;
   auto managers = site.start_group({{"m1", "127.0.0.32"}, {"m2", "127.0.0.33"}, {"m3", "127.0.0.34"}});
   auto& m1 = *managers[0];

@@ -76,7 +76,7 @@ Bytes job_bytes(std::size_t n) {
 
 }  // namespace
 
-TEST_CASE("a service leases a printer through the manager and prints in-band; the sim printer gets every byte") {
+TEST_CASE("a service leases a printer through the manager and prints in-band: the sim printer gets every byte") {
   Site site;
   auto& m = site.start_manager("m1", "127.0.0.9");
   auto& a = site.start_agent("dtu-1", {m.address});

@@ -99,7 +99,7 @@ TEST_CASE("dtu-agent on libusb reports emulated USB devices to devmgr and follow
   (void)a;
 }
 
-TEST_CASE("a service leases the emulated USB printer and streams a 5 MB job in-band; the printer receives exactly it") {
+TEST_CASE("a service leases the emulated USB printer and streams a 5 MB job in-band: the printer receives exactly it") {
   FakeUsb usb;
   FakeDeviceHandler* printer_device = usb.plug(printer());
   Site site;

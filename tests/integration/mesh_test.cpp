@@ -110,7 +110,7 @@ TEST_CASE("five managers started at the same instant form a full mesh with one l
   check_full_mesh(site, managers);
 }
 
-TEST_CASE("a silent manager is declared dead, its devices orphaned, and it rejoins; a restarted one with a new incarnation") {
+TEST_CASE("a silent manager is declared dead, its devices orphaned, and it rejoins: a restarted one with a new incarnation") {
   Site site;
   auto managers = site.start_group({{"m1", "127.0.0.29"}, {"m2", "127.0.0.30"}, {"m3", "127.0.0.31"}},
                                    {"--orphan-grace-ms", "3000"});
