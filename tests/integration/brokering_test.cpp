@@ -20,6 +20,7 @@
 #include "dtu/common/crypto.hpp"
 #include "dtu/common/service_messages.hpp"
 #include "dtu/services/manager_client.hpp"
+#include "service_client.hpp"
 #include "site.hpp"
 #include "support/async_client.hpp"
 
@@ -32,6 +33,7 @@ using dtu::common::Result;
 using dtu::common::SystemClock;
 using dtu::services::ManagerClient;
 using dtu::testing::AsyncClient;
+using dtu::testing::connect_client;
 using dtu::testing::eventually;
 using dtu::testing::kSettle;
 using dtu::testing::Process;
@@ -52,15 +54,6 @@ std::string describe(const dtu::common::Error& e) {
 template <typename T>
 std::string why(const Result<T>& r) {
   return r.ok() ? std::string() : describe(r.error());
-}
-
-std::unique_ptr<Client> connect_client(AsyncClient& c, const Site::Manager& m, const std::string& name) {
-  ClientOptions options;
-  options.socket = m.socket.string();
-  options.name = name;
-  auto r = c.await(Client::connect(c.executor(), SystemClock::instance(), options));
-  REQUIRE_MESSAGE(r.ok(), why(r));
-  return std::move(r.value());
 }
 
 std::unique_ptr<ManagerClient> connect_raw(AsyncClient& c, const Site::Manager& m, const std::string& name) {

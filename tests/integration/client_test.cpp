@@ -11,6 +11,7 @@
 
 #include "dtu/common/clock.hpp"
 #include "dtu/common/service_messages.hpp"
+#include "service_client.hpp"
 #include "site.hpp"
 #include "support/async_client.hpp"
 
@@ -22,6 +23,7 @@ using dtu::common::Errc;
 using dtu::common::Result;
 using dtu::common::SystemClock;
 using dtu::testing::AsyncClient;
+using dtu::testing::connect_client;
 using dtu::testing::eventually;
 using dtu::testing::kSettle;
 using dtu::testing::Site;
@@ -36,15 +38,6 @@ const json kStylusFinder = {{"function", "printer"}, {"product", "Stylus*"}};
 template <typename T>
 std::string why(const Result<T>& r) {
   return r.ok() ? std::string() : r.error().describe();
-}
-
-std::unique_ptr<Client> connect_client(AsyncClient& c, const Site::Manager& m, const std::string& name) {
-  ClientOptions options;
-  options.socket = m.socket.string();
-  options.name = name;
-  auto r = c.await(Client::connect(c.executor(), SystemClock::instance(), options));
-  REQUIRE_MESSAGE(r.ok(), why(r));
-  return std::move(r.value());
 }
 
 // The leases the manager lists (devmgrctl leases), through the client's connection.

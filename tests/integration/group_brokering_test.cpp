@@ -15,6 +15,7 @@
 #include "dtu/client/client.hpp"
 #include "dtu/common/clock.hpp"
 #include "dtu/common/crypto.hpp"
+#include "service_client.hpp"
 #include "site.hpp"
 #include "support/async_client.hpp"
 
@@ -25,6 +26,7 @@ using dtu::common::DeviceRecord;
 using dtu::common::Errc;
 using dtu::common::SystemClock;
 using dtu::testing::AsyncClient;
+using dtu::testing::connect_client;
 using dtu::testing::eventually;
 using dtu::testing::kSettle;
 using dtu::testing::Site;
@@ -34,15 +36,6 @@ using namespace std::chrono_literals;
 namespace {
 
 const json kStylusFinder = {{"function", "printer"}, {"product", "Stylus*"}};
-
-std::unique_ptr<Client> connect_client(AsyncClient& c, const Site::Manager& m, const std::string& name) {
-  ClientOptions options;
-  options.socket = m.socket.string();
-  options.name = name;
-  auto r = c.await(Client::connect(c.executor(), SystemClock::instance(), options));
-  REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().describe()));
-  return std::move(r.value());
-}
 
 // The last record a finder reported for each device (matched / changed), erased on gone.
 struct Watch {

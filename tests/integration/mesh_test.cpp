@@ -16,6 +16,7 @@
 
 #include "dtu/client/client.hpp"
 #include "dtu/common/clock.hpp"
+#include "service_client.hpp"
 #include "site.hpp"
 #include "support/async_client.hpp"
 
@@ -25,6 +26,7 @@ using dtu::client::FinderEvents;
 using dtu::common::DeviceRecord;
 using dtu::common::SystemClock;
 using dtu::testing::AsyncClient;
+using dtu::testing::connect_client;
 using dtu::testing::eventually;
 using dtu::testing::kSettle;
 using dtu::testing::Site;
@@ -68,15 +70,6 @@ void check_full_mesh(Site& site, const std::vector<Site::Manager*>& managers) {
       CHECK(member.at("incarnation").get<std::uint64_t>() == incarnation[other->id]);
     }
   }
-}
-
-std::unique_ptr<Client> connect_client(AsyncClient& c, const Site::Manager& m, const std::string& name) {
-  ClientOptions options;
-  options.socket = m.socket.string();
-  options.name = name;
-  auto r = c.await(Client::connect(c.executor(), SystemClock::instance(), options));
-  REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().describe()));
-  return std::move(r.value());
 }
 
 // What a service at one manager has been told about one remote device.
