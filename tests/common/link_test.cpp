@@ -23,6 +23,7 @@
 #include "dtu/common/net.hpp"
 #include "dtu/common/tls.hpp"
 #include "support/log_capture.hpp"
+#include "support/async_client.hpp"
 
 // Link end to end over real in-process sockets (Unix socket pairs, and TCP+TLS on 127.0.0.1),
 // on one io_context driven by this thread with SystemClock. Tests run the context until the
@@ -110,13 +111,7 @@ class Harness {
 
   // Runs the context until done() holds (true) or `limit` passes (false).
   bool run_until(const std::function<bool()>& done, Duration limit = kSafetyNet) {
-    const auto give_up = clock().now() + limit;
-    while (!done()) {
-      if (clock().now() >= give_up) return false;
-      if (io_.stopped()) io_.restart();
-      io_.run_one_for(kSlice);
-    }
-    return true;
+    return dtu::testing::run_io_until(io_, done, limit, kSlice);
   }
   // Runs the context for `period` whatever happens (for "nothing goes wrong meanwhile").
   void run_for(Duration period) {

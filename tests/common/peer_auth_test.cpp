@@ -21,6 +21,7 @@
 #include "dtu/common/net.hpp"
 #include "dtu/common/tls.hpp"
 #include "support/log_capture.hpp"
+#include "support/async_client.hpp"
 
 // The peer handshake end to end: real TLS-PSK over loopback TCP (127.0.0.40, kernel-chosen
 // ports), real Links on both ends, one io_context driven by this thread with SystemClock. A
@@ -150,13 +151,7 @@ class Harness {
   }
 
   bool run_until(const std::function<bool()>& done, Duration limit = kSafetyNet) {
-    const auto give_up = clock().now() + limit;
-    while (!done()) {
-      if (clock().now() >= give_up) return false;
-      if (io_.stopped()) io_.restart();
-      io_.run_one_for(kSlice);
-    }
-    return true;
+    return dtu::testing::run_io_until(io_, done, limit, kSlice);
   }
 
   // A TLS connection on kAddress: the dialer offers (dialer, acceptor, offered key), the

@@ -26,6 +26,7 @@
 #include "dtu/common/service_messages.hpp"
 #include "dtu/devmgr/dtu_session.hpp"
 #include "dtu/devmgr/policy.hpp"
+#include "support/async_client.hpp"
 
 namespace {
 
@@ -321,13 +322,7 @@ class Group {
   }
 
   bool run_until(const std::function<bool()>& done, common::Duration limit = kLimit) {
-    const auto give_up = std::chrono::steady_clock::now() + limit;
-    while (!done()) {
-      if (std::chrono::steady_clock::now() >= give_up) return false;
-      io_.restart();
-      io_.run_one_for(milliseconds(5));
-    }
-    return true;
+    return dtu::testing::run_io_until(io_, done, limit, milliseconds(5));
   }
   // Lets everything in flight arrive (for "nothing more happens").
   void settle(common::Duration period = milliseconds(100)) {

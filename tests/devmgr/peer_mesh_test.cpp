@@ -17,6 +17,7 @@
 #include "dtu/common/messages.hpp"
 #include "dtu/common/transport.hpp"
 #include "support/log_capture.hpp"
+#include "support/async_client.hpp"
 
 using namespace std::chrono_literals;
 using dtu::common::Endpoint;
@@ -117,12 +118,7 @@ class Group {
 
   // Runs the io_context until `done()` holds or `limit` passes; returns done().
   bool run_until(const std::function<bool()>& done, std::chrono::milliseconds limit = kSettleLimit) {
-    const auto deadline = std::chrono::steady_clock::now() + limit;
-    while (!done() && std::chrono::steady_clock::now() < deadline) {
-      io_.restart();
-      io_.run_for(10ms);
-    }
-    return done();
+    return dtu::testing::run_io_until(io_, done, limit);
   }
   // Lets the meshes run for `d` (to show that nothing more happens: no churn).
   void run_for(std::chrono::milliseconds d) {

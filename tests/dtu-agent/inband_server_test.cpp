@@ -26,6 +26,7 @@
 #include "dtu/common/net.hpp"
 #include "dtu/common/tls.hpp"
 #include "support/log_capture.hpp"
+#include "support/async_client.hpp"
 
 // The in-band channel end to end: real TLS over 127.0.0.1 between an InbandServer and the
 // client library's InbandChannel, on one io_context driven by this thread, over a SimBackend
@@ -185,13 +186,7 @@ class Fixture {
   const common::Endpoint& endpoint() const { return endpoint_; }
 
   bool run_until(const std::function<bool()>& done, Duration limit = kSafetyNet) {
-    const auto give_up = clock().now() + limit;
-    while (!done()) {
-      if (clock().now() >= give_up) return false;
-      if (io_.stopped()) io_.restart();
-      io_.run_one_for(kSlice);
-    }
-    return true;
+    return dtu::testing::run_io_until(io_, done, limit, kSlice);
   }
   void run_for(Duration period) {
     if (io_.stopped()) io_.restart();

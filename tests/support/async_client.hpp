@@ -14,6 +14,18 @@
 
 namespace dtu::testing {
 
+// Runs `io` (restarting it when it ran out of work) in slices of `slice` until `done()` holds or
+// `limit` passes; returns done(). Every test that drives an io_context itself waits this way.
+inline bool run_io_until(asio::io_context& io, const std::function<bool()>& done, std::chrono::nanoseconds limit,
+                         std::chrono::nanoseconds slice = std::chrono::milliseconds(10)) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!done() && std::chrono::steady_clock::now() < deadline) {
+    io.restart();
+    io.run_one_for(slice);
+  }
+  return done();
+}
+
 class AsyncClient {
  public:
   // The bound on any single await(): a healthy site answers far sooner.
@@ -45,12 +57,7 @@ class AsyncClient {
 
   // Runs the io_context until `done()` holds or `limit` passes; returns done().
   bool run_until(const std::function<bool()>& done, std::chrono::milliseconds limit) {
-    const auto deadline = std::chrono::steady_clock::now() + limit;
-    while (!done() && std::chrono::steady_clock::now() < deadline) {
-      io_.restart();
-      io_.run_for(std::chrono::milliseconds(20));
-    }
-    return done();
+    return run_io_until(io_, done, limit);
   }
 
  private:
