@@ -24,6 +24,7 @@ std::string_view message_type_name(MessageType type) {
     case MessageType::lease_renew: return "lease_renew";
     case MessageType::lease_release: return "lease_release";
     case MessageType::lease_ended: return "lease_ended";
+    case MessageType::dtu_move: return "dtu_move";
     case MessageType::allocate: return "allocate";
     case MessageType::renew: return "renew";
     case MessageType::release: return "release";
@@ -48,6 +49,9 @@ std::string_view message_type_name(MessageType type) {
     case MessageType::group_status: return "group_status";
     case MessageType::group_info: return "group_info";
     case MessageType::reload_group: return "reload_group";
+    case MessageType::drain: return "drain";
+    case MessageType::undrain: return "undrain";
+    case MessageType::drain_status: return "drain_status";
     case MessageType::peer_auth_init: return "peer_auth_init";
     case MessageType::peer_auth_challenge: return "peer_auth_challenge";
     case MessageType::peer_auth_proof: return "peer_auth_proof";

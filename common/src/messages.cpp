@@ -59,33 +59,60 @@ void from_json(const json& j, FilamentCloseMsg& m) { m.reason = field_or(j, "rea
 
 void to_json(json& j, const DtuHelloMsg& m) {
   j = json{{"dtu", m.dtu}, {"agent_version", m.agent_version}, {"boot_epoch", m.boot_epoch}};
+  if (m.probe) j["probe"] = true;
 }
 void from_json(const json& j, DtuHelloMsg& m) {
   m.dtu = field<std::string>(j, "dtu");
   m.agent_version = field_or(j, "agent_version", std::string());
   m.boot_epoch = field<std::int64_t>(j, "boot_epoch");
+  m.probe = field_or(j, "probe", false);
 }
 
 void to_json(json& j, const DtuWelcomeMsg& m) {
-  j = json{{"manager", m.manager}, {"heartbeat_ms", m.heartbeat_ms}, {"heartbeat_misses", m.heartbeat_misses}};
+  j = json{{"manager", m.manager}, {"heartbeat_ms", m.heartbeat_ms}, {"heartbeat_misses", m.heartbeat_misses},
+           {"universal_us", m.universal_us}, {"dtus", m.dtus}};
+  if (m.draining) j["draining"] = true;
 }
 void from_json(const json& j, DtuWelcomeMsg& m) {
   m.manager = field<std::string>(j, "manager");
   m.heartbeat_ms = field<std::uint32_t>(j, "heartbeat_ms");
   m.heartbeat_misses = field<std::uint32_t>(j, "heartbeat_misses");
+  m.universal_us = field<std::int64_t>(j, "universal_us");
+  m.dtus = field<std::uint32_t>(j, "dtus");
+  m.draining = field_or(j, "draining", false);
   if (m.heartbeat_ms == 0 || m.heartbeat_misses == 0) {
     throw std::invalid_argument("heartbeat_ms and heartbeat_misses must be positive");
   }
 }
 
 void to_json(json& j, const DeviceSnapshotMsg& m) {
-  j = json{{"dtu", m.dtu}, {"stamp", m.stamp}, {"devices", m.devices}};
+  j = json{{"dtu", m.dtu}, {"stamp", m.stamp}, {"devices", m.devices}, {"leases", m.leases}};
 }
 void from_json(const json& j, DeviceSnapshotMsg& m) {
   m.dtu = field<std::string>(j, "dtu");
   m.stamp = field<Stamp>(j, "stamp");
   m.devices = field<std::vector<DeviceRecord>>(j, "devices");
+  m.leases = field_or(j, "leases", std::vector<LeaseReport>());
 }
+
+void to_json(json& j, const LeaseReport& m) {
+  j = json{{"lease", m.lease}, {"device", m.device}, {"unit", m.unit}, {"holder", m.holder},
+           {"expires_in_ms", m.expires_in_ms}};
+  put_optional(j, "uid", m.uid);
+  put_optional(j, "state_token", m.state_token);
+}
+void from_json(const json& j, LeaseReport& m) {
+  m.lease = field<std::string>(j, "lease");
+  m.device = field<std::string>(j, "device");
+  m.unit = field<std::uint32_t>(j, "unit");
+  m.holder = field<std::string>(j, "holder");
+  m.uid = optional_field<std::uint32_t>(j, "uid");
+  m.expires_in_ms = field<std::uint32_t>(j, "expires_in_ms");
+  m.state_token = optional_field<std::string>(j, "state_token");
+}
+
+void to_json(json& j, const DtuMoveMsg& m) { j = json{{"reason", m.reason}}; }
+void from_json(const json& j, DtuMoveMsg& m) { m.reason = field<std::string>(j, "reason"); }
 
 void to_json(json& j, const DeviceAttachedMsg& m) { j = json{{"device", m.device}}; }
 void from_json(const json& j, DeviceAttachedMsg& m) { m.device = field<DeviceRecord>(j, "device"); }
@@ -130,6 +157,8 @@ void from_json(const json& j, DeviceChangedMsg& m) { m.device = field<DeviceReco
 void to_json(json& j, const LeaseRequestMsg& m) {
   j = json{{"device", m.device}, {"unit", m.unit}, {"holder", m.holder}, {"length_ms", m.length_ms}};
   put_optional(j, "uid", m.uid);
+  put_optional(j, "fence", m.fence);
+  put_optional(j, "state_token", m.state_token);
 }
 void from_json(const json& j, LeaseRequestMsg& m) {
   m.device = field<std::string>(j, "device");
@@ -137,6 +166,8 @@ void from_json(const json& j, LeaseRequestMsg& m) {
   m.holder = field<std::string>(j, "holder");
   m.uid = optional_field<std::uint32_t>(j, "uid");
   m.length_ms = field<std::uint32_t>(j, "length_ms");
+  m.fence = optional_field<Stamp>(j, "fence");
+  m.state_token = optional_field<std::string>(j, "state_token");
 }
 
 void to_json(json& j, const LeaseGrantedMsg& m) {
@@ -144,6 +175,7 @@ void to_json(json& j, const LeaseGrantedMsg& m) {
            {"holder", m.holder}, {"expires_in_ms", m.expires_in_ms}};
   put_optional(j, "token", m.token);
   put_optional(j, "inband", m.inband);
+  put_optional(j, "state_token", m.state_token);
 }
 void from_json(const json& j, LeaseGrantedMsg& m) {
   m.lease = field<std::string>(j, "lease");
@@ -154,20 +186,31 @@ void from_json(const json& j, LeaseGrantedMsg& m) {
   m.expires_in_ms = field<std::uint32_t>(j, "expires_in_ms");
   m.token = optional_field<std::string>(j, "token");
   m.inband = optional_field<std::string>(j, "inband");
+  m.state_token = optional_field<std::string>(j, "state_token");
 }
 
 void to_json(json& j, const LeaseRenewMsg& m) {
   j = json{{"lease", m.lease}, {"length_ms", m.length_ms}};
   put_optional(j, "token", m.token);
+  put_optional(j, "fence", m.fence);
+  put_optional(j, "state_token", m.state_token);
 }
 void from_json(const json& j, LeaseRenewMsg& m) {
   m.lease = field<std::string>(j, "lease");
   m.length_ms = field<std::uint32_t>(j, "length_ms");
   m.token = optional_field<std::string>(j, "token");
+  m.fence = optional_field<Stamp>(j, "fence");
+  m.state_token = optional_field<std::string>(j, "state_token");
 }
 
-void to_json(json& j, const LeaseReleaseMsg& m) { j = json{{"lease", m.lease}}; }
-void from_json(const json& j, LeaseReleaseMsg& m) { m.lease = field<std::string>(j, "lease"); }
+void to_json(json& j, const LeaseReleaseMsg& m) {
+  j = json{{"lease", m.lease}};
+  put_optional(j, "fence", m.fence);
+}
+void from_json(const json& j, LeaseReleaseMsg& m) {
+  m.lease = field<std::string>(j, "lease");
+  m.fence = optional_field<Stamp>(j, "fence");
+}
 
 void to_json(json& j, const LeaseEndedMsg& m) {
   j = json{{"dtu", m.dtu}, {"lease", m.lease}, {"device", m.device}, {"unit", m.unit}, {"reason", m.reason}};

@@ -175,12 +175,14 @@ void from_json(const json& j, ReloadPolicyMsg&) { require_object(j); }
 
 void to_json(json& j, const ResumeLeaseMsg& m) {
   j = json{{"dtu", m.dtu}, {"lease", m.lease}, {"token", m.token}, {"length_ms", m.length_ms}};
+  put_optional(j, "state_token", m.state_token);
 }
 void from_json(const json& j, ResumeLeaseMsg& m) {
   m.dtu = field<std::string>(j, "dtu");
   m.lease = field<std::string>(j, "lease");
   m.token = field<std::string>(j, "token");
   m.length_ms = field<std::uint32_t>(j, "length_ms");
+  m.state_token = optional_field<std::string>(j, "state_token");
 }
 
 void to_json(json& j, const GroupStatusMsg&) { j = json::object(); }
@@ -220,15 +222,37 @@ void from_json(const json& j, GroupMemberInfo& m) {
 
 void to_json(json& j, const GroupInfoMsg& m) {
   j = json{{"manager", m.manager}, {"incarnation", m.incarnation}, {"members", m.members}};
+  if (m.draining) j["draining"] = true;
+  put_optional(j, "universal_offset_ms", m.universal_offset_ms);
 }
 void from_json(const json& j, GroupInfoMsg& m) {
   require_object(j);
   m.manager = field<std::string>(j, "manager");
   m.incarnation = field<std::uint64_t>(j, "incarnation");
   m.members = field<std::vector<GroupMemberInfo>>(j, "members");
+  m.draining = field_or(j, "draining", false);
+  m.universal_offset_ms = optional_field<double>(j, "universal_offset_ms");
 }
 
 void to_json(json& j, const ReloadGroupMsg&) { j = json::object(); }
 void from_json(const json& j, ReloadGroupMsg&) { require_object(j); }
+
+void to_json(json& j, const DrainMsg& m) {
+  j = json::object();
+  put_optional(j, "wait_ms", m.wait_ms);
+}
+void from_json(const json& j, DrainMsg& m) {
+  require_object(j);
+  m.wait_ms = optional_field<std::uint32_t>(j, "wait_ms");
+}
+
+void to_json(json& j, const UndrainMsg&) { j = json::object(); }
+void from_json(const json& j, UndrainMsg&) { require_object(j); }
+
+void to_json(json& j, const DrainStatusMsg& m) { j = json{{"draining", m.draining}, {"dtus", m.dtus}}; }
+void from_json(const json& j, DrainStatusMsg& m) {
+  m.draining = field<bool>(j, "draining");
+  m.dtus = field<std::uint32_t>(j, "dtus");
+}
 
 }  // namespace dtu::common

@@ -103,8 +103,9 @@ TEST_CASE("peer_renew, peer_release and peer_resume round-trip") {
   CHECK(renew.request.length_ms == 1000);
   auto release = round_trip(PeerReleaseMsg{someone(), ReleaseMsg{"dtu-a", "L1"}});
   CHECK(release.request.dtu == "dtu-a");
-  auto resume = round_trip(PeerResumeMsg{someone(), ResumeLeaseMsg{"dtu-a", "L1", std::string(64, 'a'), 0}});
+  auto resume = round_trip(PeerResumeMsg{someone(), ResumeLeaseMsg{"dtu-a", "L1", std::string(64, 'a'), 0, "tok"}});
   CHECK(resume.request.token == std::string(64, 'a'));
+  CHECK(resume.request.state_token == "tok");
 }
 
 TEST_CASE("a forwarded lease request without its service's identity is refused, naming what is missing") {
@@ -146,4 +147,25 @@ TEST_CASE("a group decoder refuses another message type") {
 }
 
 }  // namespace
+}  // namespace dtu::common
+
+namespace dtu::common {
+
+TEST_CASE("drain, undrain and drain_status round-trip, and group_info says whether the manager drains") {
+  CHECK(round_trip(DrainMsg{5000u}).wait_ms == 5000u);
+  CHECK_FALSE(round_trip(DrainMsg{}).wait_ms.has_value());
+  (void)round_trip(UndrainMsg{});
+  const DrainStatusMsg status = round_trip(DrainStatusMsg{true, 3});
+  CHECK(status.draining);
+  CHECK(status.dtus == 3);
+  GroupInfoMsg info;
+  info.manager = "m1";
+  info.draining = true;
+  info.universal_offset_ms = -2.5;
+  const GroupInfoMsg out = round_trip(info);
+  CHECK(out.draining);
+  CHECK(out.universal_offset_ms == -2.5);
+  CHECK_FALSE(round_trip(GroupInfoMsg{}).draining);
+}
+
 }  // namespace dtu::common

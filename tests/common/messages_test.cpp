@@ -140,6 +140,37 @@ TEST_CASE("DeviceSnapshotMsg round-trips with its devices") {
   CHECK(round_trip(empty).devices.empty());
 }
 
+TEST_CASE("a probe hello says so, a welcome carries universal time, load and draining") {
+  DtuHelloMsg hello{"dtu-7", "0.1.0", 0, true};
+  CHECK(round_trip(hello).probe);
+  CHECK(to_frame(DtuHelloMsg{"dtu-7", "0.1.0", 5, false}).payload_text().find("probe") == std::string::npos);
+  const DtuWelcomeMsg out = round_trip(DtuWelcomeMsg{"mgr-a", 250, 4, 1732185600123456, 17, true});
+  CHECK(out.universal_us == 1732185600123456);
+  CHECK(out.dtus == 17);
+  CHECK(out.draining);
+  CHECK_FALSE(round_trip(DtuWelcomeMsg{"mgr-a", 250, 4, 1, 0, false}).draining);
+}
+
+TEST_CASE("a snapshot carries the DTU's leases with their state tokens, and lease operations their fence") {
+  DeviceSnapshotMsg in;
+  in.dtu = "dtu-7";
+  in.stamp = Stamp{1732185600123456, 9, 0};
+  in.leases = {LeaseReport{"00ff00ff00ff00ff", "1-1", 0, "print[12]@m1", 1000u, 25000, "tok.mac"},
+               LeaseReport{"0123456789abcdef", "1-2", 1, "scan[13]@m2", std::nullopt, 100, std::nullopt}};
+  CHECK(round_trip(in).leases == in.leases);
+
+  LeaseRequestMsg request{"1-1", 0, "print[12]@m1", 1000u, 30000, in.stamp, "tok.mac"};
+  const LeaseRequestMsg r = round_trip(request);
+  REQUIRE(r.fence.has_value());
+  CHECK(*r.fence == in.stamp);
+  CHECK(r.state_token == "tok.mac");
+  const LeaseRenewMsg renew = round_trip(LeaseRenewMsg{"00ff00ff00ff00ff", 30000, std::nullopt, in.stamp, std::nullopt});
+  CHECK(renew.fence == in.stamp);
+  CHECK_FALSE(renew.state_token.has_value());
+  CHECK(round_trip(LeaseReleaseMsg{"00ff00ff00ff00ff", in.stamp}).fence == in.stamp);
+  CHECK(round_trip(DtuMoveMsg{"drain"}).reason == "drain");
+}
+
 TEST_CASE("DeviceAttachedMsg and DeviceDetachedMsg round-trip") {
   const DeviceAttachedMsg attached{sample_device("1-1.4", 9)};
   CHECK(round_trip(attached).device == attached.device);
@@ -357,7 +388,7 @@ TEST_CASE("from_frame rejects a negative, fractional or out-of-range number in a
   }
   // The edges of each range still pass.
   const auto edge = from_frame<DtuWelcomeMsg>(json_frame(
-      MessageType::dtu_welcome, R"({"manager":"m","heartbeat_ms":4294967295,"heartbeat_misses":1})"));
+      MessageType::dtu_welcome, R"({"manager":"m","heartbeat_ms":4294967295,"heartbeat_misses":1,"universal_us":1,"dtus":0})"));
   REQUIRE(edge.ok());
   CHECK(edge->heartbeat_ms == 4294967295u);
   const auto low =
@@ -392,11 +423,11 @@ TEST_CASE("from_frame rejects a class above 255, naming the field") {
 
 TEST_CASE("from_frame rejects a welcome with zero heartbeat parameters") {
   const Error ms = error_of<DtuWelcomeMsg>(
-      json_frame(MessageType::dtu_welcome, R"({"manager":"m","heartbeat_ms":0,"heartbeat_misses":3})"));
+      json_frame(MessageType::dtu_welcome, R"({"manager":"m","heartbeat_ms":0,"heartbeat_misses":3,"universal_us":1,"dtus":0})"));
   CHECK(ms.code == make_error_code(Errc::bad_payload));
   CHECK(contains(ms.detail, "heartbeat_ms"));
   const Error misses = error_of<DtuWelcomeMsg>(
-      json_frame(MessageType::dtu_welcome, R"({"manager":"m","heartbeat_ms":10,"heartbeat_misses":0})"));
+      json_frame(MessageType::dtu_welcome, R"({"manager":"m","heartbeat_ms":10,"heartbeat_misses":0,"universal_us":1,"dtus":0})"));
   CHECK(misses.code == make_error_code(Errc::bad_payload));
 }
 

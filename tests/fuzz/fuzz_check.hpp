@@ -172,6 +172,9 @@ inline void check_own_message(const common::Frame& frame) {
     case common::MessageType::lease_ended:
       check_message<common::LeaseEndedMsg>(frame);
       break;
+    case common::MessageType::dtu_move:
+      check_message<common::DtuMoveMsg>(frame);
+      break;
     case common::MessageType::allocate:
       check_message<common::AllocateMsg>(frame);
       break;
@@ -244,6 +247,15 @@ inline void check_own_message(const common::Frame& frame) {
       break;
     case common::MessageType::reload_group:
       check_message<common::ReloadGroupMsg>(frame);
+      break;
+    case common::MessageType::drain:
+      check_message<common::DrainMsg>(frame);
+      break;
+    case common::MessageType::undrain:
+      check_message<common::UndrainMsg>(frame);
+      break;
+    case common::MessageType::drain_status:
+      check_message<common::DrainStatusMsg>(frame);
       break;
     case common::MessageType::peer_auth_init:
       check_message<common::PeerAuthInitMsg>(frame);

@@ -28,6 +28,7 @@ enum class MessageType : std::uint16_t {
   lease_renew = 24,      // manager -> DTU: extend a lease
   lease_release = 25,    // manager -> DTU: end a lease
   lease_ended = 26,      // DTU -> manager, manager -> client: a lease ended, and why
+  dtu_move = 27,         // manager -> DTU: leave this manager for another of your list (drain)
   // Service/admin <-> manager.
   client_hello = 64,   // client -> manager: client name and protocol version
   client_welcome = 65, // manager -> client: manager id, software version
@@ -57,6 +58,9 @@ enum class MessageType : std::uint16_t {
   group_status = 89,       // client -> manager: request the state of every group member
   group_info = 90,         // manager -> client: the members, their links and counts
   reload_group = 91,       // admin -> manager: read the group file and keys again
+  drain = 92,              // admin -> manager: move every DTU away, refuse new ones
+  undrain = 93,            // admin -> manager: take DTUs again
+  drain_status = 94,       // manager -> admin: draining or not, DTUs still held (reply)
   // Manager <-> manager (peer mesh). The peer link also carries, with the same bodies:
   // register_finder / unregister_finder (a forwarded finder), finder_matched / changed / gone /
   // synced (its answers), list_devices / device_list and lease_ended (docs/protocol.md §6).

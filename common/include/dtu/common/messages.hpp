@@ -55,27 +55,56 @@ struct FilamentCloseMsg {
 // --- DTU <-> manager ------------------------------------------------------------------------
 
 // DTU -> manager, first message after TLS. `dtu` must equal the TLS PSK identity.
+// boot_epoch: the universal time (µs) the DTU took from its first welcome since it booted, 0
+// before it has one. probe: the DTU only asks for the welcome (its load figures, --pick
+// least-loaded) and closes; the manager does not take it.
 struct DtuHelloMsg {
   static constexpr MessageType kType = MessageType::dtu_hello;
   std::string dtu;
   std::string agent_version;
   std::int64_t boot_epoch = 0;
+  bool probe = false;
 };
 
-// Manager -> DTU: accepted; heartbeat parameters the DTU must use on this link.
+// Manager -> DTU: accepted; heartbeat parameters the DTU must use on this link; the group's
+// universal time when sent (the manager's hybrid logical clock, µs), which the DTU takes as its
+// boot_epoch when it has none and uses to stamp records; how many DTUs the manager serves and
+// whether it is draining (a draining manager answers a probe like this and refuses a hello with
+// Errc::refused "draining").
 struct DtuWelcomeMsg {
   static constexpr MessageType kType = MessageType::dtu_welcome;
   std::string manager;
   std::uint32_t heartbeat_ms = 1000;
   std::uint32_t heartbeat_misses = 3;
+  std::int64_t universal_us = 0;
+  std::uint32_t dtus = 0;
+  bool draining = false;
 };
 
-// DTU -> manager: every device the DTU has, replacing whatever the manager held for it.
+// A lease the DTU holds, as it reports it when it connects (so a new owner adopts it).
+// state_token: the opaque signed context the granting manager gave with the lease_request
+// (common/state_token.hpp), returned as it came.
+struct LeaseReport {
+  std::string lease;
+  std::string device;
+  std::uint32_t unit = 0;
+  std::string holder;
+  std::optional<std::uint32_t> uid;
+  std::uint32_t expires_in_ms = 0;  // from when the DTU sent it
+  std::optional<std::string> state_token;
+
+  friend bool operator==(const LeaseReport&, const LeaseReport&) = default;
+};
+
+// DTU -> manager: every device the DTU has, replacing whatever the manager held for it, and
+// every lease it holds. `stamp` (boot_epoch, seq) is the DTU's ownership claim on this manager
+// and the fence every lease operation from this manager must carry.
 struct DeviceSnapshotMsg {
   static constexpr MessageType kType = MessageType::device_snapshot;
   std::string dtu;
   Stamp stamp;
   std::vector<DeviceRecord> devices;
+  std::vector<LeaseReport> leases;
 };
 
 // DTU -> manager: a device appeared (or its record changed).
@@ -108,6 +137,8 @@ struct LeaseRequestMsg {
   std::string holder;               // the service, as its manager names it
   std::optional<std::uint32_t> uid; // the service's uid (SO_PEERCRED), for logs and policy
   std::uint32_t length_ms = 0;
+  std::optional<Stamp> fence;              // the claim stamp of the DTU's current link (fencing)
+  std::optional<std::string> state_token;  // kept with the lease, reported back on reconnect
 };
 
 // A granted (or renewed) lease. DTU -> manager as the reply to lease_request / lease_renew;
@@ -123,6 +154,7 @@ struct LeaseGrantedMsg {
   std::uint32_t expires_in_ms = 0;  // from when the DTU sent it
   std::optional<std::string> token; // 64 hex digits
   std::optional<std::string> inband;  // "host:port" of the DTU's in-band listener
+  std::optional<std::string> state_token;  // manager -> service: the lease's signed context
 };
 
 // Manager -> DTU (request): extend a lease to length_ms from now (never shortens it). `token`
@@ -133,12 +165,22 @@ struct LeaseRenewMsg {
   std::string lease;
   std::uint32_t length_ms = 0;
   std::optional<std::string> token;
+  std::optional<Stamp> fence;
+  std::optional<std::string> state_token;  // replaces the one kept with the lease (a new owner)
 };
 
 // Manager -> DTU (request): end a lease. Answered with ack.
 struct LeaseReleaseMsg {
   static constexpr MessageType kType = MessageType::lease_release;
   std::string lease;
+  std::optional<Stamp> fence;
+};
+
+// Manager -> DTU (notify): leave this manager for another one of your list (reason "drain").
+// The DTU closes the link and connects elsewhere; its leases and in-band channels stay.
+struct DtuMoveMsg {
+  static constexpr MessageType kType = MessageType::dtu_move;
+  std::string reason;
 };
 
 // A lease ended. DTU -> manager (post), manager -> its holder (notify).
@@ -249,6 +291,10 @@ void to_json(nlohmann::json& j, const LeaseReleaseMsg& m);
 void from_json(const nlohmann::json& j, LeaseReleaseMsg& m);
 void to_json(nlohmann::json& j, const LeaseEndedMsg& m);
 void from_json(const nlohmann::json& j, LeaseEndedMsg& m);
+void to_json(nlohmann::json& j, const LeaseReport& m);
+void from_json(const nlohmann::json& j, LeaseReport& m);
+void to_json(nlohmann::json& j, const DtuMoveMsg& m);
+void from_json(const nlohmann::json& j, DtuMoveMsg& m);
 void to_json(nlohmann::json& j, const AllocateMsg& m);
 void from_json(const nlohmann::json& j, AllocateMsg& m);
 void to_json(nlohmann::json& j, const RenewMsg& m);

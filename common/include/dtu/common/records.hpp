@@ -18,7 +18,7 @@ namespace dtu::common {
 // Stamp: generated on the DTU with each record. (boot_epoch, seq) orders the records of one
 // DTU; receive time never does. time_us is the universal time of generation (microseconds).
 struct Stamp {
-  std::int64_t boot_epoch = 0;  // universal time (ms) at which the agent started
+  std::int64_t boot_epoch = 0;  // universal µs the DTU took from its first welcome since it started; 0 before
   std::uint64_t seq = 0;        // increases with every record the agent generates
   std::int64_t time_us = 0;     // universal time of generation
 

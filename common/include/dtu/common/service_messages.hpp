@@ -182,6 +182,7 @@ struct ResumeLeaseMsg {
   std::string lease;
   std::string token;  // 64 hex digits
   std::uint32_t length_ms = 0;
+  std::optional<std::string> state_token;  // the lease's signed context, as lease_granted gave it
 };
 
 struct GroupStatusMsg {
@@ -212,10 +213,32 @@ struct GroupInfoMsg {
   std::string manager;
   std::uint64_t incarnation = 0;
   std::vector<GroupMemberInfo> members;  // self first, then the peers by id
+  bool draining = false;
+  // The universal clock's correction to this manager's wall clock (median of the peers' offsets).
+  std::optional<double> universal_offset_ms;
 };
 
 struct ReloadGroupMsg {
   static constexpr MessageType kType = MessageType::reload_group;
+};
+
+// Admin -> manager (request): tell every DTU to move to another manager and refuse new ones.
+// Answered with drain_status once the manager holds no DTU, or Errc::timeout (naming how many
+// it still holds) after wait_ms (default 30 s). The manager stays draining either way.
+struct DrainMsg {
+  static constexpr MessageType kType = MessageType::drain;
+  std::optional<std::uint32_t> wait_ms;
+};
+
+// Admin -> manager (request): take DTUs again. Answered with drain_status.
+struct UndrainMsg {
+  static constexpr MessageType kType = MessageType::undrain;
+};
+
+struct DrainStatusMsg {
+  static constexpr MessageType kType = MessageType::drain_status;
+  bool draining = false;
+  std::uint32_t dtus = 0;  // DTUs connected to this manager now
 };
 
 void to_json(nlohmann::json& j, const RegisterFinderMsg& m);
@@ -270,5 +293,11 @@ void to_json(nlohmann::json& j, const GroupInfoMsg& m);
 void from_json(const nlohmann::json& j, GroupInfoMsg& m);
 void to_json(nlohmann::json& j, const ReloadGroupMsg& m);
 void from_json(const nlohmann::json& j, ReloadGroupMsg& m);
+void to_json(nlohmann::json& j, const DrainMsg& m);
+void from_json(const nlohmann::json& j, DrainMsg& m);
+void to_json(nlohmann::json& j, const UndrainMsg& m);
+void from_json(const nlohmann::json& j, UndrainMsg& m);
+void to_json(nlohmann::json& j, const DrainStatusMsg& m);
+void from_json(const nlohmann::json& j, DrainStatusMsg& m);
 
 }  // namespace dtu::common
