@@ -37,7 +37,9 @@ int main(int argc, char** argv) {
   app.add_option("-c,--config", config_path, "JSON config file (flags override it)");
   app.add_option("--id", id, "this DTU's id");
   app.add_option("-m,--manager", managers, "a manager's address:port (repeat; order is preference)");
-  app.add_option("--pick", pick, "how to choose a manager: first");
+  app.add_option("--pick", pick,
+                 "how to order the managers: first (the list as given, default) | least-loaded (probe each, "
+                 "reachable and not draining first, then fewest DTUs)");
   app.add_option("--key", key_file, "file with this DTU's derived key (devmgrctl keygen --dtu)");
   app.add_option("--usb,--backend", backend_name, "USB backend: libusb (default: real USB) | sim (a JSON catalogue)");
   app.add_option("--inband", inband, "address:port of the in-band listener (default 0.0.0.0:4712)");

@@ -45,8 +45,9 @@ common::Result<void> validate(const AgentOptions& options) {
     return Error(Errc::config_error, "DTU id '" + options.id + "': expected 1-64 of [A-Za-z0-9._-]");
   }
   if (options.managers.empty()) return Error(Errc::config_error, "no manager given (--manager or 'managers')");
-  if (options.pick != "first") {
-    return Error(Errc::config_error, "pick '" + options.pick + "': expected 'first'");
+  if (options.pick != kPickFirst && options.pick != kPickLeastLoaded) {
+    return Error(Errc::config_error,
+                 "pick '" + options.pick + "': expected '" + kPickFirst + "' or '" + kPickLeastLoaded + "'");
   }
   if (options.backend == "sim") {
     if (options.sim_devices.empty()) return Error(Errc::config_error, "the sim backend needs a device file (--sim-devices)");

@@ -33,6 +33,16 @@ std::uint32_t millis_u32(common::Duration d) {
   return static_cast<std::uint32_t>(std::clamp<std::int64_t>(ms, 0, std::numeric_limits<std::uint32_t>::max()));
 }
 
+// "boot_epoch.seq", or "none": how fences and claims read in the log.
+std::string stamp_text(const std::optional<common::Stamp>& stamp) {
+  if (!stamp) return "none";
+  return std::to_string(stamp->boot_epoch) + "." + std::to_string(stamp->seq);
+}
+
+bool is_draining_refusal(const Error& e) {
+  return e.code == make_error_code(Errc::refused) && e.detail == "draining";
+}
+
 std::string unit_list(const std::set<std::uint32_t>& units) {
   std::string out;
   for (auto u : units) out += (out.empty() ? "" : ", ") + std::to_string(u);
@@ -47,7 +57,6 @@ DtuAgent::DtuAgent(const asio::any_io_executor& ex, const common::Clock& clock, 
       options_(std::move(options)),
       key_(std::move(key)),
       backend_(backend),
-      boot_epoch_(std::chrono::duration_cast<std::chrono::milliseconds>(clock.wall_now().time_since_epoch()).count()),
       leases_(clock),
       expiry_timer_(ex),
       link_closed_(ex),
@@ -73,7 +82,7 @@ common::Result<void> DtuAgent::start() {
     inband_->stop();
     return started;
   }
-  log_.info("", "started", {{"dtu", options_.id}, {"boot_epoch", boot_epoch_}, {"managers", options_.managers.size()},
+  log_.info("", "started", {{"dtu", options_.id}, {"managers", options_.managers.size()}, {"pick", options_.pick},
                             {"inband", inband_endpoint_.to_string()}});
   common::spawn(executor_, run(), log_, "agent connection loop");
   common::spawn(executor_, expiry_loop(), log_, "lease expiry");
@@ -98,9 +107,11 @@ common::Stamp DtuAgent::next_stamp() {
   common::Stamp s;
   s.boot_epoch = boot_epoch_;
   s.seq = ++seq_;
-  s.time_us = common::to_micros(clock_.wall_now());
+  s.time_us = common::to_micros(clock_.wall_now()) + universal_offset_us_;
   return s;
 }
+
+std::optional<common::Endpoint> DtuAgent::manager() const { return connected_to_; }
 
 common::Duration DtuAgent::backoff(unsigned attempt) {
   // Jittered: DTUs that lost the same manager do not all return at once.
@@ -109,22 +120,106 @@ common::Duration DtuAgent::backoff(unsigned attempt) {
 
 asio::awaitable<void> DtuAgent::run() {
   unsigned attempt = 0;
+  std::optional<std::size_t> lost;  // the manager whose link just ended
   while (!stopped_) {
+    auto ordering = next_round(lost);
+    const std::vector<std::size_t> order = co_await std::move(ordering);
+    lost.reset();
     bool served = false;
-    for (const auto& manager : options_.managers) {
+    for (std::size_t index : order) {
       if (stopped_) co_return;
+      const common::Endpoint& manager = options_.managers[index];
       auto op = serve(manager);
       const Error why = co_await std::move(op);
       if (stopped_) co_return;
-      if (welcomed_) served = true;
+      served = welcomed_;
       welcomed_ = false;
-      log_.warn(manager.to_string(), served ? "manager_lost" : "manager_unreachable", {{"reason", why.describe()}});
-      if (served) break;  // start again from the top of the list
+      connected_to_.reset();
+      if (served) {
+        log_.warn(manager.to_string(), "manager_lost", {{"reason", why.describe()}});
+        lost = index;
+        break;  // a new round, this manager last
+      }
+      // A draining manager refuses new DTUs: the next one at once.
+      log_.warn(manager.to_string(), is_draining_refusal(why) ? "manager_draining" : "manager_unreachable",
+                {{"reason", why.describe()}});
     }
     attempt = served ? 0 : attempt + 1;
     retry_timer_.expires_after(backoff(attempt));
     co_await retry_timer_.async_wait(as_tuple(asio::use_awaitable));
   }
+}
+
+struct DtuAgent::ProbeRound {
+  explicit ProbeRound(const asio::any_io_executor& ex, std::size_t count) : loads(count), remaining(count), done(ex) {
+    done.expires_at(asio::steady_timer::time_point::max());
+  }
+  std::vector<ManagerLoad> loads;
+  std::size_t remaining;
+  asio::steady_timer done;  // cancelled when the last probe has finished
+};
+
+asio::awaitable<std::vector<std::size_t>> DtuAgent::next_round(std::optional<std::size_t> tried_last) {
+  const std::size_t count = options_.managers.size();
+  if (options_.pick != kPickLeastLoaded) co_return connection_order(count, {}, tried_last);
+  auto probing = probe_all();
+  const std::vector<ManagerLoad> loads = co_await std::move(probing);
+  auto order = connection_order(count, loads, tried_last);
+  std::string seen;
+  for (std::size_t i = 0; i < count; ++i) {
+    const ManagerLoad& load = loads[i];
+    seen += (seen.empty() ? "" : ", ") + options_.managers[i].to_string() + "=" +
+            (!load.reachable ? std::string("unreachable")
+                             : std::to_string(load.dtus) + (load.draining ? " draining" : ""));
+  }
+  if (!order.empty()) {
+    log_.info(options_.managers[order.front()].to_string(), "manager_picked", {{"pick", options_.pick}, {"loads", seen}});
+  }
+  co_return order;
+}
+
+asio::awaitable<std::vector<ManagerLoad>> DtuAgent::probe_all() {
+  auto round = std::make_shared<ProbeRound>(executor_, options_.managers.size());
+  for (std::size_t i = 0; i < options_.managers.size(); ++i) {
+    common::spawn(executor_, probe_into(round, i), log_, "manager probe");
+  }
+  while (round->remaining > 0 && !stopped_) co_await round->done.async_wait(as_tuple(asio::use_awaitable));
+  co_return round->loads;
+}
+
+asio::awaitable<void> DtuAgent::probe_into(std::shared_ptr<ProbeRound> round, std::size_t index) {
+  auto op = probe(options_.managers[index]);
+  round->loads[index] = co_await std::move(op);
+  if (--round->remaining == 0) round->done.cancel();
+}
+
+asio::awaitable<ManagerLoad> DtuAgent::probe(common::Endpoint manager) {
+  ManagerLoad load;
+  const std::string peer = manager.to_string();
+  auto connect = common::tcp_connect(manager, options_.connect_timeout);
+  auto socket = co_await std::move(connect);
+  if (!socket.ok()) co_return load;
+  auto handshake = common::tls_connect(std::move(socket.value()), *tls_, options_.id, key_, options_.connect_timeout);
+  auto transport = co_await std::move(handshake);
+  if (!transport.ok() || stopped_) co_return load;
+  auto link = common::Link::create(executor_, std::move(transport.value()), common::FilamentMux::Side::initiator,
+                                   clock_, log_, peer, common::Link::Options{});
+  link->start([](const Error&) {});
+  common::DtuHelloMsg hello{options_.id, common::kVersion, boot_epoch_, true};
+  auto request = link->request(common::FilamentMux::kControlFilament, common::to_frame(hello),
+                               options_.connect_timeout);
+  auto answer = co_await std::move(request);
+  if (answer.ok()) {
+    if (auto welcome = common::from_frame<common::DtuWelcomeMsg>(*answer); welcome.ok()) {
+      load.reachable = true;
+      load.draining = welcome->draining;
+      load.dtus = welcome->dtus;
+    }
+  }
+  log_.debug(peer, "manager_probed", {{"reachable", load.reachable}, {"draining", load.draining}, {"dtus", load.dtus},
+                                      {"reason", answer.ok() ? std::string("-") : answer.error().describe()}});
+  link->close(Error(Errc::closed, "probe done"));
+  co_return load;
 }
 
 asio::awaitable<Error> DtuAgent::serve(common::Endpoint manager) {
@@ -148,7 +243,7 @@ asio::awaitable<Error> DtuAgent::serve(common::Endpoint manager) {
     link_closed_.cancel();
   });
 
-  common::DtuHelloMsg hello{options_.id, common::kVersion, boot_epoch_};
+  common::DtuHelloMsg hello{options_.id, common::kVersion, boot_epoch_, false};
   auto request = link_->request(common::FilamentMux::kControlFilament, common::to_frame(hello),
                                 options_.connect_timeout);
   auto answer = co_await std::move(request);
@@ -159,21 +254,54 @@ asio::awaitable<Error> DtuAgent::serve(common::Endpoint manager) {
       link_->close(welcome.error());
     } else {
       welcomed_ = true;
+      connected_to_ = manager;
       link_->set_heartbeat(std::chrono::milliseconds(welcome->heartbeat_ms), welcome->heartbeat_misses);
-      common::DeviceSnapshotMsg snapshot;
-      snapshot.dtu = options_.id;
-      snapshot.stamp = next_stamp();
-      for (const auto& [port, record] : records_) snapshot.devices.push_back(record);
-      log_.info(peer, "connected", {{"manager", welcome->manager}, {"devices", snapshot.devices.size()},
+      on_welcome(*welcome);
+      common::DeviceSnapshotMsg claim = snapshot();
+      log_.info(peer, "connected", {{"manager", welcome->manager}, {"devices", claim.devices.size()},
+                                    {"leases", claim.leases.size()}, {"claim", stamp_text(claim.stamp)},
                                     {"heartbeat_ms", welcome->heartbeat_ms}});
-      send_device_message(common::to_frame(snapshot), "device_snapshot");
+      send_device_message(common::to_frame(claim), "device_snapshot");
     }
   } else {
     link_->close(answer.error());
   }
   if (!closed_reason) co_await link_closed_.async_wait(as_tuple(asio::use_awaitable));
   link_.reset();
+  fence_.reset();
   co_return closed_reason.value_or(Error(Errc::closed, "stopping"));
+}
+
+void DtuAgent::on_welcome(const common::DtuWelcomeMsg& welcome) {
+  const std::int64_t local_us = common::to_micros(clock_.wall_now());
+  // A manager without a universal clock (universal_us 0) leaves our own wall clock in charge.
+  const std::int64_t universal_us = welcome.universal_us != 0 ? welcome.universal_us : local_us;
+  const std::int64_t offset_change = (universal_us - local_us) - universal_offset_us_;
+  universal_offset_us_ = universal_us - local_us;
+  if (boot_epoch_ != 0) return;
+  boot_epoch_ = universal_us;
+  // Records built before the first welcome carry boot epoch 0 and local times: they become this
+  // boot's records (seq kept, so their order stands).
+  for (auto& [port, record] : records_) {
+    record.stamp.boot_epoch = boot_epoch_;
+    record.stamp.time_us += offset_change;
+  }
+  log_.info("", "boot_epoch", {{"boot_epoch", boot_epoch_}, {"offset_us", universal_offset_us_},
+                               {"restamped", records_.size()}});
+}
+
+common::DeviceSnapshotMsg DtuAgent::snapshot() {
+  common::DeviceSnapshotMsg m;
+  m.dtu = options_.id;
+  m.stamp = next_stamp();
+  fence_ = m.stamp;
+  for (const auto& [port, record] : records_) m.devices.push_back(record);
+  const common::MonoTime now = clock_.now();
+  for (const Lease* lease : leases_.all()) {
+    m.leases.push_back(common::LeaseReport{lease->id, lease->device, lease->unit, lease->holder, lease->uid,
+                                           millis_u32(lease->expires - now), lease->state_token});
+  }
+  return m;
 }
 
 void DtuAgent::send_device_message(common::Frame frame, const std::string& what) {
@@ -221,6 +349,9 @@ void DtuAgent::on_manager_frame(const common::Frame& frame) {
     case common::MessageType::lease_release:
       if (request) return on_lease_release(frame);
       break;
+    case common::MessageType::dtu_move:
+      if (!request) return on_dtu_move(frame);
+      break;
     default:
       break;
   }
@@ -228,6 +359,32 @@ void DtuAgent::on_manager_frame(const common::Frame& frame) {
                           std::string(common::message_type_name(frame.type));
   log_.warn(link_->peer(), "protocol_error", {{"reason", why}});
   link_->close(Error(Errc::illegal_state, why + " from the manager"));
+}
+
+void DtuAgent::on_dtu_move(const common::Frame& frame) {
+  auto msg = common::from_frame<common::DtuMoveMsg>(frame);
+  if (!msg.ok()) {
+    log_.warn(link_->peer(), "protocol_error", {{"reason", msg.error().describe()}});
+    link_->close(msg.error());
+    return;
+  }
+  // The manager asks us to leave (a drain): the run loop connects elsewhere, this manager last.
+  // Leases and in-band channels do not depend on the link and stay as they are.
+  log_.info(link_->peer(), "manager_move", {{"reason", msg->reason}, {"leases", leases_.size()}});
+  link_->close(Error(Errc::closed, "asked to move (" + msg->reason + ")"));
+}
+
+bool DtuAgent::refuse_stale_owner(const common::Frame& frame, const std::optional<common::Stamp>& fence,
+                                  const std::string& what) {
+  // Reject a lease operation that does not carry this link's claim: it comes from a manager that
+  // may have lost this DTU (hung, partitioned) and acts on stale beliefs — the unit would get two
+  // holders. Ops only arrive on the current link, so this also guards against reordering.
+  if (fence && fence_ && *fence == *fence_) return false;
+  log_.warn(link_->peer(), "lease_fenced", {{"op", std::string(common::message_type_name(frame.type))}, {"about", what},
+                                            {"fence", stamp_text(fence)}, {"claim", stamp_text(fence_)}});
+  link_->reply_error(frame, Errc::refused,
+                     "stale owner: fence " + stamp_text(fence) + " is not this link's claim " + stamp_text(fence_));
+  return true;
 }
 
 template <typename M>
@@ -242,6 +399,7 @@ std::optional<M> DtuAgent::decode_request(const common::Frame& frame) {
 void DtuAgent::on_lease_request(const common::Frame& frame) {
   auto msg = decode_request<common::LeaseRequestMsg>(frame);
   if (!msg) return;
+  if (refuse_stale_owner(frame, msg->fence, "unit " + std::to_string(msg->unit) + " of " + msg->device)) return;
   std::weak_ptr<common::Link> weak = link_;
   auto answer_error = [this, weak, frame, device = msg->device, unit = msg->unit](Errc code, const std::string& why) {
     log_.info("", "lease_refused", {{"device", device}, {"unit", unit}, {"code", common::errc_name(code)}, {"reason", why}});
@@ -278,7 +436,7 @@ void DtuAgent::on_lease_request(const common::Frame& frame) {
        interfaces = unit->interfaces, answer_error](common::Result<void> claimed) {
         if (alive.expired()) return;  // the agent is gone; the backend gives claims back on stop
         claiming_.erase(key);
-        Lease claim{"", request.device, request.unit, interfaces, "", {}, {}, {}};
+        Lease claim{"", request.device, request.unit, interfaces, "", {}, {}, {}, {}, {}};
         // Gives back what was claimed, unless a lease now holds it (a replaced device's own leases).
         auto give_back = [&] {
           if (!claimed.ok()) return;
@@ -310,7 +468,8 @@ void DtuAgent::on_lease_request(const common::Frame& frame) {
           give_back();
           return answer_error(Errc::timeout, what + ": claiming its interfaces took too long");
         }
-        auto lease = leases_.grant(request.device, request.unit, interfaces, request.holder, length);
+        auto lease =
+            leases_.grant(request.device, request.unit, interfaces, request.holder, length, request.uid, request.state_token);
         if (!lease.ok()) {
           give_back();
           return answer_error(static_cast<Errc>(lease.error().code.value()), lease.error().detail);
@@ -353,6 +512,7 @@ std::set<std::uint32_t> DtuAgent::blockers(const std::string& port, std::uint32_
 void DtuAgent::on_lease_renew(const common::Frame& frame) {
   auto msg = decode_request<common::LeaseRenewMsg>(frame);
   if (!msg) return;
+  if (refuse_stale_owner(frame, msg->fence, "lease " + msg->lease)) return;
   if (msg->token) {
     // A service taking its lease over through a manager that did not grant it: the token is
     // the proof that it is the holder.
@@ -369,12 +529,15 @@ void DtuAgent::on_lease_renew(const common::Frame& frame) {
     link_->reply_error(frame, static_cast<Errc>(renewed.error().code.value()), renewed.error().detail);
     return;
   }
+  // A new owner's context replaces the old one (reported on the next connect).
+  if (msg->state_token) leases_.set_state_token(msg->lease, *msg->state_token);
   link_->reply(frame, common::to_frame(granted_message(*renewed, false)));
 }
 
 void DtuAgent::on_lease_release(const common::Frame& frame) {
   auto msg = decode_request<common::LeaseReleaseMsg>(frame);
   if (!msg) return;
+  if (refuse_stale_owner(frame, msg->fence, "lease " + msg->lease)) return;
   auto lease = leases_.end(msg->lease, LeaseEnd::released);
   if (!lease) {
     const EndedLease* gone = leases_.ended(msg->lease);

@@ -36,7 +36,8 @@ const char* lease_end_name(LeaseEnd why) {
 }
 
 common::Result<Lease> LeaseTable::grant(std::string device, std::uint32_t unit, std::vector<std::uint8_t> interfaces,
-                                        std::string holder, common::Duration length) {
+                                        std::string holder, common::Duration length,
+                                        std::optional<std::uint32_t> uid, std::optional<std::string> state_token) {
   if (auto ok = check_length(length); !ok.ok()) return ok.error();
   if (const Lease* held = holding(device, unit)) {
     return Error(Errc::refused, "unit " + std::to_string(unit) + " of " + device + " is held by " + held->holder +
@@ -53,6 +54,8 @@ common::Result<Lease> LeaseTable::grant(std::string device, std::uint32_t unit, 
   lease.token = common::random_bytes(kLeaseTokenBytes);
   lease.length = length;
   lease.expires = clock_.now() + length;
+  lease.uid = uid;
+  lease.state_token = std::move(state_token);
   leases_.emplace(lease.id, lease);
   return lease;
 }
@@ -69,6 +72,13 @@ common::Result<Lease> LeaseTable::renew(std::string_view id, common::Duration le
   it->second.length = length;
   it->second.expires = std::max(it->second.expires, clock_.now() + length);
   return it->second;
+}
+
+bool LeaseTable::set_state_token(std::string_view id, std::string state_token) {
+  auto it = leases_.find(id);
+  if (it == leases_.end()) return false;
+  it->second.state_token = std::move(state_token);
+  return true;
 }
 
 std::optional<Lease> LeaseTable::end(std::string_view id, LeaseEnd why) {

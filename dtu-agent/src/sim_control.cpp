@@ -122,7 +122,8 @@ json handle(SimBackend& backend, const json& request) {
       return error_answer(Error{
           Errc::not_found, "endpoint 0x" + hex_encode({*endpoint}) + " on port " + *port + " is not a sink"});
     }
-    return json{{"ok", true}, {"hex", hex_encode(backend.captured(*port, *endpoint))}};
+    const auto bytes = backend.captured(*port, *endpoint);
+    return json{{"ok", true}, {"bytes", bytes.size()}, {"hex", hex_encode(bytes)}};
   }
   if (*op == "feed") {
     auto hex = string_field(request, "hex");
@@ -357,7 +358,7 @@ Result<json> sim_control_call(const std::string& socket_path, const json& reques
       return;
     }
     asio::async_read_until(
-        socket, asio::dynamic_buffer(in, kSimControlMaxLine + 1), '\n',
+        socket, asio::dynamic_buffer(in, kSimControlMaxAnswer + 1), '\n',
         [&](std::error_code read_ec, std::size_t n) {
           if (read_ec) {
             result = Error{Errc::link_lost, socket_path + " closed without answering: " + read_ec.message()};

@@ -44,3 +44,19 @@ TEST_CASE("a bad manager address in the agent config names the key") {
   REQUIRE_FALSE(applied.ok());
   CHECK(applied.error().detail.find("dtu-agent.json: key 'managers'") != std::string::npos);
 }
+
+TEST_CASE("agent options accept pick first and least-loaded and refuse any other") {
+  AgentOptions options;
+  options.id = "dtu-1";
+  options.managers.push_back({"127.0.0.1", 4711});
+  options.backend = "sim";
+  options.sim_devices = "x.json";
+  options.pick = "least-loaded";
+  CHECK(validate(options).ok());
+  options.pick = "first";
+  CHECK(validate(options).ok());
+  options.pick = "random";
+  auto refused = validate(options);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().detail.find("pick 'random': expected 'first' or 'least-loaded'") != std::string::npos);
+}

@@ -206,8 +206,8 @@ TEST_CASE("SimControlServer shows what a sink captured and feeds a source") {
 
   Client c(f.io, f.path);
   CHECK(c.request({{"op", "captured"}, {"port", "1-1"}, {"endpoint", 1}}) ==
-        json{{"ok", true}, {"hex", "1b406869"}});
-  CHECK(c.request({{"op", "captured"}, {"port", "1-2"}, {"endpoint", 3}}) == json{{"ok", true}, {"hex", ""}});
+        json{{"ok", true}, {"bytes", 4}, {"hex", "1b406869"}});
+  CHECK(c.request({{"op", "captured"}, {"port", "1-2"}, {"endpoint", 3}}) == json{{"ok", true}, {"bytes", 0}, {"hex", ""}});
   CHECK(is_error(c.request({{"op", "captured"}, {"port", "1-1"}, {"endpoint", 0x82}}), "not_found"));
   CHECK(is_error(c.request({{"op", "captured"}, {"port", "9-9"}, {"endpoint", 1}}), "not_found"));
 

@@ -15,10 +15,14 @@ namespace dtu::agent {
 // The in-band listener's default TCP port.
 inline constexpr std::uint16_t kDefaultInbandPort = 4712;
 
+// --pick: how a DTU orders its managers before each connection round (manager_order.hpp).
+inline constexpr const char* kPickFirst = "first";                // the list's order
+inline constexpr const char* kPickLeastLoaded = "least-loaded";  // probe all, fewest DTUs first
+
 struct AgentOptions {
   std::string id;                           // this DTU's id (required)
   std::vector<common::Endpoint> managers;   // the group's managers, in preference order
-  std::string pick = "first";               // first reachable manager of the list
+  std::string pick = kPickFirst;            // kPickFirst or kPickLeastLoaded
   std::string key_file = "/etc/dtubroker/dtu.key";  // this DTU's derived key
   std::string backend = "libusb";           // libusb (real USB) or sim (a JSON catalogue: demo, tests)
   std::string sim_devices;                  // device catalogue for the sim backend

@@ -48,6 +48,10 @@ struct Lease {
   common::Bytes token;                   // kLeaseTokenBytes random bytes: the in-band PSK
   common::Duration length{};             // as granted (or last renewed)
   common::MonoTime expires{};
+  std::optional<std::uint32_t> uid;      // the holder's uid, as its manager gave it (reports, logs)
+  // The signed manager-side context the owner manager gave with the lease (or its last renewal);
+  // opaque here, reported back on every connect so a new owner can adopt the lease.
+  std::optional<std::string> state_token;
 };
 
 struct EndedLease {
@@ -66,12 +70,18 @@ class LeaseTable {
   // A new lease on (device, unit) for `holder`, expiring `length` from now.
   // Errors: Errc::invalid_argument when length is outside [kMinLeaseLength, kMaxLeaseLength];
   // Errc::refused when the unit is already leased (the reason names the holder and lease).
+  // uid and state_token are kept with the lease as given.
   common::Result<Lease> grant(std::string device, std::uint32_t unit, std::vector<std::uint8_t> interfaces,
-                              std::string holder, common::Duration length);
+                              std::string holder, common::Duration length,
+                              std::optional<std::uint32_t> uid = std::nullopt,
+                              std::optional<std::string> state_token = std::nullopt);
 
   // Moves the expiry to now + length, never earlier than it was. Errors: Errc::invalid_argument
   // (length out of bounds), Errc::not_found (unknown id; an ended lease's reason is in the text).
   common::Result<Lease> renew(std::string_view id, common::Duration length);
+
+  // Replaces the state token kept with an active lease; false when it is not active.
+  bool set_state_token(std::string_view id, std::string state_token);
 
   // Ends one lease; nullopt when it is not active.
   std::optional<Lease> end(std::string_view id, LeaseEnd why);

@@ -7,7 +7,7 @@
 //   {"op":"plug","port":"1-3"}                   → {"ok":true}
 //   {"op":"plug_device","device":{…}}            → {"ok":true}   (a device object of the device file)
 //   {"op":"unplug","port":"1-2"}                 → {"ok":true}
-//   {"op":"captured","port":"1-1","endpoint":1}  → {"ok":true,"hex":"1b40…"}
+//   {"op":"captured","port":"1-1","endpoint":1}  → {"ok":true,"bytes":2,"hex":"1b40"}
 //   {"op":"feed","port":"1-2","endpoint":132,"hex":"0a0b"} → {"ok":true}
 //   anything that fails                          → {"ok":false,"code":"not_found","error":"<reason>"}
 //
@@ -40,6 +40,8 @@ struct SimControlState;  // one per start(): the listener and the connections of
 // Bytes in one request line, newline excluded: far above any real request (a plug_device with a
 // large descriptor is a few KiB), low enough that a client cannot make us buffer much.
 inline constexpr std::size_t kSimControlMaxLine = 64 * 1024;
+// The longest answer sim_control_call reads (captured data of a 20 MB print job is 40 MB of hex).
+inline constexpr std::size_t kSimControlMaxAnswer = 128 * 1024 * 1024;
 // A client that sends nothing for this long is disconnected: every wait has a deadline.
 inline constexpr common::Duration kSimControlIdleTimeout = std::chrono::minutes(5);
 // Connections served at once; more are closed at accept. A test harness needs a handful.
