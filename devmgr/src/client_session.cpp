@@ -42,7 +42,9 @@ bool ClientSession::is_legal(State state, MessageType type) {
         case MessageType::get_policy:
         case MessageType::reload_policy:
         case MessageType::group_status:
-        case MessageType::reload_group: return true;
+        case MessageType::reload_group:
+        case MessageType::drain:
+        case MessageType::undrain: return true;
         default: return false;
       }
     case State::closed: return false;
@@ -290,6 +292,22 @@ void ClientSession::on_request(const Frame& frame) {
       if (!request) return;
       if (!require_admin(frame, "reload the group")) return;
       answer(frame, services_.reload_group());
+      return;
+    }
+    case MessageType::drain: {
+      auto request = decode<common::DrainMsg>(frame);
+      if (!request) return;
+      if (!require_admin(frame, "drain the manager")) return;
+      services_.drain(request->wait_ms, [weak, frame](common::Result<common::DrainStatusMsg> status) {
+        if (auto self = weak.lock()) self->answer(frame, status);
+      });
+      return;
+    }
+    case MessageType::undrain: {
+      auto request = decode<common::UndrainMsg>(frame);
+      if (!request) return;
+      if (!require_admin(frame, "undrain the manager")) return;
+      link_->reply(frame, common::to_frame(services_.undrain()));
       return;
     }
     default: return protocol_error("unexpected message");

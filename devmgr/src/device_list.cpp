@@ -85,6 +85,12 @@ const DeviceRecord* DeviceList::find(const std::string& dtu, const std::string& 
   return record == it->second.end() ? nullptr : &record->second;
 }
 
+std::optional<common::Stamp> DeviceList::last_stamp(const std::string& dtu) const {
+  auto it = last_stamp_.find(dtu);
+  if (it == last_stamp_.end()) return std::nullopt;
+  return it->second;
+}
+
 std::size_t DeviceList::device_count() const {
   std::size_t n = 0;
   for (const auto& [id, table] : devices_) n += table.size();

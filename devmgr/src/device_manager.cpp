@@ -2,10 +2,13 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+
 #include <asio/experimental/as_tuple.hpp>
 
 #include "dtu/common/async.hpp"
 #include "dtu/common/net.hpp"
+#include "dtu/common/group_messages.hpp"
 #include "dtu/common/records.hpp"
 #include "dtu/common/tls.hpp"
 
@@ -26,12 +29,21 @@ bool same_device(const common::DeviceRecord& a, const common::DeviceRecord& b) {
 
 }  // namespace
 
+common::Duration median_offset(std::vector<common::Duration> peer_offsets) {
+  peer_offsets.push_back(common::Duration::zero());
+  std::sort(peer_offsets.begin(), peer_offsets.end());
+  const std::size_t n = peer_offsets.size();
+  if (n % 2 == 1) return peer_offsets[n / 2];
+  return (peer_offsets[n / 2 - 1] + peer_offsets[n / 2]) / 2;
+}
+
 DeviceManager::DeviceManager(const asio::any_io_executor& ex, const common::Clock& clock, ManagerOptions options,
                              common::SecretKey site_dtu_key)
     : executor_(ex),
       clock_(clock),
       options_(std::move(options)),
       site_dtu_key_(std::move(site_dtu_key)),
+      universal_(clock),
       finders_(options_.id, devices_, sessions_),
       leases_(LeaseBroker::Context{options_.id, ex, &clock,
                                    [this](const std::string& dtu) {
@@ -43,8 +55,12 @@ DeviceManager::DeviceManager(const asio::any_io_executor& ex, const common::Cloc
       incarnation_(static_cast<std::uint64_t>(common::to_micros(clock.wall_now()))),
       group_(GroupBroker::Context{options_.id, incarnation_, ex, &clock, &devices_, &finders_, &leases_, &sessions_,
                                   options_.orphan_grace,
-                                  [this](const std::string& dtu) { return dtus_.contains(dtu); }},
+                                  [this](const std::string& dtu) { return dtus_.contains(dtu); },
+                                  [this](const std::string& dtu, const std::string& new_owner) {
+                                    on_ownership_lost(dtu, new_owner);
+                                  }},
              log_) {
+  leases_.set_universal_time([this] { return universal_.now().wall_us; });
   // Every change of the device list reaches the finders (events to services) and the broker
   // (a freed unit goes to its first waiter).
   devices_.set_listener(DeviceList::Listener{
@@ -99,6 +115,7 @@ common::Result<void> DeviceManager::start() {
                                                             options_.id + " in the group list"}});
   }
 
+  arm_offset_timer();
   common::spawn(executor_, accept_dtus(), log_, "accept dtus");
   common::spawn(executor_, accept_clients(), log_, "accept clients");
   log_.info("", "listening", {{"id", options_.id}, {"dtu", bound_.to_string()}, {"socket", options_.socket_path},
@@ -110,6 +127,8 @@ common::Result<void> DeviceManager::start() {
 void DeviceManager::stop() {
   if (stopped_) return;
   stopped_ = true;
+  offset_timer_.reset();
+  drain_waiters_.clear();
   std::error_code ignored;
   if (dtu_acceptor_) dtu_acceptor_->close(ignored);
   if (client_acceptor_) {
@@ -161,10 +180,79 @@ asio::awaitable<void> DeviceManager::admit_dtu(asio::ip::tcp::socket socket) {
                                               options_.heartbeat_interval, options_.heartbeat_misses,
                                               options_.handshake_timeout);
   hello_pending_.insert(session);
-  session->start(DtuSession::Hooks{
-      [this](const std::shared_ptr<DtuSession>& s) { on_dtu_active(s); },
-      [this](const std::shared_ptr<DtuSession>& s, const Error& reason) { on_dtu_closed(s, reason); },
-      [this](const common::LeaseEndedMsg& ended) { leases_.lease_ended(ended); }});
+  DtuSession::Hooks hooks;
+  hooks.admit = [this](const common::DtuHelloMsg& hello) { return admit_dtu_hello(hello); };
+  hooks.on_active = [this](const std::shared_ptr<DtuSession>& s) { on_dtu_active(s); };
+  hooks.on_claim = [this](const std::shared_ptr<DtuSession>& s) { on_dtu_claim(s); };
+  hooks.on_leases = [this](const std::shared_ptr<DtuSession>& s, const std::vector<common::LeaseReport>& leases) {
+    leases_.adopt(s->dtu(), leases);
+  };
+  hooks.on_closed = [this](const std::shared_ptr<DtuSession>& s, const Error& reason) { on_dtu_closed(s, reason); };
+  hooks.on_lease_ended = [this](const common::LeaseEndedMsg& ended) { leases_.lease_ended(ended); };
+  session->start(std::move(hooks));
+}
+
+DtuSession::Admission DeviceManager::admit_dtu_hello(const common::DtuHelloMsg& hello) {
+  if (hello.boot_epoch > 0) observe_boot_epoch(hello.boot_epoch, hello.dtu);
+  DtuSession::Admission admission;
+  admission.universal_us = universal_.now().wall_us;
+  // The DTU's next boot epoch must beat every claim on it this manager knows of, even one taken
+  // from a manager whose clock ran ahead before the offsets converged (farther ahead than the
+  // universal clock follows): otherwise a rebooted DTU would lose to its own old claim.
+  std::int64_t known = 0;
+  if (auto claim = group_.claim_of(hello.dtu)) known = claim->boot_epoch;
+  if (auto last = devices_.last_stamp(hello.dtu)) known = std::max(known, last->boot_epoch);
+  if (hello.boot_epoch == 0 && known >= admission.universal_us) {
+    log_.info(hello.dtu, "boot_epoch_ahead_of_clock", {{"known", known}, {"universal_us", admission.universal_us}});
+    admission.universal_us = known + 1;
+  }
+  admission.dtus = static_cast<std::uint32_t>(dtus_.size());
+  admission.draining = draining_;
+  return admission;
+}
+
+void DeviceManager::observe_boot_epoch(std::int64_t boot_epoch, const std::string& from) {
+  // One microsecond past it: every later now().wall_us (a welcome's universal_us, the next boot
+  // epoch a DTU takes) is strictly greater than the epoch itself, not only in logical order.
+  auto observed = universal_.observe(common::HlcTimestamp{boot_epoch + 1, 0});
+  if (!observed.ok()) {
+    // A boot epoch far in our future: a clock we do not follow (max_forward_skew), not an error.
+    log_.debug("", "boot_epoch_not_observed", {{"from", from}, {"boot_epoch", boot_epoch},
+                                               {"reason", observed.error().describe()}});
+  }
+}
+
+void DeviceManager::update_universal_offset() {
+  std::vector<common::Duration> offsets;
+  if (mesh_) {
+    for (const auto& link : mesh_->peers()) {
+      if (auto sample = link->link().clock_offset()) offsets.push_back(sample->offset);
+    }
+  }
+  const common::Duration offset = median_offset(std::move(offsets));
+  if (offset == universal_.offset()) return;
+  universal_.set_offset(offset);
+  log_.debug("", "universal_offset", {{"offset_us", std::chrono::duration_cast<std::chrono::microseconds>(offset).count()}});
+}
+
+void DeviceManager::arm_offset_timer() {
+  offset_timer_ = std::make_unique<common::DeadlineGuard>(executor_, kUniversalOffsetPeriod, [this] {
+    update_universal_offset();
+    if (!stopped_) arm_offset_timer();
+  });
+}
+
+void DeviceManager::peer_frame(const std::shared_ptr<PeerLink>& link, common::Frame frame) {
+  // Every DTU boot epoch a peer announces moves our clock past it too (the GroupBroker reports
+  // a frame that does not decode).
+  if (frame.type == common::MessageType::peer_ownership && !frame.is_binary()) {
+    if (auto news = common::from_frame<common::PeerOwnershipMsg>(frame); news.ok()) {
+      for (const auto& owned : news->owned) {
+        if (owned.stamp.boot_epoch > 0) observe_boot_epoch(owned.stamp.boot_epoch, link->id());
+      }
+    }
+  }
+  group_.peer_frame(link, std::move(frame));
 }
 
 void DeviceManager::on_dtu_active(const std::shared_ptr<DtuSession>& session) {
@@ -178,11 +266,24 @@ void DeviceManager::on_dtu_active(const std::shared_ptr<DtuSession>& session) {
     old->close(Error(Errc::closed, "replaced by a newer connection from the same DTU"));
   }
   dtus_[session->dtu()] = session;
-  // The claim's stamp orders it against other managers' claims on the same DTU: the DTU's boot,
-  // then when it connected (a DTU that moved to another manager connected there later).
-  const std::int64_t now_us = common::to_micros(clock_.wall_now());
-  group_.dtu_active(session->dtu(),
-                    common::Stamp{session->boot_epoch(), static_cast<std::uint64_t>(std::max<std::int64_t>(now_us, 0)), now_us});
+}
+
+void DeviceManager::on_dtu_claim(const std::shared_ptr<DtuSession>& session) {
+  auto it = dtus_.find(session->dtu());
+  if (it == dtus_.end() || it->second != session || !session->claim()) return;
+  const common::Stamp claim = *session->claim();
+  if (claim.boot_epoch > 0) observe_boot_epoch(claim.boot_epoch, session->dtu());
+  // The claim orders this connection against the DTU's connections to other managers.
+  group_.dtu_active(session->dtu(), claim);
+}
+
+void DeviceManager::on_ownership_lost(const std::string& dtu, const std::string& new_owner) {
+  // The GroupBroker calls this after its own handler returned: closing runs the DTU-lost path
+  // (records dropped, leases' holders told, the group told), which reaches it again.
+  auto it = dtus_.find(dtu);
+  if (it == dtus_.end()) return;
+  auto session = it->second;
+  session->close(Error(Errc::closed, "claimed by " + new_owner + " with a newer stamp"));
 }
 
 void DeviceManager::on_dtu_closed(const std::shared_ptr<DtuSession>& session, const Error& reason) {
@@ -195,6 +296,53 @@ void DeviceManager::on_dtu_closed(const std::shared_ptr<DtuSession>& session, co
                                           {"devices_removed", removed}});
   leases_.dtu_lost(session->dtu());
   group_.dtu_lost(session->dtu());
+  drain_progress();
+}
+
+void DeviceManager::drain(std::optional<std::uint32_t> wait_ms,
+                          std::function<void(common::Result<common::DrainStatusMsg>)> done) {
+  if (!draining_) {
+    draining_ = true;
+    log_.info("", "drain_started", {{"dtus", dtus_.size()}});
+  }
+  auto active = dtus_;
+  for (auto& [id, session] : active) session->move("drain");
+  if (dtus_.empty()) {
+    log_.info("", "drain_done", {});
+    done(common::DrainStatusMsg{true, 0});
+    return;
+  }
+  const std::uint64_t id = ++next_drain_waiter_;
+  const std::chrono::milliseconds wait = wait_ms ? std::chrono::milliseconds(*wait_ms) : kDefaultDrainWait;
+  DrainWaiter waiter;
+  waiter.done = std::move(done);
+  waiter.deadline = std::make_unique<common::DeadlineGuard>(executor_, wait, [this, id] {
+    auto it = drain_waiters_.find(id);
+    if (it == drain_waiters_.end()) return;
+    auto answer = std::move(it->second.done);
+    drain_waiters_.erase(it);
+    log_.warn("", "drain_timeout", {{"dtus", dtus_.size()}});
+    answer(Error(Errc::timeout, "still holds " + std::to_string(dtus_.size()) + " DTUs"));
+  });
+  drain_waiters_.emplace(id, std::move(waiter));
+}
+
+void DeviceManager::drain_progress() {
+  if (!draining_ || !dtus_.empty()) return;
+  log_.info("", "drain_done", {});
+  auto waiters = std::move(drain_waiters_);
+  drain_waiters_.clear();
+  for (auto& [id, waiter] : waiters) waiter.done(common::DrainStatusMsg{true, 0});
+}
+
+common::DrainStatusMsg DeviceManager::undrain() {
+  const bool was = draining_;
+  draining_ = false;
+  log_.info("", "undrained", {{"was_draining", was}, {"dtus", dtus_.size()}});
+  auto waiters = std::move(drain_waiters_);
+  drain_waiters_.clear();
+  for (auto& [id, waiter] : waiters) waiter.done(Error(Errc::closed, "undrained before every DTU left"));
+  return common::DrainStatusMsg{false, static_cast<std::uint32_t>(dtus_.size())};
 }
 
 common::Result<void> DeviceManager::attach_session(const common::SessionAttachMsg& request) {
@@ -262,11 +410,18 @@ common::Result<void> DeviceManager::start_mesh(const GroupSettings& group) {
   o.handshake_timeout = options_.handshake_timeout;
   o.max_frame_bytes = options_.max_frame_bytes;
   PeerMesh::Hooks hooks;
-  hooks.up = [this](const std::shared_ptr<PeerLink>& link) { group_.peer_up(link); };
-  hooks.down = [this](const std::shared_ptr<PeerLink>& link, const Error& reason) { group_.peer_down(link, reason); };
-  hooks.frame = [this](const std::shared_ptr<PeerLink>& link, common::Frame frame) {
-    group_.peer_frame(link, std::move(frame));
+  hooks.up = [this](const std::shared_ptr<PeerLink>& link) {
+    group_.peer_up(link);
+    update_universal_offset();
   };
+  hooks.down = [this](const std::shared_ptr<PeerLink>& link, const Error& reason) {
+    group_.peer_down(link, reason);
+    update_universal_offset();
+  };
+  hooks.frame = [this](const std::shared_ptr<PeerLink>& link, common::Frame frame) {
+    peer_frame(link, std::move(frame));
+  };
+  leases_.set_group_keys(group.keys);
   mesh_ = std::make_unique<PeerMesh>(executor_, clock_, std::move(o), std::move(hooks), log_);
   return mesh_->start();
 }
@@ -275,6 +430,9 @@ common::GroupInfoMsg DeviceManager::group_info() const {
   common::GroupInfoMsg info;
   info.manager = options_.id;
   info.incarnation = incarnation_;
+  info.draining = draining_;
+  info.universal_offset_ms =
+      std::chrono::duration_cast<std::chrono::duration<double, std::milli>>(universal_.offset()).count();
   common::GroupMemberInfo self;
   self.id = options_.id;
   self.address = mesh_ ? mesh_->endpoint().to_string() : std::string();
@@ -304,6 +462,7 @@ void DeviceManager::group_status(std::function<void(common::GroupInfoMsg)> done)
       if (--pending == 0) done(std::move(info));
     }
   };
+  update_universal_offset();
   auto gather = std::make_shared<Gather>();
   gather->info = group_info();
   gather->done = std::move(done);
@@ -345,6 +504,7 @@ common::Result<common::GroupInfoMsg> DeviceManager::reload_group() {
                                                 {"reason", "the mesh address changes only with a restart"}});
     }
     mesh_->reload(group->members, group->keys);
+    leases_.set_group_keys(group->keys);
   }
   return group_info();
 }
@@ -398,6 +558,11 @@ asio::awaitable<void> DeviceManager::accept_clients() {
     services.reload_policy = [this] { return reload_policy(); };
     services.group_status = [this](std::function<void(common::GroupInfoMsg)> done) { group_status(std::move(done)); };
     services.reload_group = [this] { return reload_group(); };
+    services.drain = [this](std::optional<std::uint32_t> wait_ms,
+                            std::function<void(common::Result<common::DrainStatusMsg>)> done) {
+      drain(wait_ms, std::move(done));
+    };
+    services.undrain = [this] { return undrain(); };
     auto session = std::make_shared<ClientSession>(link, *credentials, options_.id, std::move(services), log_,
                                                    options_.handshake_timeout);
     clients_.insert(session);

@@ -29,6 +29,7 @@ bool DtuSession::is_legal(State state, MessageType type) {
       return type == MessageType::device_snapshot || type == MessageType::device_attached ||
              type == MessageType::device_detached || type == MessageType::device_changed ||
              type == MessageType::lease_ended;
+    case State::leaving:
     case State::closed: return false;
   }
   return false;
@@ -66,6 +67,20 @@ void DtuSession::start(Hooks hooks) {
 
 void DtuSession::close(const Error& reason) { link_->close(reason); }
 
+void DtuSession::move(const std::string& reason) {
+  if (state_ != State::active) return;
+  link_->notify(common::FilamentMux::kControlFilament, common::to_frame(common::DtuMoveMsg{reason}));
+  log_.info(link_->peer(), "dtu_move_sent", {{"dtu", identity_}, {"reason", reason}});
+}
+
+void DtuSession::answer_and_leave(const Frame& hello, Frame answer, const Error& reason) {
+  state_ = State::leaving;
+  answer.filament = hello.filament;
+  answer.txn = hello.txn;
+  answer.flags = static_cast<std::uint8_t>(common::kFlagReply);
+  link_->shutdown(std::move(answer), reason);
+}
+
 void DtuSession::request(Frame frame, common::Duration timeout, std::function<void(common::Result<Frame>)> done) {
   // The callback form: the reply completes in order with the frames around it, so a lease_ended
   // that follows a lease_granted on the wire reaches the broker after the grant, never before.
@@ -78,7 +93,7 @@ void DtuSession::protocol_error(const std::string& reason) {
 }
 
 void DtuSession::on_frame(Frame frame) {
-  if (state_ == State::closed) return;
+  if (state_ == State::closed || state_ == State::leaving) return;
   if (frame.is_binary() || !is_legal(state_, frame.type)) {
     protocol_error("message " + std::string(common::message_type_name(frame.type)) + " is not legal in state " +
                    (state_ == State::awaiting_hello ? "awaiting_hello" : "active"));
@@ -104,12 +119,26 @@ void DtuSession::on_hello(const Frame& frame) {
   if (!frame.wants_reply()) return protocol_error("dtu_hello must be a request");
   hello_deadline_.reset();
   boot_epoch_ = hello->boot_epoch;
-  state_ = State::active;
-  link_->set_heartbeat(heartbeat_interval_, heartbeat_misses_);
+  const Admission admission = hooks_.admit ? hooks_.admit(*hello) : Admission{};
   common::DtuWelcomeMsg welcome;
   welcome.manager = manager_id_;
   welcome.heartbeat_ms = static_cast<std::uint32_t>(heartbeat_interval_.count());
   welcome.heartbeat_misses = heartbeat_misses_;
+  welcome.universal_us = admission.universal_us;
+  welcome.dtus = admission.dtus;
+  welcome.draining = admission.draining;
+  if (hello->probe) {
+    log_.debug(link_->peer(), "dtu_probed", {{"dtu", identity_}, {"dtus", admission.dtus},
+                                             {"draining", admission.draining}});
+    return answer_and_leave(frame, common::to_frame(welcome), Error(Errc::closed, "probe answered"));
+  }
+  if (admission.draining) {
+    log_.info(link_->peer(), "dtu_refused_draining", {{"dtu", identity_}, {"boot_epoch", boot_epoch_}});
+    return answer_and_leave(frame, common::to_frame(common::ErrorMsg{common::errc_name(Errc::refused), "draining"}),
+                            Error(Errc::refused, "draining"));
+  }
+  state_ = State::active;
+  link_->set_heartbeat(heartbeat_interval_, heartbeat_misses_);
   link_->reply(frame, common::to_frame(welcome));
   log_.info(link_->peer(), "dtu_connected", {{"dtu", identity_}, {"boot_epoch", boot_epoch_},
                                              {"agent_version", hello->agent_version}});
@@ -131,10 +160,16 @@ void DtuSession::on_device_message(const Frame& frame) {
         if (d.dtu != identity_) return protocol_error("device record for another DTU '" + d.dtu + "'");
         d.owner = manager_id_;
       }
+      if (!claim_) {
+        claim_ = msg->stamp;
+        if (hooks_.on_claim) hooks_.on_claim(shared_from_this());
+        if (state_ != State::active) return;  // the manager closed it
+      }
       const std::size_t n = msg->devices.size();
       applied = devices_.replace(identity_, msg->stamp, std::move(msg->devices));
-      log_.info(link_->peer(), "dtu_devices", {{"dtu", identity_}, {"devices", n},
+      log_.info(link_->peer(), "dtu_devices", {{"dtu", identity_}, {"devices", n}, {"leases", msg->leases.size()},
                                                {"stale", applied == DeviceList::Applied::stale}});
+      if (hooks_.on_leases) hooks_.on_leases(shared_from_this(), msg->leases);
       break;
     }
     case MessageType::device_attached: {

@@ -42,6 +42,11 @@ void answer(PeerLink& link, const Frame& to, const common::Result<M>& result) {
   link.reply_error(to, code, error.detail.empty() ? error.code.message() : error.detail);
 }
 
+// A claim stamp for logs: "boot_epoch/seq".
+std::string stamp_text(const common::Stamp& stamp) {
+  return std::to_string(stamp.boot_epoch) + "/" + std::to_string(stamp.seq);
+}
+
 std::uint32_t count32(std::size_t n) { return static_cast<std::uint32_t>(std::min<std::size_t>(n, UINT32_MAX)); }
 
 // The form a finder travels in: session scope becomes the session's DTU; none when the session is
@@ -78,6 +83,7 @@ class GroupBroker::RemoteHolder : public LeaseHolder {
   std::string holder_name() const override { return who_.holder; }
   std::string client_name() const override { return who_.client; }
   void notify(Frame frame) override { send_(peer_, std::move(frame)); }
+  std::string origin() const override { return peer_; }
 
   void update(const common::OnBehalf& who) { who_ = who; }
   int pending = 0;  // forwarded operations not answered yet
@@ -88,10 +94,19 @@ class GroupBroker::RemoteHolder : public LeaseHolder {
   std::function<void(const std::string&, Frame)> send_;
 };
 
-GroupBroker::GroupBroker(Context context, common::Logger log) : context_(std::move(context)), log_(std::move(log)) {}
+GroupBroker::GroupBroker(Context context, common::Logger log)
+    : context_(std::move(context)), log_(std::move(log)) {
+  // Leases a DTU brings here from another manager go back to their services' managers.
+  context_.leases->set_remote_holders(
+      [this](const std::string& origin, const common::OnBehalf& who) -> std::shared_ptr<LeaseHolder> {
+        return remote_holder(origin, who);
+      });
+}
 
 GroupBroker::~GroupBroker() {
+  context_.leases->set_remote_holders(nullptr);
   for (auto& [id, peer] : peers_) peer.grace.reset();
+  lost_.clear();
 }
 
 bool GroupBroker::is_current(const std::shared_ptr<PeerLink>& link) const {
@@ -265,6 +280,7 @@ common::Result<void> GroupBroker::add_finder(ClientKey client, const FinderRegis
   }
   const std::uint64_t id = next_entry_++;
   ClientEntry& entry = clients_[id];
+  entry.id = id;
   entry.client = client;
   entry.finder_id = finder_id;
   entry.owner = owner;
@@ -337,6 +353,7 @@ common::Result<void> GroupBroker::remove_finder(ClientKey client, std::uint64_t 
       }
     }
   }
+  std::erase_if(lost_, [&](const auto& l) { return l.first.first == id; });
   clients_.erase(entry);
   return {};
 }
@@ -382,13 +399,14 @@ void GroupBroker::show_match(ClientEntry& entry, const std::string& source, cons
   const DeviceKey key{record.dtu, record.device};
   auto it = entry.shown.find(key);
   if (it == entry.shown.end()) {
-    entry.shown.emplace(key, Shown{source, units, record.orphaned});
+    entry.shown.emplace(key, Shown{source, units, record.orphaned, record, false});
     entry.sink(common::to_frame(common::FinderMatchedMsg{entry.finder_id, record, units}));
     return;
   }
-  // The same device from another source (a DTU that moved to another manager) is news about the
-  // device the client knows, not a second device.
-  it->second = Shown{source, units, record.orphaned};
+  // The same device from another source (a DTU that moved to another manager, or came back
+  // within the grace window) is news about the device the client knows, not a second device.
+  lost_.erase({entry.id, key});
+  it->second = Shown{source, units, record.orphaned, record, false};
   entry.sink(common::to_frame(common::FinderChangedMsg{entry.finder_id, record, units}));
 }
 
@@ -397,8 +415,35 @@ void GroupBroker::show_gone(ClientEntry& entry, const std::string& source, const
   auto it = entry.shown.find({dtu, device});
   // A source the client no longer hears this device from has nothing to take back.
   if (it == entry.shown.end() || it->second.source != source) return;
+  if (reason == "dtu_lost" && context_.grace.count() > 0) {
+    // The DTU may be re-homing: show the match orphaned and wait for it to come back.
+    if (it->second.lost) return;
+    Shown& shown = it->second;
+    shown.lost = true;
+    shown.orphaned = true;
+    shown.record.orphaned = true;
+    entry.sink(common::to_frame(common::FinderChangedMsg{entry.finder_id, shown.record, shown.units}));
+    const DeviceKey key{dtu, device};
+    lost_[{entry.id, key}] = std::make_unique<common::DeadlineGuard>(
+        context_.executor, context_.grace, [this, alive = std::weak_ptr<int>(alive_), id = entry.id, key] {
+          if (!alive.expired()) lost_over(id, key);
+        });
+    return;
+  }
+  lost_.erase({entry.id, {dtu, device}});
   entry.shown.erase(it);
   entry.sink(common::to_frame(common::FinderGoneMsg{entry.finder_id, dtu, device, reason}));
+}
+
+void GroupBroker::lost_over(std::uint64_t id, const DeviceKey& key) {
+  lost_.erase({id, key});
+  auto entry = clients_.find(id);
+  if (entry == clients_.end()) return;
+  auto it = entry->second.shown.find(key);
+  if (it == entry->second.shown.end() || !it->second.lost) return;
+  entry->second.shown.erase(it);
+  entry->second.sink(
+      common::to_frame(common::FinderGoneMsg{entry->second.finder_id, key.first, key.second, "dtu_lost"}));
 }
 
 void GroupBroker::maybe_synced(ClientEntry& entry) {
@@ -583,14 +628,39 @@ void GroupBroker::broadcast(const Frame& frame) {
 }
 
 void GroupBroker::dtu_active(const std::string& dtu, const common::Stamp& stamp) {
-  // Connected here: whatever another manager claimed, this is where the DTU is now.
   const std::uint32_t devices = count32(context_.devices->list(dtu).size());
+  if (auto it = ownership_.find(dtu);
+      it != ownership_.end() && it->second.manager != context_.manager_id && stamp < it->second.stamp) {
+    // The DTU has claimed another manager since it made this claim: this link is the stale one.
+    log_.warn("", "ownership_lost",
+              {{"dtu", dtu},
+               {"owner", it->second.manager},
+               {"ours", stamp_text(stamp)},
+               {"theirs", stamp_text(it->second.stamp)}});
+    return lose(dtu, it->second.manager);
+  }
+  // Connected here with the newest claim: this is where the DTU is now.
   ownership_[dtu] = Claim{context_.manager_id, context_.incarnation, stamp, devices};
+  announce(dtu, ownership_[dtu]);
+}
+
+void GroupBroker::announce(const std::string& dtu, const Claim& claim) {
   common::PeerOwnershipMsg msg;
   msg.manager = context_.manager_id;
   msg.incarnation = context_.incarnation;
-  msg.owned.push_back(common::OwnedDtu{dtu, stamp, devices});
+  msg.owned.push_back(common::OwnedDtu{dtu, claim.stamp, claim.devices});
   broadcast(common::to_frame(msg));
+}
+
+void GroupBroker::lose(const std::string& dtu, const std::string& peer) {
+  // After the caller returns: the manager closes the DTU's session, which calls back here.
+  asio::post(context_.executor, [this, alive = std::weak_ptr<int>(alive_), dtu, peer] {
+    if (alive.expired() || !context_.ownership_lost) return;
+    // The DTU may have claimed us again meanwhile (a newer link here): then it is ours.
+    auto it = ownership_.find(dtu);
+    if (it == ownership_.end() || it->second.manager != peer) return;
+    context_.ownership_lost(dtu, peer);
+  });
 }
 
 void GroupBroker::dtu_lost(const std::string& dtu) {
@@ -621,6 +691,24 @@ void GroupBroker::on_ownership(const std::shared_ptr<PeerLink>& link, const comm
     auto it = ownership_.find(owned.dtu);
     if (it == ownership_.end()) {
       ownership_.emplace(owned.dtu, claim);
+    } else if (it->second.manager == context_.manager_id) {
+      // Ours: only the DTU's own stamp decides (never which news arrived last).
+      if (it->second.stamp < owned.stamp) {
+        log_.warn(link->address(), "ownership_lost",
+                  {{"dtu", owned.dtu},
+                   {"owner", peer},
+                   {"ours", stamp_text(it->second.stamp)},
+                   {"theirs", stamp_text(owned.stamp)}});
+        it->second = claim;
+        lose(owned.dtu, peer);
+      } else {
+        log_.info(link->address(), "stale_claim_ignored",
+                  {{"dtu", owned.dtu},
+                   {"peer", peer},
+                   {"ours", stamp_text(it->second.stamp)},
+                   {"theirs", stamp_text(owned.stamp)}});
+        announce(owned.dtu, it->second);
+      }
     } else if (it->second.manager == peer || it->second.stamp < owned.stamp) {
       if (it->second.manager != peer) {
         log_.info(link->address(), "dtu_moved", {{"dtu", owned.dtu}, {"from", it->second.manager}, {"to", peer}});
@@ -640,6 +728,12 @@ std::optional<std::string> GroupBroker::owner_of(const std::string& dtu) const {
   auto it = ownership_.find(dtu);
   if (it == ownership_.end()) return std::nullopt;
   return it->second.manager;
+}
+
+std::optional<common::Stamp> GroupBroker::claim_of(const std::string& dtu) const {
+  auto it = ownership_.find(dtu);
+  if (it == ownership_.end()) return std::nullopt;
+  return it->second.stamp;
 }
 
 // --- Allocation, origin side ------------------------------------------------------------------
@@ -673,6 +767,10 @@ void GroupBroker::forward_lease_op(const std::shared_ptr<PeerLink>& link, Frame 
                   if (!answer.ok() || answer->type != MessageType::lease_granted) return done(error_of(answer, peer));
                   auto granted = common::from_frame<common::LeaseGrantedMsg>(*answer);
                   if (!granted.ok()) return done(granted.error());
+                  // A lease renewed at a new owner (its DTU re-homed) is that owner's now.
+                  if (auto known = remote_leases_.find(granted->lease); known != remote_leases_.end()) {
+                    known->second.peer = peer;
+                  }
                   if (remember) {
                     if (weak.expired()) {
                       // The service went away while the owner granted: give the unit back.
@@ -702,6 +800,12 @@ void GroupBroker::allocate(const std::shared_ptr<LeaseHolder>& holder, common::A
 
 void GroupBroker::renew(const std::shared_ptr<LeaseHolder>& holder, common::RenewMsg request,
                         Done<common::LeaseGrantedMsg> done) {
+  if (!context_.dtu_is_local(request.dtu) && !ownership_.contains(request.dtu) &&
+      remote_leases_.contains(request.lease)) {
+    // Its DTU is between managers (failover): the lease lives on at the DTU.
+    return done(
+        Error(Errc::unavailable, "DTU " + request.dtu + " has no known manager now (it is moving); retry"));
+  }
   // A DTU no manager claims now is answered here as before the group: its lease may be one this
   // manager knows, and the DTU may come back (unavailable: retry).
   if (context_.dtu_is_local(request.dtu) || !ownership_.contains(request.dtu)) {
@@ -780,7 +884,9 @@ void GroupBroker::holder_closed(const LeaseHolder* holder) {
 
 void GroupBroker::on_lease_ended(const std::string& peer, const common::LeaseEndedMsg& ended) {
   auto it = remote_leases_.find(ended.lease);
-  if (it == remote_leases_.end() || it->second.peer != peer || it->second.dtu != ended.dtu) return;
+  if (it == remote_leases_.end() || it->second.dtu != ended.dtu) return;
+  // From the manager that granted it, or from the one its DTU re-homed to (which adopted it).
+  if (it->second.peer != peer && owner_of(ended.dtu) != peer) return;
   auto holder = it->second.holder.lock();
   remote_leases_.erase(it);
   log_.info("", "remote_lease_ended", {{"lease", ended.lease}, {"dtu", ended.dtu}, {"owner", peer},

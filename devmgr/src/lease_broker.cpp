@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "dtu/common/net.hpp"
+#include "dtu/common/state_token.hpp"
 #include "dtu/devmgr/dtu_session.hpp"
 
 namespace dtu::devmgr {
@@ -79,6 +80,54 @@ struct LeaseBroker::Waiter {
 };
 
 LeaseBroker::LeaseBroker(Context context, common::Logger log) : context_(std::move(context)), log_(std::move(log)) {}
+
+void LeaseBroker::set_group_keys(std::optional<common::GroupKeys> keys) {
+  keys_ = std::move(keys);
+}
+
+void LeaseBroker::set_universal_time(std::function<std::int64_t()> now_us) {
+  universal_us_ = std::move(now_us);
+}
+
+void LeaseBroker::set_remote_holders(RemoteHolders make) {
+  remote_holders_ = std::move(make);
+}
+
+std::optional<common::Stamp> LeaseBroker::fence_of(const DtuSession& dtu) {
+  return dtu.claim();
+}
+
+std::optional<std::string> LeaseBroker::issue_token(const LeaseHolder& client, const std::string& dtu,
+                                                    const std::string& device, std::uint32_t unit,
+                                                    const std::string& lease, const std::string& rule,
+                                                    std::uint32_t length_ms, std::uint32_t max_lease_ms,
+                                                    bool keep) const {
+  if (!keys_) return std::nullopt;
+  common::StateToken token;
+  token.dtu = dtu;
+  token.device = device;
+  token.unit = unit;
+  token.lease = lease;
+  token.holder = client.holder_name();
+  token.origin = client.origin().empty() ? context_.manager_id : client.origin();
+  token.client = client.client_name();
+  token.uid = client.uid();
+  token.gid = client.gid();
+  token.pid = client.pid();
+  token.rule = rule;
+  token.length_ms = length_ms;
+  token.max_lease_ms = max_lease_ms;
+  token.keep = keep;
+  token.issued_by = context_.manager_id;
+  token.issued_us = universal_us_ ? universal_us_() : common::to_micros(context_.clock->wall_now());
+  auto text = common::sign_state_token(token, *keys_);
+  if (!text.ok()) {
+    log_.warn("", "state_token_not_issued",
+              {{"dtu", dtu}, {"lease", lease}, {"reason", text.error().describe()}});
+    return std::nullopt;
+  }
+  return std::move(text.value());
+}
 
 LeaseBroker::~LeaseBroker() {
   for (auto& [unit, queue] : waiting_) {
@@ -155,29 +204,37 @@ void LeaseBroker::ask_dtu(const std::shared_ptr<LeaseHolder>& client, const comm
   ask.holder = client->holder_name();
   ask.uid = client->uid();
   ask.length_ms = length_ms;
+  ask.fence = fence_of(*dtu);
+  // The DTU's copy has no lease id: the DTU chooses it. Its report names the lease.
+  ask.state_token = issue_token(*client, request.dtu, request.device, request.unit, "", verdict.rule,
+                                length_ms, verdict.max_lease_ms, request.keep);
   std::weak_ptr<LeaseHolder> weak = client;
   const std::string peer = dtu->peer();
-  dtu->request(common::to_frame(ask), kLeaseRequestTimeout,
-               [this, alive = std::weak_ptr<int>(alive_), weak, request, peer, length_ms, cap = verdict.max_lease_ms,
-                done = std::move(done)](common::Result<Frame> answer) {
-                 if (alive.expired()) return;
-                 if (!answer.ok() || answer->type != common::MessageType::lease_granted) return done(error_of(answer));
-                 auto granted = common::from_frame<common::LeaseGrantedMsg>(*answer);
-                 if (!granted.ok()) return done(granted.error());
-                 if (granted->inband) granted->inband = reachable(*granted->inband, peer);
-                 auto self = weak.lock();
-                 if (!self) {
-                   // The service went away while the DTU granted: give the unit back at once.
-                   send_release(request.dtu, granted->lease, [](common::Result<void>) {});
-                   return done(Error(Errc::closed, "the client closed its connection"));
-                 }
-                 remember(*granted, self, length_ms, cap, request.keep);
-                 done(std::move(granted.value()));
-               });
+  dtu->request(
+      common::to_frame(ask), kLeaseRequestTimeout,
+      [this, alive = std::weak_ptr<int>(alive_), weak, request, peer, length_ms, cap = verdict.max_lease_ms,
+       rule = verdict.rule, done = std::move(done)](common::Result<Frame> answer) {
+        if (alive.expired()) return;
+        if (!answer.ok() || answer->type != common::MessageType::lease_granted) return done(error_of(answer));
+        auto granted = common::from_frame<common::LeaseGrantedMsg>(*answer);
+        if (!granted.ok()) return done(granted.error());
+        if (granted->inband) granted->inband = reachable(*granted->inband, peer);
+        auto self = weak.lock();
+        if (!self) {
+          // The service went away while the DTU granted: give the unit back at once.
+          send_release(request.dtu, granted->lease, [](common::Result<void>) {});
+          return done(Error(Errc::closed, "the client closed its connection"));
+        }
+        remember(*granted, self, length_ms, cap, request.keep, rule);
+        granted->state_token = issue_token(*self, granted->dtu, granted->device, granted->unit,
+                                           granted->lease, rule, length_ms, cap, request.keep);
+        done(std::move(granted.value()));
+      });
 }
 
 void LeaseBroker::remember(const common::LeaseGrantedMsg& granted, const std::shared_ptr<LeaseHolder>& client,
-                           std::uint32_t length_ms, std::uint32_t max_lease_ms, bool keep) {
+                           std::uint32_t length_ms, std::uint32_t max_lease_ms, bool keep,
+                           const std::string& rule) {
   Held held;
   held.dtu = granted.dtu;
   held.device = granted.device;
@@ -190,6 +247,7 @@ void LeaseBroker::remember(const common::LeaseGrantedMsg& granted, const std::sh
   held.length_ms = length_ms;
   held.max_lease_ms = max_lease_ms;
   held.expires = context_.clock->now() + std::chrono::milliseconds(granted.expires_in_ms);
+  held.rule = rule;
   leases_[granted.lease] = std::move(held);
   log_.info("", "lease_granted", {{"lease", granted.lease}, {"dtu", granted.dtu}, {"device", granted.device},
                                   {"unit", granted.unit}, {"holder", granted.holder},
@@ -297,6 +355,10 @@ common::Result<LeaseBroker::Held> LeaseBroker::check_holder(const LeaseHolder& c
   if (it == leases_.end() || it->second.dtu != dtu) {
     return Error(Errc::not_found, "no lease " + lease + " on DTU " + dtu + " at manager " + context_.manager_id);
   }
+  if (it->second.unowned) {
+    return Error(Errc::not_found, "lease " + lease + " on DTU " + dtu + " has no known holder at manager " +
+                                      context_.manager_id + "; take it over with resume_lease");
+  }
   const unsigned uid = client.uid();
   if (it->second.client_key != &client && it->second.uid != uid && !is_admin(uid)) {
     log_.warn("", "lease_access_refused", {{"lease", lease}, {"uid", uid}, {"holder_uid", it->second.uid}});
@@ -311,14 +373,23 @@ void LeaseBroker::renew(const std::shared_ptr<LeaseHolder>& client, common::Rene
   if (!held.ok()) return done(held.error());
   auto dtu = context_.lookup(request.dtu);
   if (!dtu) return done(Error(Errc::unavailable, "DTU " + request.dtu + " is not connected; renew in-band or retry"));
+  if (auto it = leases_.find(request.lease); it != leases_.end() && !it->second.client.lock()) {
+    // Adopted from a token (or its holder reconnected): the renewing service of that uid is
+    // the holder from now on, and is told when the lease ends.
+    it->second.client = client;
+    it->second.client_key = client.get();
+  }
   // Renewals keep to the cap the policy set at allocation.
   std::uint32_t length = request.length_ms != 0 ? request.length_ms : held->length_ms;
   if (held->max_lease_ms != 0) length = std::min(length, held->max_lease_ms);
-  dtu->request(common::to_frame(common::LeaseRenewMsg{request.lease, length, std::nullopt}), kLeaseRequestTimeout,
+  dtu->request(common::to_frame(
+                   common::LeaseRenewMsg{request.lease, length, std::nullopt, fence_of(*dtu), std::nullopt}),
+               kLeaseRequestTimeout,
                [this, alive = std::weak_ptr<int>(alive_), lease = request.lease,
                 done = std::move(done)](common::Result<Frame> answer) {
                  if (alive.expired()) return;
-                 if (!answer.ok() || answer->type != common::MessageType::lease_granted) return done(error_of(answer));
+                 if (!answer.ok() || answer->type != common::MessageType::lease_granted)
+                   return done(error_of(answer));
                  auto granted = common::from_frame<common::LeaseGrantedMsg>(*answer);
                  if (granted.ok()) {
                    if (auto it = leases_.find(lease); it != leases_.end()) {
@@ -341,25 +412,64 @@ void LeaseBroker::release(const std::shared_ptr<LeaseHolder>& client, common::Re
 
 void LeaseBroker::resume(const std::shared_ptr<LeaseHolder>& client, common::ResumeLeaseMsg request,
                          Done<common::LeaseGrantedMsg> done) {
+  // What this manager knows of the lease's terms: from its own record, else from the service's
+  // state token when it verifies and is the same lease and uid (a token names, it does not
+  // authorise: the DTU checks the lease token below).
+  std::uint32_t length = request.length_ms;
+  std::uint32_t cap = 0;
+  bool keep = false;
+  std::string rule;
+  std::optional<std::pair<std::string, std::uint32_t>> unit;  // (device, unit)
   if (auto it = leases_.find(request.lease); it != leases_.end()) {
-    auto held = check_holder(*client, request.dtu, request.lease);
-    if (!held.ok()) return done(held.error());
+    if (!it->second.unowned) {
+      auto held = check_holder(*client, request.dtu, request.lease);
+      if (!held.ok()) return done(held.error());
+    }
+    if (length == 0) length = it->second.length_ms;
+    cap = it->second.max_lease_ms;
+    keep = it->second.keep;
+    rule = it->second.rule;
+    unit.emplace(it->second.device, it->second.unit);
+  } else if (request.state_token && keys_) {
+    auto token = common::verify_state_token(*request.state_token, *keys_);
+    if (!token.ok()) {
+      log_.warn("", "state_token_rejected",
+                {{"dtu", request.dtu},
+                 {"lease", request.lease},
+                 {"reason", token.error().describe()},
+                 {"from", client->holder_name()}});
+    } else if (token->dtu == request.dtu && token->lease == request.lease && token->uid == client->uid()) {
+      if (length == 0) length = token->length_ms;
+      cap = token->max_lease_ms;
+      keep = token->keep && is_admin(client->uid());
+      rule = token->rule;
+      unit.emplace(token->device, token->unit);
+    }
   }
+  if (length == 0) length = kPolicyDefaultLeaseMs;
+  if (cap != 0) length = std::min(length, cap);
   auto dtu = context_.lookup(request.dtu);
   if (!dtu) return done(Error(Errc::unavailable, "DTU " + request.dtu + " is not connected to manager " +
                                                      context_.manager_id + " (yet); retry"));
-  const std::uint32_t length = request.length_ms != 0 ? request.length_ms : kPolicyDefaultLeaseMs;
+  common::LeaseRenewMsg renew{request.lease, length, request.token, fence_of(*dtu), std::nullopt};
+  // The DTU's copy names the new holder (its manager may have changed).
+  if (unit)
+    renew.state_token =
+        issue_token(*client, request.dtu, unit->first, unit->second, "", rule, length, cap, keep);
   std::weak_ptr<LeaseHolder> weak = client;
-  dtu->request(common::to_frame(common::LeaseRenewMsg{request.lease, length, request.token}), kLeaseRequestTimeout,
-               [this, alive = std::weak_ptr<int>(alive_), weak, length,
+  dtu->request(common::to_frame(renew), kLeaseRequestTimeout,
+               [this, alive = std::weak_ptr<int>(alive_), weak, length, cap, keep, rule,
                 done = std::move(done)](common::Result<Frame> answer) {
                  if (alive.expired()) return;
-                 if (!answer.ok() || answer->type != common::MessageType::lease_granted) return done(error_of(answer));
+                 if (!answer.ok() || answer->type != common::MessageType::lease_granted)
+                   return done(error_of(answer));
                  auto granted = common::from_frame<common::LeaseGrantedMsg>(*answer);
                  if (!granted.ok()) return done(granted.error());
                  auto self = weak.lock();
                  if (!self) return done(Error(Errc::closed, "the client closed its connection"));
-                 remember(*granted, self, length, 0, false);
+                 remember(*granted, self, length, cap, keep, rule);
+                 granted->state_token = issue_token(*self, granted->dtu, granted->device, granted->unit,
+                                                    granted->lease, rule, length, cap, keep);
                  log_.info("", "lease_resumed", {{"lease", granted->lease}, {"holder", self->holder_name()}});
                  done(std::move(granted.value()));
                });
@@ -368,8 +478,9 @@ void LeaseBroker::resume(const std::shared_ptr<LeaseHolder>& client, common::Res
 void LeaseBroker::send_release(const std::string& dtu_id, const std::string& lease, Done<void> done) {
   auto dtu = context_.lookup(dtu_id);
   if (!dtu) return done(Error(Errc::unavailable, "DTU " + dtu_id + " is not connected; its lease expires on the DTU"));
-  dtu->request(common::to_frame(common::LeaseReleaseMsg{lease}), kLeaseRequestTimeout,
-               [this, alive = std::weak_ptr<int>(alive_), lease, done = std::move(done)](common::Result<Frame> answer) {
+  dtu->request(common::to_frame(common::LeaseReleaseMsg{lease, fence_of(*dtu)}), kLeaseRequestTimeout,
+               [this, alive = std::weak_ptr<int>(alive_), lease,
+                done = std::move(done)](common::Result<Frame> answer) {
                  if (alive.expired()) return;
                  if (!answer.ok() || answer->type != common::MessageType::ack) {
                    const Error why = error_of(answer);
@@ -435,6 +546,74 @@ void LeaseBroker::dtu_lost(const std::string& dtu) {
   for (const auto& [unit, w] : failed) {
     finish_waiter(unit, w, Error(Errc::unavailable, "DTU " + dtu + " disconnected while waiting for its unit"));
   }
+}
+
+void LeaseBroker::adopt(const std::string& dtu, const std::vector<common::LeaseReport>& leases) {
+  for (const auto& report : leases) {
+    if (auto it = leases_.find(report.lease); it != leases_.end() && it->second.dtu == dtu) continue;  // ours
+    adopt_one(dtu, report);
+  }
+}
+
+void LeaseBroker::adopt_one(const std::string& dtu, const common::LeaseReport& report) {
+  Held held;
+  held.dtu = dtu;
+  held.device = report.device;
+  held.unit = report.unit;
+  held.holder = report.holder;
+  held.uid = report.uid.value_or(0);
+  held.length_ms = report.expires_in_ms;
+  held.expires = context_.clock->now() + std::chrono::milliseconds(report.expires_in_ms);
+
+  // Why the token cannot restore the holder, or "" when it can.
+  std::string rejected;
+  common::Result<common::StateToken> token = Error(Errc::not_found);
+  if (!report.state_token) {
+    rejected = "no state token";
+  } else if (!keys_) {
+    rejected = "no group key to verify it";
+  } else {
+    token = common::verify_state_token(*report.state_token, *keys_);
+    if (!token.ok()) {
+      rejected = token.error().describe();
+    } else if (token->dtu != dtu || token->device != report.device || token->unit != report.unit ||
+               token->holder != report.holder || (!token->lease.empty() && token->lease != report.lease)) {
+      // A valid token moved onto another lease: replay.
+      rejected = "the token is for another lease";
+    }
+  }
+  if (!rejected.empty()) {
+    // The DTU keeps the lease until it expires there: nothing is shortened or released here.
+    log_.warn("", "state_token_rejected", {{"dtu", dtu}, {"lease", report.lease}, {"reason", rejected}});
+    held.unowned = true;
+    leases_[report.lease] = std::move(held);
+    return;
+  }
+  held.uid = token->uid;
+  held.length_ms = token->length_ms;
+  held.max_lease_ms = token->max_lease_ms;
+  held.keep = token->keep;
+  held.rule = token->rule;
+  if (token->origin != context_.manager_id && remote_holders_) {
+    auto holder = remote_holders_(
+        token->origin, common::OnBehalf{token->uid, token->gid, token->pid, token->client, token->holder});
+    if (holder) {
+      held.client = holder;
+      held.client_key = holder.get();
+    }
+  }
+  // A service of this manager (or of a peer we cannot reach by name) gets the lease back when it
+  // renews or resumes it under its uid.
+  leases_[report.lease] = std::move(held);
+  log_.info("", "lease_adopted",
+            {{"lease", report.lease},
+             {"dtu", dtu},
+             {"device", report.device},
+             {"unit", report.unit},
+             {"holder", token->holder},
+             {"origin", token->origin},
+             {"uid", token->uid},
+             {"expires_in_ms", report.expires_in_ms}});
 }
 
 bool LeaseBroker::holds(const LeaseHolder* holder) const {

@@ -1,16 +1,18 @@
 // devmgrctl: the administrator's command line for a devmgr (docs/devmgrctl.md).
-// Verbs: devices [--group], group [reload], finders, leases, sessions, policy [reload], session attach|detach, allocate,
-// release, keygen. Each listing prints a table for people or, with --json, the manager's records
+// Verbs: devices [--group], group [reload], drain, undrain, finders, leases, sessions, policy
+// [reload], session attach|detach, allocate, release, keygen. Each listing prints a table for people or, with --json, the manager's records
 // under the message's field names.
 // Exit codes: 0 done, 1 the operation failed, 2 bad usage, 3 the manager is unreachable.
 #include <algorithm>
 #include <csignal>
 #include <cstdint>
+#include <iomanip>
 #include <iostream>
 #include <map>
 #include <memory>
 #include <optional>
 #include <regex>
+#include <sstream>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -43,6 +45,9 @@ constexpr int kExitUnreachable = 3;
 constexpr std::chrono::milliseconds kMinRenewInterval{100};
 // The longest lease length or wait devmgrctl asks for (the DTU's own bound is 24 h).
 constexpr std::uint32_t kMaxLeaseMs = 24 * 60 * 60 * 1000;
+
+// The manager's own default for how long drain waits for the DTUs to leave.
+constexpr std::uint32_t kDefaultDrainWaitMs = 30000;
 
 const char* const kClientName = "devmgrctl";
 // The manager's refusal of an administrators' verb already says who may; this says what to do.
@@ -242,6 +247,17 @@ int run_policy_reload(const Target& target, bool json) {
 
 // --- group ----------------------------------------------------------------------------------------
 
+// One line above the members: whether this manager drains, and its universal clock's offset.
+void print_group_header(const common::GroupInfoMsg& info) {
+  std::cout << "manager " << info.manager << (info.draining ? " (draining: refuses DTUs)" : "");
+  if (info.universal_offset_ms) {
+    std::ostringstream offset;
+    offset << std::showpos << std::fixed << std::setprecision(1) << *info.universal_offset_ms;
+    std::cout << ", universal clock " << offset.str() << " ms from its own";
+  }
+  std::cout << '\n';
+}
+
 int run_group(const Target& target, bool json) {
   auto answer = ask<common::GroupInfoMsg>(target, common::GroupStatusMsg{});
   if (!answer.result->ok()) return fail(answer, target);
@@ -249,6 +265,7 @@ int run_group(const Target& target, bool json) {
   if (json) {
     print_json(info);
   } else {
+    print_group_header(info);
     services::group_table(info.members).print(std::cout);
   }
   return kExitDone;
@@ -268,6 +285,40 @@ int run_group_reload(const Target& target, bool json) {
   } else {
     std::cout << "reloaded the group list and keys\n";
     services::group_table(answer.result->value().members).print(std::cout);
+  }
+  return kExitDone;
+}
+
+// --- drain ----------------------------------------------------------------------------------------
+
+int run_drain(const Target& target, std::optional<std::uint32_t> wait_ms, bool json) {
+  // The manager answers when its last DTU left, or with a timeout after wait_ms: wait for it
+  // that long plus the usual margin.
+  const auto wait = std::chrono::milliseconds(wait_ms.value_or(kDefaultDrainWaitMs));
+  auto answer = ask<common::DrainStatusMsg>(target, common::DrainMsg{wait_ms}, wait + target.timeout);
+  if (!answer.result->ok()) {
+    return fail(answer, target,
+                {{Errc::denied, kRunAsAdmin},
+                 {Errc::timeout,
+                  "the manager stays draining (it refuses new DTUs); DTUs whose agent does not move stay until "
+                  "they disconnect. Run drain again to wait more, or `devmgrctl undrain`."},
+                 {Errc::closed, "an undrain came before every DTU left."}});
+  }
+  if (json) {
+    print_json(answer.result->value());
+  } else {
+    std::cout << "drained: no DTU left; the manager refuses new ones until `devmgrctl undrain`\n";
+  }
+  return kExitDone;
+}
+
+int run_undrain(const Target& target, bool json) {
+  auto answer = ask<common::DrainStatusMsg>(target, common::UndrainMsg{});
+  if (!answer.result->ok()) return fail(answer, target, {{Errc::denied, kRunAsAdmin}});
+  if (json) {
+    print_json(answer.result->value());
+  } else {
+    std::cout << "undrained: the manager takes DTUs again (" << answer.result->value().dtus << " connected)\n";
   }
   return kExitDone;
 }
@@ -581,11 +632,20 @@ int main(int argc, char** argv) {
   auto* group = app.add_subcommand("group", "list the members of the group: links, incarnations, clocks, counts");
   group->require_subcommand(0, 1);
   group->fallthrough();
-  add_json(group, "{manager, incarnation, members: [{id, address, self, state, incarnation, rtt_ms, offset_ms, "
+  add_json(group, "{manager, incarnation, draining, universal_offset_ms, members: [{id, address, self, state, incarnation, rtt_ms, offset_ms, "
                   "last_heard_ms_ago, dtus, devices, finders_held, finders_sent, last_error}]}");
   auto* group_reload = group->add_subcommand(
       "reload", "read the group list and keys again (administrators): new peers are dialed, removed ones dropped");
   add_json(group_reload, "the group after the reload, as `group --json`");
+
+  auto* drain = app.add_subcommand(
+      "drain", "(administrators) move every DTU to another manager and refuse new ones; waits until none is left");
+  std::optional<std::uint32_t> drain_wait_ms;
+  drain->add_option("--wait-ms", drain_wait_ms, "how long the manager waits for the DTUs to leave (default 30000)")
+      ->check(CLI::Range(std::uint32_t{0}, kMaxLeaseMs));
+  add_json(drain, "{draining, dtus}");
+  auto* undrain = app.add_subcommand("undrain", "(administrators) take DTUs again after a drain");
+  add_json(undrain, "{draining, dtus}");
 
   auto* finders = app.add_subcommand("finders", "list the finders services registered, with their matches");
   add_json(finders, "an array of finders (client, pid, uid, finder_id, finder, matches)");
@@ -669,6 +729,8 @@ int main(int argc, char** argv) {
   if (devices->parsed()) return run_devices(target, dtu_filter, group_devices, json);
   if (group_reload->parsed()) return run_group_reload(target, json);
   if (group->parsed()) return run_group(target, json);
+  if (drain->parsed()) return run_drain(target, drain_wait_ms, json);
+  if (undrain->parsed()) return run_undrain(target, json);
   if (finders->parsed()) return run_finders(target, json);
   if (leases->parsed()) return run_leases(target, json);
   if (sessions->parsed()) return run_sessions(target, json);

@@ -362,6 +362,7 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
     lease.expires = clock.now() + granted;
     lease.token = grant.token.value_or("");
     lease.inband = grant.inband.value_or("");
+    lease.state_token = grant.state_token.value_or("");
     lease.keep = keep;
     return lease;
   }
@@ -425,7 +426,10 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
       auto manager = self->manager;
       Result<common::LeaseGrantedMsg> answer = Error(Errc::closed);
       if (resume) {
-        common::ResumeLeaseMsg msg{lease.dtu, lease.id, lease.token, to_ms(lease.length)};
+        // The state token lets a manager that never saw this lease restore its terms.
+        common::ResumeLeaseMsg msg{
+            lease.dtu, lease.id, lease.token, to_ms(lease.length),
+            lease.state_token.empty() ? std::nullopt : std::optional(lease.state_token)};
         auto call = manager->call<common::LeaseGrantedMsg>(msg, self->options.request_timeout);
         answer = co_await std::move(call);
       } else {
@@ -446,6 +450,7 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
     if (answer.ok()) {
       entry.lease.expires = now + std::chrono::milliseconds(answer->expires_in_ms);
       if (!answer->holder.empty()) entry.lease.holder = answer->holder;
+      if (answer->state_token) entry.lease.state_token = *answer->state_token;  // a new owner's
       entry.next_action = now + entry.lease.length / kRenewDivisor;
       entry.retry.reset();
       if (resume) {
@@ -531,6 +536,7 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
     if (it == self->leases.end()) co_return Error(Errc::not_found, "lease " + id + " ended meanwhile");
     const MonoTime now = self->clock.now();
     it->second.lease.expires = now + std::chrono::milliseconds(answer->expires_in_ms);
+    if (answer->state_token) it->second.lease.state_token = *answer->state_token;
     it->second.next_action = now + it->second.lease.length / kRenewDivisor;
     it->second.wake->cancel();
     co_return it->second.lease;

@@ -24,9 +24,11 @@
 #include "dtu/common/link.hpp"
 #include "dtu/common/messages.hpp"
 #include "dtu/common/service_messages.hpp"
+#include "dtu/common/state_token.hpp"
 #include "dtu/devmgr/dtu_session.hpp"
 #include "dtu/devmgr/policy.hpp"
 #include "support/async_client.hpp"
+#include "support/log_capture.hpp"
 
 namespace {
 
@@ -131,6 +133,12 @@ struct Client {
   }
 };
 
+// The group key every manager of a test group signs state tokens with.
+const common::GroupKeys& test_keys() {
+  static const common::GroupKeys keys{common::generate_key(), std::nullopt};
+  return keys;
+}
+
 // A local service holding leases (what ClientSession is to the broker).
 class Holder : public LeaseHolder {
  public:
@@ -156,10 +164,14 @@ class Manager {
                                     },
                                     &devices, &sessions, [this]() -> const Policy& { return policy; }},
                common::Logger(id_)),
-        group(GroupBroker::Context{id_, incarnation, io.get_executor(), &common::SystemClock::instance(), &devices,
-                                   &finders, &leases, &sessions, grace,
-                                   [this](const std::string& dtu) { return dtus.contains(dtu); }},
+        group(GroupBroker::Context{id_, incarnation, io.get_executor(), &common::SystemClock::instance(),
+                                   &devices, &finders, &leases, &sessions, grace,
+                                   [this](const std::string& dtu) { return dtus.contains(dtu); },
+                                   [this](const std::string& dtu, const std::string& new_owner) {
+                                     lost.push_back(dtu + " to " + new_owner);
+                                   }},
               common::Logger(id_)) {
+    leases.set_group_keys(test_keys());
     devices.set_listener(DeviceList::Listener{
         [this](const DeviceRecord*, const DeviceRecord& now) {
           finders.device_updated(now);
@@ -193,6 +205,7 @@ class Manager {
   FinderRegistry finders;
   LeaseBroker leases;
   std::map<std::string, std::shared_ptr<DtuSession>> dtus;
+  std::vector<std::string> lost;  // ownership_lost calls: "<dtu> to <new owner>"
   GroupBroker group;
 };
 
@@ -272,10 +285,10 @@ class Group {
     fake->link = make_link(std::move(two), Side::initiator, m.id());
     auto session = std::make_shared<DtuSession>(at_manager, dtu, m.id(), m.devices, common::Logger(m.id()),
                                                 std::chrono::seconds(1), 3, std::chrono::seconds(5));
-    session->start(DtuSession::Hooks{
-        [&m](const std::shared_ptr<DtuSession>& s) { m.dtus[s->dtu()] = s; },
-        [](const std::shared_ptr<DtuSession>&, const common::Error&) {},
-        [&m](const common::LeaseEndedMsg& ended) { m.leases.lease_ended(ended); }});
+    DtuSession::Hooks hooks;
+    hooks.on_active = [&m](const std::shared_ptr<DtuSession>& s) { m.dtus[s->dtu()] = s; };
+    hooks.on_lease_ended = [&m](const common::LeaseEndedMsg& ended) { m.leases.lease_ended(ended); };
+    session->start(std::move(hooks));
     std::weak_ptr<FakeDtu> weak = fake;
     fake->link->mux().set_receiver(0, [weak, dtu](Frame frame) {
       auto self = weak.lock();
@@ -666,4 +679,188 @@ TEST_CASE("list_group_devices answers with this manager's devices and every live
   CHECK((*listed)[0].owner == "A");
   CHECK((*listed)[1].owner == "B");
   CHECK((*listed)[2].owner == "C");
+}
+
+TEST_CASE(
+    "A DTU that re-homes to another peer within the grace window shows up as changed, never gone then "
+    "matched") {
+  Group g;
+  Manager& a = g.add("A");
+  Manager& b = g.add("B");
+  Manager& c = g.add("C");  // a 10 s grace: nothing expires during this test
+  a.plug("dtu-a", "1-1");
+  g.connect(a, c);
+  g.connect(b, c);
+  g.connect(a, b);
+  Client client;
+  REQUIRE(c.group.add_finder(&client, kOwner, client.sink(), 5, finder("{}")).ok());
+  REQUIRE(g.run_until([&] { return client.saw("synced 5"); }));
+  REQUIRE(client.saw("matched 5 dtu-a/1-1"));
+  client.events.clear();
+
+  // The DTU's link to A drops: A's view says gone dtu_lost; the client sees it orphaned.
+  a.devices.drop_dtu("dtu-a");
+  a.group.dtu_lost("dtu-a");
+  REQUIRE(g.run_until([&] { return client.saw("changed 5 dtu-a/1-1 orphaned"); }));
+  // It connects to B.
+  b.plug("dtu-a", "1-1");
+  REQUIRE(g.run_until([&] { return client.saw("changed 5 dtu-a/1-1"); }));
+  g.settle();
+  CHECK(client.events == std::vector<std::string>{"changed 5 dtu-a/1-1 orphaned", "changed 5 dtu-a/1-1"});
+  auto listed = c.group.list_finders();
+  REQUIRE(listed.size() == 1);
+  REQUIRE(listed[0].matches.size() == 1);
+  CHECK(listed[0].matches[0].owner == "B");
+  CHECK_FALSE(listed[0].matches[0].orphaned);
+  CHECK(c.group.owner_of("dtu-a") == std::optional<std::string>("B"));
+}
+
+TEST_CASE("A DTU lost here and found at a peer within the grace window shows up as changed") {
+  Group g;
+  Manager& b = g.add("B");
+  Manager& c = g.add("C");
+  c.plug("dtu-c", "1-1");
+  g.connect(b, c);
+  Client client;
+  REQUIRE(c.group.add_finder(&client, kOwner, client.sink(), 6, finder("{}")).ok());
+  REQUIRE(g.run_until([&] { return client.saw("synced 6"); }));
+  client.events.clear();
+
+  c.devices.drop_dtu("dtu-c");
+  c.group.dtu_lost("dtu-c");
+  REQUIRE(g.run_until([&] { return client.saw("changed 6 dtu-c/1-1 orphaned"); }));
+  b.plug("dtu-c", "1-1");
+  REQUIRE(g.run_until([&] { return client.saw("changed 6 dtu-c/1-1"); }));
+  g.settle();
+  CHECK(client.events == std::vector<std::string>{"changed 6 dtu-c/1-1 orphaned", "changed 6 dtu-c/1-1"});
+  CHECK(c.group.list_finders()[0].matches[0].owner == "B");
+}
+
+TEST_CASE("A lost DTU that comes back nowhere within the grace window is gone dtu_lost") {
+  Group g;
+  Manager& a = g.add("A");
+  Manager& c = g.add("C", 1, kShortGrace);
+  a.plug("dtu-a", "1-1");
+  a.plug("dtu-a", "1-2");
+  g.connect(a, c);
+  Client client;
+  REQUIRE(c.group.add_finder(&client, kOwner, client.sink(), 7, finder("{}")).ok());
+  REQUIRE(g.run_until([&] { return client.saw("synced 7"); }));
+  client.events.clear();
+
+  // A real unplug is gone at once; the loss of the DTU waits for the grace window.
+  a.unplug("dtu-a", "1-2");
+  REQUIRE(g.run_until([&] { return client.saw("gone 7 dtu-a/1-2 detached"); }));
+  a.devices.drop_dtu("dtu-a");
+  a.group.dtu_lost("dtu-a");
+  REQUIRE(g.run_until([&] { return client.saw("gone 7 dtu-a/1-1 dtu_lost"); }));
+  CHECK(client.events == std::vector<std::string>{"gone 7 dtu-a/1-2 detached", "changed 7 dtu-a/1-1 orphaned",
+                                                  "gone 7 dtu-a/1-1 dtu_lost"});
+  CHECK(c.group.list_finders()[0].matches.empty());
+}
+
+TEST_CASE("A peer's newer claim on a DTU connected here takes it: ownership_lost") {
+  dtu::testing::LogCapture log;
+  Group g;
+  Manager& a = g.add("A");
+  Manager& c = g.add("C");
+  g.connect(a, c);
+  c.group.dtu_active("dtu-x", common::Stamp{100, 7, 0});
+  REQUIRE(g.run_until([&] { return a.group.owner_of("dtu-x") == std::optional<std::string>("C"); }));
+  // The DTU rebooted (a later boot epoch, a lower seq) and connected to A.
+  a.group.dtu_active("dtu-x", common::Stamp{200, 1, 0});
+  REQUIRE(g.run_until([&] { return !c.lost.empty(); }));
+  CHECK(c.lost == std::vector<std::string>{"dtu-x to A"});
+  CHECK(c.group.owner_of("dtu-x") == std::optional<std::string>("A"));
+  CHECK(log.has({"ownership_lost", "dtu-x", "owner=A"}));
+  g.settle();
+  CHECK(a.lost.empty());
+}
+
+TEST_CASE("A peer's older claim on a DTU connected here is ignored and ours announced again") {
+  dtu::testing::LogCapture log;
+  Group g;
+  Manager& a = g.add("A");
+  Manager& c = g.add("C");
+  auto [at_a, at_c] = g.connect(a, c);
+  c.group.dtu_active("dtu-x", common::Stamp{100, 7, 0});
+  REQUIRE(g.run_until([&] { return a.group.owner_of("dtu-x") == std::optional<std::string>("C"); }));
+  // A (hung until now) announces its claim from the DTU's earlier link: older than C's, so it
+  // loses whatever the arrival order.
+  common::PeerOwnershipMsg stale;
+  stale.manager = "A";
+  stale.incarnation = 1;
+  stale.owned.push_back(common::OwnedDtu{"dtu-x", common::Stamp{100, 3, 0}, 1});
+  c.group.peer_frame(at_c, common::to_frame(stale));
+  CHECK(log.has({"stale_claim_ignored", "dtu-x", "peer=A"}));
+  CHECK(c.group.owner_of("dtu-x") == std::optional<std::string>("C"));
+  g.settle();
+  CHECK(c.lost.empty());
+
+  // A DTU link that turns out older than a claim A knows of loses at once.
+  a.group.dtu_active("dtu-x", common::Stamp{100, 3, 0});
+  REQUIRE(g.run_until([&] { return !a.lost.empty(); }));
+  CHECK(a.lost == std::vector<std::string>{"dtu-x to C"});
+  CHECK(a.group.owner_of("dtu-x") == std::optional<std::string>("C"));
+}
+
+TEST_CASE(
+    "A lease survives its owner's death: renewals wait, the new owner adopts it and its end reaches the "
+    "service") {
+  dtu::testing::LogCapture log;
+  Group g;
+  Manager& a = g.add("A");
+  Manager& b = g.add("B");
+  Manager& c = g.add("C");
+  auto [at_a, at_c] = g.connect(a, c);
+  g.connect(b, c);
+  auto old_dtu = g.attach_dtu(a, "dtu-a");
+  a.devices.upsert(printer("A", "dtu-a", "1-1"));
+  REQUIRE(g.run_until([&] { return c.group.owner_of("dtu-a") == std::optional<std::string>("A"); }));
+
+  auto holder = std::make_shared<Holder>();
+  std::optional<common::Result<common::LeaseGrantedMsg>> granted;
+  c.group.allocate(holder, common::AllocateMsg{"dtu-a", "1-1", 0, 30000, std::nullopt, false},
+                   [&](common::Result<common::LeaseGrantedMsg> r) { granted = std::move(r); });
+  REQUIRE(g.run_until([&] { return granted.has_value(); }));
+  REQUIRE(granted->ok());
+  REQUIRE((*granted)->state_token.has_value());  // the service's copy, through C
+  REQUIRE(old_dtu->requests.size() == 1);
+  REQUIRE(old_dtu->requests[0].state_token.has_value());  // the DTU's copy
+  auto origin = common::verify_state_token(*old_dtu->requests[0].state_token, test_keys());
+  REQUIRE(origin.ok());
+  CHECK(origin->origin == "C");
+  CHECK(origin->issued_by == "A");
+
+  // A dies. Until the DTU has a new owner, a renewal is unavailable (the library retries).
+  at_a->close(common::Error(Errc::closed, "test: A dies"));
+  REQUIRE(g.run_until([&] { return !at_c->is_open(); }));
+  std::optional<common::Result<common::LeaseGrantedMsg>> renewed;
+  c.group.renew(holder, common::RenewMsg{"dtu-a", "L1", 0},
+                [&](common::Result<common::LeaseGrantedMsg> r) { renewed = std::move(r); });
+  REQUIRE(g.run_until([&] { return renewed.has_value(); }));
+  REQUIRE_FALSE(renewed->ok());
+  CHECK(renewed->error().code == make_error_code(Errc::unavailable));
+
+  // The DTU re-homes to B and reports its lease with the token it kept.
+  auto new_dtu = g.attach_dtu(b, "dtu-a");
+  b.devices.upsert(printer("B", "dtu-a", "1-1"));
+  b.leases.adopt("dtu-a", {common::LeaseReport{"L1", "1-1", 0, "svc[77]@C", 1234, 25000,
+                                               old_dtu->requests[0].state_token}});
+  CHECK(log.has({"lease_adopted", "L1", "origin=C"}));
+  REQUIRE(g.run_until([&] { return c.group.owner_of("dtu-a") == std::optional<std::string>("B"); }));
+
+  // The service's renewal now goes to B, which accepts it.
+  renewed.reset();
+  c.group.renew(holder, common::RenewMsg{"dtu-a", "L1", 0},
+                [&](common::Result<common::LeaseGrantedMsg> r) { renewed = std::move(r); });
+  REQUIRE(g.run_until([&] { return renewed.has_value(); }));
+  REQUIRE_MESSAGE(renewed->ok(), renewed->error().describe());
+
+  // Its end, at B, reaches the service at C.
+  new_dtu->link->post(0, common::to_frame(common::LeaseEndedMsg{"dtu-a", "L1", "1-1", 0, "expired"}),
+                      std::chrono::seconds(5), [](common::Result<Frame>) {});
+  REQUIRE(g.run_until([&] { return !holder->events.empty(); }));
+  CHECK(holder->events == std::vector<std::string>{"lease_ended L1 expired"});
+  CHECK(c.group.remote_leases() == 0);
 }

@@ -9,11 +9,12 @@
 // every manager's), allocate, renew, release, resume_lease, register_finder, unregister_finder,
 // list_finders (all through the GroupBroker, which serves local DTUs from the LeaseBroker and
 // FinderRegistry and forwards the rest), list_leases, list_sessions, get_policy, and the
-// administrators' session_attach, session_detach, reload_policy (others get Errc::denied). The
-// manager sends lease_ended and finder_* notifies. Anything else, a filament opened by the client,
-// or no hello within the timeout closes this connection with a logged reason. When the connection
-// closes its finders are dropped and its leases released (after the current handler, never inside
-// it). A ClientSession is the LeaseHolder of the leases it obtains.
+// administrators' session_attach, session_detach, reload_policy, reload_group, drain, undrain
+// (others get Errc::denied). The manager sends lease_ended and finder_* notifies. Anything else,
+// a filament opened by the client, or no hello within the timeout closes this connection with a
+// logged reason. When the connection closes its finders are dropped and its leases released
+// (after the current handler, never inside it). A ClientSession is the LeaseHolder of the leases
+// it obtains.
 // Runs on the manager's io_context thread.
 
 #include <functional>
@@ -46,6 +47,11 @@ struct ClientServices {
   std::function<common::Result<common::PolicyInfoMsg>()> reload_policy;
   std::function<void(std::function<void(common::GroupInfoMsg)>)> group_status;
   std::function<common::Result<common::GroupInfoMsg>()> reload_group;
+  // Drain: `done` runs once, when the manager holds no DTU (drain_status) or after `wait_ms`
+  // (Errc::timeout naming how many it still holds); DeviceManager::drain.
+  using DrainDone = std::function<void(common::Result<common::DrainStatusMsg>)>;
+  std::function<void(std::optional<std::uint32_t> wait_ms, DrainDone done)> drain;
+  std::function<common::DrainStatusMsg()> undrain;
 };
 
 class ClientSession : public LeaseHolder, public std::enable_shared_from_this<ClientSession> {

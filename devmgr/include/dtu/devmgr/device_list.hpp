@@ -48,6 +48,8 @@ class DeviceList {
   const common::DeviceRecord* find(const std::string& dtu, const std::string& device) const;
   std::size_t device_count() const;
   std::size_t dtu_count() const { return devices_.size(); }
+  // The newest stamp applied for `dtu` (kept after it left), or nullopt when it was never here.
+  std::optional<common::Stamp> last_stamp(const std::string& dtu) const;
 
  private:
   // True (and remembers the stamp) when `stamp` is newer than the last applied for `dtu`.

@@ -3,6 +3,14 @@
 // DESIGN.md §2) and local clients over the Unix socket, keeps the device list, the sessions, the
 // finders (FinderRegistry), the leases (LeaseBroker) and the policy, and owns every live
 // session; stop() ends them all (SIGTERM), reload_policy() reads the policy file again (SIGHUP).
+//
+// Universal clock: one HybridLogicalClock whose offset is median_offset() of the live peer
+// links' estimates, recomputed every second and whenever a peer link comes or goes; it observes
+// every DTU boot epoch it hears of (hellos, claims, peers' ownership news), so a DTU that took
+// its boot epoch from any manager's welcome is ordered before anything stamped here later.
+// A DTU's claim (DtuSession::claim()) goes to the GroupBroker when its snapshot arrives; a peer's
+// newer claim closes the local session (ownership_lost). Drain: every DTU is told to move, new
+// ones are refused until undrain().
 // Runs on one io_context thread; every method must be called on it.
 
 #include <map>
@@ -10,12 +18,15 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <vector>
 
 #include <asio.hpp>
 #include <asio/ssl.hpp>
 
+#include "dtu/common/async.hpp"
 #include "dtu/common/clock.hpp"
 #include "dtu/common/crypto.hpp"
+#include "dtu/common/hlc.hpp"
 #include "dtu/common/log.hpp"
 #include "dtu/common/result.hpp"
 #include "dtu/devmgr/client_session.hpp"
@@ -31,6 +42,16 @@
 #include "dtu/devmgr/session_table.hpp"
 
 namespace dtu::devmgr {
+
+// How long drain waits for the DTUs to leave when the request names no wait.
+inline constexpr std::chrono::milliseconds kDefaultDrainWait{30000};
+// How often the universal clock's offset follows the peer links' estimates.
+inline constexpr std::chrono::milliseconds kUniversalOffsetPeriod{1000};
+
+// The universal clock's offset: the median of {0} (this manager) and the peers' offsets (their
+// clock minus ours); with an even count, the mean of the two middle values. Managers whose
+// estimates agree thus settle on the same middle clock: +5 min, 0 and -5 min agree on 0.
+common::Duration median_offset(std::vector<common::Duration> peer_offsets);
 
 class DeviceManager {
  public:
@@ -55,6 +76,14 @@ class DeviceManager {
   void group_status(std::function<void(common::GroupInfoMsg)> done);
   // Stops accepting and closes every session and peer link. Idempotent.
   void stop();
+  // Starts draining (logged drain_started): every active DTU gets dtu_move{"drain"} and every new
+  // hello is refused until undrain(). `done` runs once: with drain_status when no DTU is left
+  // (logged drain_done), or Errc::timeout "still holds N DTUs" after `wait_ms` (default
+  // kDefaultDrainWait), or Errc::closed when undrain() comes first. The manager stays draining.
+  void drain(std::optional<std::uint32_t> wait_ms, std::function<void(common::Result<common::DrainStatusMsg>)> done);
+  // Takes DTUs again (logged undrained).
+  common::DrainStatusMsg undrain();
+  bool draining() const { return draining_; }
 
   // The bound DTU endpoint (the real port when the options asked for port 0).
   common::Endpoint dtu_endpoint() const { return bound_; }
@@ -70,6 +99,10 @@ class DeviceManager {
   const SessionTable& sessions() const { return sessions_; }
   const Policy& policy() const { return policy_; }
   std::size_t dtu_count() const { return dtus_.size(); }
+  // The group's universal clock as this manager keeps it (offset: the median of the live peer
+  // links' estimates and zero).
+  common::HybridLogicalClock& universal() { return universal_; }
+  const common::HybridLogicalClock& universal() const { return universal_; }
 
  private:
   asio::awaitable<void> accept_dtus();
@@ -77,6 +110,17 @@ class DeviceManager {
   asio::awaitable<void> admit_dtu(asio::ip::tcp::socket socket);
   void on_dtu_active(const std::shared_ptr<DtuSession>& session);
   void on_dtu_closed(const std::shared_ptr<DtuSession>& session, const common::Error& reason);
+  DtuSession::Admission admit_dtu_hello(const common::DtuHelloMsg& hello);
+  void on_dtu_claim(const std::shared_ptr<DtuSession>& session);
+  void on_ownership_lost(const std::string& dtu, const std::string& new_owner);
+  // Moves the universal clock forward past a DTU boot epoch heard from `from`.
+  void observe_boot_epoch(std::int64_t boot_epoch, const std::string& from);
+  // Sets the universal clock's offset from the live peer links' estimates.
+  void update_universal_offset();
+  void arm_offset_timer();
+  void peer_frame(const std::shared_ptr<PeerLink>& link, common::Frame frame);
+  // Answers the drain requests waiting for the DTUs to leave once none is left.
+  void drain_progress();
   common::Link::Options link_options() const;
   common::Result<void> attach_session(const common::SessionAttachMsg& request);
   common::Result<void> detach_session(const std::string& session);
@@ -98,6 +142,7 @@ class DeviceManager {
   ManagerOptions options_;
   common::SecretKey site_dtu_key_;
   common::Logger log_{"devmgr"};
+  common::HybridLogicalClock universal_;
   std::shared_ptr<asio::ssl::context> tls_;
   std::optional<asio::ip::tcp::acceptor> dtu_acceptor_;
   std::optional<asio::local::stream_protocol::acceptor> client_acceptor_;
@@ -114,6 +159,14 @@ class DeviceManager {
   std::set<std::shared_ptr<ClientSession>> clients_;
   // Declared after group_: destroyed first, so no hook reaches a destroyed GroupBroker.
   std::unique_ptr<PeerMesh> mesh_;
+  std::unique_ptr<common::DeadlineGuard> offset_timer_;
+  bool draining_ = false;
+  struct DrainWaiter {
+    std::function<void(common::Result<common::DrainStatusMsg>)> done;
+    std::unique_ptr<common::DeadlineGuard> deadline;
+  };
+  std::map<std::uint64_t, DrainWaiter> drain_waiters_;
+  std::uint64_t next_drain_waiter_ = 0;
   bool stopped_ = false;
 };
 

@@ -13,8 +13,15 @@
 //  - Forwarded finders of peers are held in the local FinderRegistry (client key: the PeerLink),
 //    matched against this manager's own devices only, until that link goes down.
 //  - Ownership: which manager (incarnation, stamp) serves each DTU, from dtu_active / dtu_lost
-//    here and peer_ownership from peers. A newer stamp wins; news of an older incarnation is
-//    ignored.
+//    here and peer_ownership from peers. Claims are ordered by the DTU's stamp (boot_epoch, seq)
+//    only, never by when they arrive: the newer claim wins. A peer's newer claim on a DTU
+//    connected here means the DTU has left us: Context::ownership_lost (logged ownership_lost).
+//    A peer's older claim on a DTU connected here is logged stale_claim_ignored and ours is
+//    announced again. News of an older incarnation is ignored.
+//  - Re-homing: a match that is gone with reason dtu_lost (here or at a peer) stays, orphaned
+//    (finder_changed with record.orphaned), for the grace window; the same (dtu, device) matched
+//    again from any manager within it is a finder_changed (the new owner), never gone then
+//    matched; after it, finder_gone dtu_lost. Other reasons (detached, …) are gone at once.
 //  - Peer death: a dead peer's matches become orphaned (finder_changed with record.orphaned) and
 //    are gone (owner_lost) after the grace window unless the peer comes back and sends them again;
 //    at its finder_synced the ones it did not send again are gone (resync).
@@ -84,6 +91,9 @@ class GroupBroker {
     std::chrono::milliseconds grace{10000};
     // Whether a DTU is connected to this manager now.
     std::function<bool(const std::string& dtu)> dtu_is_local;
+    // A peer announced a newer claim (DTU stamp) for a DTU connected here: the DTU went to
+    // `new_owner`; the manager closes its session and drops its records.
+    std::function<void(const std::string& dtu, const std::string& new_owner)> ownership_lost;
   };
 
   struct PeerCounts {
@@ -108,8 +118,9 @@ class GroupBroker {
   void peer_frame(const std::shared_ptr<PeerLink>& link, common::Frame frame);
 
   // --- The manager ---
-  // A DTU finished its hello here / its link ended. `stamp` orders this claim against other
-  // managers' claims on the same DTU.
+  // A DTU claimed this manager (its first device_snapshot here) / its link ended. `stamp` (the
+  // claim) orders this claim against other managers' claims on the same DTU; when a peer has
+  // already announced a newer one, the DTU is lost here at once (ownership_lost, after the call).
   void dtu_active(const std::string& dtu, const common::Stamp& stamp);
   void dtu_lost(const std::string& dtu);
   // A session moved: its forwarded session finders follow it (the local FinderRegistry is told
@@ -151,6 +162,8 @@ class GroupBroker {
   void peer_devices(const std::shared_ptr<PeerLink>& link, std::function<void(std::optional<std::uint32_t>)> done);
   // The manager that serves `dtu`, as far as this manager knows.
   std::optional<std::string> owner_of(const std::string& dtu) const;
+  // The claim stamp of that manager on `dtu`, as far as this manager knows.
+  std::optional<common::Stamp> claim_of(const std::string& dtu) const;
   // Forwarded finders held here for every peer together.
   std::uint32_t finders_held_total() const;
   // Leases this manager's clients hold on DTUs of other managers.
@@ -165,9 +178,12 @@ class GroupBroker {
     std::string source;  // "" for the local registry, else the peer id
     std::vector<std::uint32_t> units;
     bool orphaned = false;
+    common::DeviceRecord record;  // as last shown
+    bool lost = false;            // its DTU was lost: gone dtu_lost unless it matches again in time
   };
   // One finder of one local client.
   struct ClientEntry {
+    std::uint64_t id = 0;  // key in clients_
     ClientKey client = nullptr;
     std::uint64_t finder_id = 0;
     FinderRegistry::Owner owner;
@@ -223,6 +239,8 @@ class GroupBroker {
                   const std::vector<std::uint32_t>& units);
   void show_gone(ClientEntry& entry, const std::string& source, const std::string& dtu, const std::string& device,
                  const std::string& reason);
+  // The grace window of a match whose DTU was lost ran out.
+  void lost_over(std::uint64_t entry, const DeviceKey& key);
   void maybe_synced(ClientEntry& entry);
   void on_remote_match(const std::string& peer, std::uint64_t wire_id, common::DeviceRecord record,
                        std::vector<std::uint32_t> units);
@@ -236,6 +254,9 @@ class GroupBroker {
   void drop_held(const PeerLink* link);
   // Ownership.
   void on_ownership(const std::shared_ptr<PeerLink>& link, const common::PeerOwnershipMsg& msg);
+  // A newer claim of `peer` on a DTU connected here: tell the manager (after this call).
+  void lose(const std::string& dtu, const std::string& peer);
+  void announce(const std::string& dtu, const Claim& claim);
   void broadcast(const common::Frame& frame);
   common::PeerOwnershipMsg own_claims(bool full) const;
   // Allocation (origin side): the owner's live link, or the error a client gets.
@@ -269,6 +290,8 @@ class GroupBroker {
   std::map<std::string, Claim> ownership_;       // by DTU
   std::map<std::string, RemoteLease> remote_leases_;  // by lease id (origin side)
   std::map<std::pair<std::string, std::string>, std::shared_ptr<RemoteHolder>> holders_;  // (peer, holder)
+  std::map<std::pair<std::uint64_t, DeviceKey>, std::unique_ptr<common::DeadlineGuard>>
+      lost_;  // (entry, device)
   std::uint64_t next_entry_ = 1;
   std::uint64_t next_distinct_ = 1;
   std::uint64_t next_wire_ = 1;

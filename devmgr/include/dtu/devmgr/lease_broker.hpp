@@ -6,6 +6,14 @@
 // holder when its lease ends, and releases a client's leases when its connection closes (a dead
 // service holds nothing) unless an administrator asked to keep them.
 //
+// State tokens (common/state_token.hpp): with the group key, each grant carries a signed token of
+// the lease's manager-side context, to the DTU (kept with the lease) and to the service. When a
+// DTU connects here and reports leases this manager does not know (it re-homed, or this manager
+// restarted), adopt() restores their holders from the tokens, so the holder keeps renewing and is
+// told when the lease ends. The DTU has the final word on its leases: nothing here shortens or
+// releases a lease because its token is missing or bad. Every operation sent to a DTU carries the
+// fence (the claim stamp of its current link, DtuSession::claim()).
+//
 // Access: only the holder that obtained a lease, another holder of the same uid (a service
 // that reconnected), or an administrator may renew or release it. Everything here concerns DTUs
 // connected to this manager; a holder is a local client (ClientSession) or a service of a peer
@@ -18,14 +26,18 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include <asio.hpp>
 
 #include "dtu/common/async.hpp"
 #include "dtu/common/clock.hpp"
+#include "dtu/common/group_messages.hpp"
 #include "dtu/common/log.hpp"
 #include "dtu/common/messages.hpp"
+#include "dtu/common/peer_auth.hpp"
 #include "dtu/common/result.hpp"
 #include "dtu/common/service_messages.hpp"
 #include "dtu/devmgr/device_list.hpp"
@@ -50,6 +62,8 @@ class LeaseHolder {
   virtual std::string client_name() const = 0;
   // Sends an event (lease_ended) to the holder.
   virtual void notify(common::Frame frame) = 0;
+  // The id of the manager the holder's service is connected to; empty: this manager.
+  virtual std::string origin() const { return {}; }
 };
 
 // How long the manager waits for a DTU's answer to a lease operation.
@@ -60,6 +74,9 @@ inline constexpr std::uint32_t kMaxAllocateWaitMs = 24 * 60 * 60 * 1000;
 class LeaseBroker {
  public:
   using DtuLookup = std::function<std::shared_ptr<DtuSession>(const std::string& dtu)>;
+  // The holder for a service of peer manager `origin` (GroupBroker's remote holder).
+  using RemoteHolders =
+      std::function<std::shared_ptr<LeaseHolder>(const std::string& origin, const common::OnBehalf& who)>;
   template <typename T>
   using Done = std::function<void(common::Result<T>)>;
 
@@ -77,6 +94,15 @@ class LeaseBroker {
   ~LeaseBroker();
   LeaseBroker(const LeaseBroker&) = delete;
   LeaseBroker& operator=(const LeaseBroker&) = delete;
+
+  // The group keys that sign and verify state tokens; nullopt (the default, a standalone
+  // manager): no token is issued and every reported one is rejected.
+  void set_group_keys(std::optional<common::GroupKeys> keys);
+  // The group's universal time in µs (tokens' issued_us); default: the clock's wall time.
+  void set_universal_time(std::function<std::int64_t()> now_us);
+  // How adopt() gets the holder of a lease whose token names a peer as origin (set by
+  // GroupBroker); unset: such leases wait for a resume like an unknown holder's.
+  void set_remote_holders(RemoteHolders make);
 
   // Asks the DTU for the unit on behalf of `client`, after the policy allowed it. The grant
   // carries the token and the in-band endpoint. Errors: Errc::not_found (DTU not connected here,
@@ -103,6 +129,13 @@ class LeaseBroker {
   void device_updated(const common::DeviceRecord& record);
   // The DTU's link ended: its leases' holders are told (reason dtu_lost) and its waits fail.
   void dtu_lost(const std::string& dtu);
+  // The DTU connected here and reported the leases it holds (its snapshot): each one not known
+  // here is adopted from its state token, which restores the holder (a peer's service through
+  // set_remote_holders; a service of this manager by uid, until it renews or resumes) and the
+  // terms; logged lease_adopted. A missing or invalid token is logged state_token_rejected and
+  // the lease waits, unowned, for a resume_lease (the DTU checks its lease token); renew and
+  // release of it answer Errc::not_found meanwhile. Never shortens or releases a lease.
+  void adopt(const std::string& dtu, const std::vector<common::LeaseReport>& leases);
 
   std::vector<common::LeaseInfo> list() const;
   // Whether any lease here is held by `holder`.
@@ -123,6 +156,8 @@ class LeaseBroker {
     std::uint32_t length_ms = 0;
     std::uint32_t max_lease_ms = 0;  // the policy's cap at allocation, applied to renewals; 0: none
     common::MonoTime expires{};
+    std::string rule;      // the policy rule that allowed it ("" when adopted without a token)
+    bool unowned = false;  // adopted without a valid token: only resume_lease takes it
   };
   using UnitKey = std::tuple<std::string, std::string, std::uint32_t>;  // (dtu, device, unit)
   struct Waiter;
@@ -142,10 +177,23 @@ class LeaseBroker {
                      common::Result<common::LeaseGrantedMsg> result);
   void send_release(const std::string& dtu, const std::string& lease, Done<void> done);
   void remember(const common::LeaseGrantedMsg& granted, const std::shared_ptr<LeaseHolder>& client,
-                std::uint32_t length_ms, std::uint32_t max_lease_ms, bool keep);
+                std::uint32_t length_ms, std::uint32_t max_lease_ms, bool keep, const std::string& rule);
+  // A signed state token for `client`'s lease, or nullopt without group keys (or, logged, when
+  // it cannot be signed).
+  std::optional<std::string> issue_token(const LeaseHolder& client, const std::string& dtu,
+                                         const std::string& device, std::uint32_t unit,
+                                         const std::string& lease, const std::string& rule,
+                                         std::uint32_t length_ms, std::uint32_t max_lease_ms,
+                                         bool keep) const;
+  // The fence for operations on `dtu`'s current link.
+  static std::optional<common::Stamp> fence_of(const DtuSession& dtu);
+  void adopt_one(const std::string& dtu, const common::LeaseReport& report);
 
   Context context_;
   common::Logger log_;
+  std::optional<common::GroupKeys> keys_;
+  std::function<std::int64_t()> universal_us_;
+  RemoteHolders remote_holders_;
   std::map<std::string, Held> leases_;  // by lease id
   std::map<UnitKey, std::deque<std::shared_ptr<Waiter>>> waiting_;
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);

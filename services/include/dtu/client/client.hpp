@@ -29,8 +29,11 @@
 // `matched`; a cached device the manager did not report is `gone` with reason "resync" (after a
 // manager restart, typically because its DTU has not reconnected yet: it comes back as
 // `matched`). Then `synced` is called again. Leases: while the lease's expiry has not passed
-// the library asks the manager to resume it (same lease id, token checked by the DTU), retrying
-// while the manager answers unavailable (its DTU has not reconnected yet); a lease that cannot
+// the library asks the manager to resume it (same lease id, token checked by the DTU, and the
+// lease's state token, so a manager that never saw the lease restores its terms), retrying
+// while the manager answers unavailable (its DTU has not reconnected yet, or is moving between
+// managers); the same happens after lease_ended dtu_lost, when the DTU re-homes to another
+// manager of the group (the client's manager forwards to the new owner); a lease that cannot
 // be resumed ends with on_lease_ended ("expired" when its time ran out, the DTU's reason when it
 // had ended there, "refused" when the DTU rejected the token).
 //
@@ -119,6 +122,10 @@ struct Lease {
   common::MonoTime expires{};  // as last confirmed by the DTU (our clock)
   std::string token;           // 64 hex digits: the in-band TLS PSK
   std::string inband;          // "host:port" of the DTU's in-band listener
+  // The manager's signed context of the lease (holder, terms; docs/protocol.md "State
+  // tokens"), as the last grant or resumption gave it; sent back with resume_lease. Empty from
+  // a manager without a group key.
+  std::string state_token;
   bool keep = false;
 };
 
