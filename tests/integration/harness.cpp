@@ -414,6 +414,7 @@ std::string binary_path(std::string_view name) {
       {"devmgrctl", "services/devmgrctl"},
       {"dtu-unit", "services/dtu-unit"},
       {"dtu-sample-service", "services/dtu-sample-service"},
+      {"dtu-fault-workload", "tests/tools/dtu-fault-workload"},
   };
   const auto it = kPrograms.find(name);
   if (it == kPrograms.end()) throw std::invalid_argument("binary_path: unknown program " + std::string(name));

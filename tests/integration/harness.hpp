@@ -124,9 +124,10 @@ CommandResult run_command(std::vector<std::string> argv, std::chrono::millisecon
                           const Environment& env = {});
 
 // The path of a program this build made: "devmgr", "dtu-agent", "dtu-simctl", "devmgrctl",
-// "dtu-unit" or "dtu-sample-service", under the CMake build tree (DTU_BINARY_DIR, overridden by
-// the environment variable of that name to test other binaries). Throws std::invalid_argument
-// for another name and std::runtime_error when the program has not been built.
+// "dtu-unit", "dtu-sample-service" or "dtu-fault-workload" (tests/tools/), under the CMake build
+// tree (DTU_BINARY_DIR, overridden by the environment variable of that name to test other
+// binaries). Throws std::invalid_argument for another name and std::runtime_error when the
+// program has not been built.
 std::string binary_path(std::string_view name);
 
 // A file of the source tree, e.g. source_path("tests/integration/data/policy.conf").

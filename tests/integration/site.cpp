@@ -16,6 +16,11 @@ constexpr std::chrono::milliseconds kToolDeadline{15000};
 
 Site::Site() : dir_("dtu-site") {}
 
+void Site::set_heartbeat(int interval_ms, int misses) {
+  heartbeat_ms_ = interval_ms;
+  heartbeat_misses_ = misses;
+}
+
 std::filesystem::path Site::site_key() {
   if (site_key_.empty()) {
     const auto path = dir_ / "site-dtu.key";
@@ -47,8 +52,8 @@ Site::Manager& Site::start_manager(const std::string& id, const std::string& ip,
                                    "--dtu-listen", ip + ":0",
                                    "--socket", m->socket.string(),
                                    "--site-dtu-key", site_key().string(),
-                                   "--heartbeat-ms", std::to_string(kTestHeartbeatMs),
-                                   "--heartbeat-misses", std::to_string(kTestHeartbeatMisses)};
+                                   "--heartbeat-ms", std::to_string(heartbeat_ms_),
+                                   "--heartbeat-misses", std::to_string(heartbeat_misses_)};
   argv.insert(argv.end(), extra.begin(), extra.end());
   m->argv = argv;
   m->process = std::make_unique<Process>(argv, dir_.path(), Environment{}, id);
@@ -84,13 +89,14 @@ std::vector<Site::Manager*> Site::start_group(const std::vector<Member>& members
                                      "--dtu-listen", member.ip + ":0",
                                      "--socket", m->socket.string(),
                                      "--site-dtu-key", site_key().string(),
-                                     "--heartbeat-ms", std::to_string(kTestHeartbeatMs),
-                                     "--heartbeat-misses", std::to_string(kTestHeartbeatMisses),
+                                     "--heartbeat-ms", std::to_string(heartbeat_ms_),
+                                     "--heartbeat-misses", std::to_string(heartbeat_misses_),
                                      "--group", group_file().string(),
                                      "--group-key", key.string()};
     argv.insert(argv.end(), extra.begin(), extra.end());
     m->argv = argv;
-    m->process = std::make_unique<Process>(argv, dir_.path(), Environment{}, member.id);
+    m->env = member.env;
+    m->process = std::make_unique<Process>(argv, dir_.path(), m->env, member.id);
     managers_.push_back(std::move(m));
     started.push_back(managers_.back().get());
   }
@@ -151,7 +157,7 @@ void Site::restart_manager(Manager& m) {
   // The same port: the agents reconnect to the address they know.
   auto listen = std::find(argv.begin(), argv.end(), "--dtu-listen");
   if (listen != argv.end() && std::next(listen) != argv.end()) *std::next(listen) = m.address;
-  m.process = std::make_unique<Process>(argv, dir_.path(), Environment{}, m.id);
+  m.process = std::make_unique<Process>(argv, dir_.path(), m.env, m.id);
   const std::string address = wait_listening(m);
   if (address != m.address) {
     throw std::runtime_error("devmgr " + m.id + " came back on " + address + ", not " + m.address);
@@ -163,11 +169,14 @@ Site::Agent& Site::start_agent(const std::string& id, const std::vector<std::str
   auto a = std::make_unique<Agent>();
   a->id = id;
   a->sim_socket = dir_ / (id + "-sim.sock");
+  // A second process of one DTU (a reboot while the first is frozen) needs a socket of its own.
+  const auto sim_control = std::find(extra.begin(), extra.end(), "--sim-control");
+  if (sim_control != extra.end() && std::next(sim_control) != extra.end()) a->sim_socket = *std::next(sim_control);
   std::vector<std::string> argv = {binary_path("dtu-agent"), "--id", id};
   // The simulated backend unless the test chose another (--backend libusb under umockdev).
   if (std::find(extra.begin(), extra.end(), "--backend") == extra.end()) {
-    argv.insert(argv.end(), {"--backend", "sim", "--sim-devices", source_path("demo/sim-devices.json").string(), "--sim-control",
-                             a->sim_socket.string()});
+    argv.insert(argv.end(), {"--backend", "sim", "--sim-devices", source_path("demo/sim-devices.json").string()});
+    if (sim_control == extra.end()) argv.insert(argv.end(), {"--sim-control", a->sim_socket.string()});
   }
   // Every agent of a test listens in-band on a port of its own.
   if (std::find(extra.begin(), extra.end(), "--inband") == extra.end()) {
@@ -186,6 +195,11 @@ Site::Agent& Site::start_agent(const std::string& id, const std::vector<std::str
   a->process = std::make_unique<Process>(argv, dir_.path(), Environment{}, id);
   agents_.push_back(std::move(a));
   return *agents_.back();
+}
+
+void Site::kill_agent(Agent& a) {
+  a.process->signal(SIGKILL);
+  if (!a.process->wait_exit(kSettle)) throw std::runtime_error("dtu-agent " + a.id + " survived SIGKILL");
 }
 
 CommandResult Site::devmgrctl(const Manager& m, std::vector<std::string> args) {

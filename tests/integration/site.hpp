@@ -33,6 +33,7 @@ class Site {
     std::filesystem::path socket;
     std::unique_ptr<Process> process;
     std::vector<std::string> argv;  // how it was started (restart_manager starts it again)
+    Environment env;                // its extra environment (libfaketime, say), kept on restart
   };
   struct Agent {
     std::string id;
@@ -41,6 +42,13 @@ class Site {
   };
 
   Site();
+
+  // The heartbeat every manager started from now on gets (default kTestHeartbeatMs x
+  // kTestHeartbeatMisses); a link is declared dead after interval x misses.
+  void set_heartbeat(int interval_ms, int misses);
+  std::chrono::milliseconds heartbeat_timeout() const {
+    return std::chrono::milliseconds(heartbeat_ms_ * heartbeat_misses_);
+  }
 
   const TempDir& dir() const { return dir_; }
   // The site DTU key file (generated once with devmgrctl keygen).
@@ -53,6 +61,7 @@ class Site {
   struct Member {
     std::string id;
     std::string ip;
+    Environment env = {};  // extra environment of this manager's process
   };
   // A group: writes the group list (each member's mesh address is ip:kMeshPort) and the group key,
   // starts every manager at once (none waits for another) and then waits until each listens.
@@ -73,9 +82,14 @@ class Site {
   // port and the same socket, and waits until it listens. Its log is <id>-2.err, -3, ….
   void restart_manager(Manager& m);
   // Starts a dtu-agent on the simulated backend (demo/sim-devices.json) with its own derived key,
-  // unless `extra` gives --backend or --key.
+  // unless `extra` gives --backend or --key; its sim socket is <id>-sim.sock unless `extra`
+  // gives --sim-control.
   Agent& start_agent(const std::string& id, const std::vector<std::string>& managers,
                      std::vector<std::string> extra = {});
+
+  // Kills an agent with SIGKILL (a DTU's power cut) and waits until it has exited. Start it again
+  // with start_agent (same id: same key, same sim socket; its log is <id>-2.err, …).
+  void kill_agent(Agent& a);
 
   CommandResult devmgrctl(const Manager& m, std::vector<std::string> args);
   // `devmgrctl devices --json`, parsed; CHECKs the command succeeded.
@@ -94,6 +108,8 @@ class Site {
   std::filesystem::path site_key_;
   std::filesystem::path group_key_;
   std::map<std::string, std::filesystem::path> dtu_keys_;
+  int heartbeat_ms_ = kTestHeartbeatMs;
+  int heartbeat_misses_ = kTestHeartbeatMisses;
   std::vector<std::unique_ptr<Manager>> managers_;
   std::vector<std::unique_ptr<Agent>> agents_;
 };
