@@ -5,7 +5,10 @@
 # shows the group and the device table, plugs a smart-card reader in at run time, prints a page
 # in-band with dtu-unit, then lets a sample service at m3 — a server with no DTU of its own — find
 # a printer on a remote DTU, lease it through the DTU's manager, print a test page and release
-# it, then keeps running until Ctrl-C, which stops everything it started.
+# it. Then a failover: m3 streams a 4 MB job to dtu-demo-1's printer, m1 (the DTU's manager) is
+# killed with SIGKILL halfway, dtu-demo-1 re-homes to m2, m2 adopts the lease from its signed state
+# token, and the job completes byte-exact; m1 is restarted and rejoins. It keeps running until
+# Ctrl-C, which stops everything it started.
 #
 #   make demo          # or: demo/run.sh       (runs until Ctrl-C)
 #   make demo ONCE=1   # or: ONCE=1 demo/run.sh (one pass; exit 0 only if every step worked)
@@ -93,10 +96,10 @@ step "devmgrctl group (at m3): one authenticated link per pair, heartbeats both 
 "$ctl" --socket "$run/m3.sock" group
 
 step "dtu-agent $DTU at m1 and $DTU2 at m2, with the simulated USB backend (demo/sim-devices.json)"
-setsid "$agent" --id "$DTU" --manager "$address" --key "$run/$DTU.key" --inband "$MANAGER_IP:0" \
+setsid "$agent" --id "$DTU" --manager "$address" --manager "$address2" --key "$run/$DTU.key" --inband "$MANAGER_IP:0" \
   --backend sim --sim-devices demo/sim-devices.json --sim-control "$run/$DTU-sim.sock" 2>"$run/$DTU.log" &
 pids+=($!)
-setsid "$agent" --id "$DTU2" --manager "$address2" --key "$run/$DTU2.key" --inband "127.0.0.3:0" \
+setsid "$agent" --id "$DTU2" --manager "$address2" --manager "$address" --key "$run/$DTU2.key" --inband "127.0.0.3:0" \
   --backend sim --sim-devices demo/sim-devices.json --sim-control "$run/$DTU2-sim.sock" 2>"$run/$DTU2.log" &
 pids+=($!)
 
@@ -148,6 +151,41 @@ owner=$("$ctl" --socket "$run/m3.sock" devices --group --json | jq -r --arg t "$
 echo "the simulated printer $chosen on $chosen_dtu (owned by $owner, not m3) received the ${#test_page}-byte test page; its units now:"
 "$ctl" --socket "$run/m3.sock" devices --group --json |
   jq -r --arg t "$chosen_dtu" --arg d "$chosen" '.[] | select(.dtu == $t and .device == $d) | .units[] | "unit \(.unit) (\(.function)): \(.state)"'
+
+step "failover: m3 streams a 4 MB job to $DTU's printer (1-1) in-band; m1, $DTU's manager, is killed halfway"
+head -c 4000000 /dev/urandom >"$run/job.bin"
+before_job=$(captured_hex "$DTU" 1-1)
+{ head -c 2000000 "$run/job.bin"; sleep 3; tail -c +2000001 "$run/job.bin"; } |
+  "$unit" --socket "$run/m3.sock" --dtu "$DTU" --device 1-1 --unit 0 --timeout-ms 20000 write &
+job=$!
+owned_by() { [[ $("$ctl" --socket "$run/m3.sock" devices --group --json 2>/dev/null |
+  jq -r --arg t "$DTU" '[.[] | select(.dtu == $t) | .owner] | unique | join(",")') == "$1" ]]; }
+allocated_on_m1() { "$ctl" --socket "$run/m1.sock" devices --json 2>/dev/null |
+  jq -e '.[] | select(.device == "1-1") | .units[0].state == "allocated"' >/dev/null; }
+wait_until "$SETTLE_SECONDS" allocated_on_m1 || fail "the job did not start"
+sleep 1
+kill -KILL "${pids[0]}"
+killed_at=$(date +%s%N)
+{ wait "${pids[0]}"; } 2>/dev/null || true
+echo "m1 killed (SIGKILL); $DTU re-homes to the next manager of its list"
+wait_until "$SETTLE_SECONDS" owned_by m2 || fail "$DTU did not re-home to m2"
+rehomed_ms=$((($(date +%s%N) - killed_at) / 1000000))
+echo "m3 sees $DTU owned by m2 after ${rehomed_ms} ms (polled every 100 ms); the job keeps streaming"
+wait "$job" || fail "the job did not complete across the failover"
+expected_job=$before_job$(od -An -v -tx1 "$run/job.bin" | tr -d ' \n')
+[[ $(captured_hex "$DTU" 1-1) == "$expected_job" ]] || fail "the printer did not receive the job byte-exact"
+echo "the printer received all 4,000,000 bytes, byte-exact; the lease was released through m2:"
+"$ctl" --socket "$run/m3.sock" devices --group --json |
+  jq -r --arg t "$DTU" '.[] | select(.dtu == $t and .device == "1-1") | "\(.dtu) \(.device) unit 0: \(.units[0].state), owner \(.owner)"'
+
+step "m1 restarts and rejoins the group ($DTU stays with m2: nothing moves back on its own)"
+setsid "$devmgr" --id m1 --dtu-listen "$address" --socket "$run/m1.sock" \
+  --site-dtu-key "$run/site-dtu.key" --group "$run/group.json" --group-key "$run/group.key" 2>"$run/m1.log" &
+pids[0]=$!
+for m in m1 m2 m3; do
+  wait_until "$SETTLE_SECONDS" peers_up "$m" || fail "devmgr $m did not link up with both peers after m1's restart"
+done
+"$ctl" --socket "$run/m1.sock" group
 
 if [[ -n $ONCE ]]; then
   step "demo passed"

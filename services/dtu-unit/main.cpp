@@ -14,8 +14,12 @@
 #include <string>
 #include <vector>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <asio.hpp>
+#include <asio/experimental/as_tuple.hpp>
 
 #include "dtu/client/inband_channel.hpp"
 #include "dtu/common/async.hpp"
@@ -82,6 +86,33 @@ common::Result<std::uint8_t> pick_endpoint(const common::InbandWelcomeMsg& welco
   return Error(Errc::not_found, std::string("the unit has no bulk ") + (in ? "IN" : "OUT") + " endpoint");
 }
 
+// Streams stdin to OUT `endpoint` as it arrives: a pipe is read asynchronously (a slow producer,
+// e.g. a print filter, never stalls the channel's heartbeats), anything else in one go.
+asio::awaitable<common::Result<std::size_t>> write_stdin(client::InbandChannel& channel, std::uint8_t endpoint) {
+  struct stat st {};
+  if (::fstat(STDIN_FILENO, &st) != 0 || !(S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode))) {
+    const std::vector<std::uint8_t> data((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
+    auto stream = channel.stream(endpoint, data);
+    co_return co_await std::move(stream);
+  }
+  asio::posix::stream_descriptor in(co_await asio::this_coro::executor, ::dup(STDIN_FILENO));
+  std::vector<std::uint8_t> chunk(common::kMaxUsbTransferBytes);
+  std::size_t total = 0;
+  while (true) {
+    auto [ec, n] = co_await in.async_read_some(asio::buffer(chunk), asio::experimental::as_tuple(asio::use_awaitable));
+    if (n > 0) {
+      auto stream = channel.stream(endpoint, std::span<const std::uint8_t>(chunk.data(), n));
+      auto sent = co_await std::move(stream);
+      if (!sent.ok()) {
+        co_return Error(sent.error().code, sent.error().detail + " (after " + std::to_string(total) + " bytes)");
+      }
+      total += *sent;
+    }
+    if (ec == asio::error::eof) co_return total;
+    if (ec) co_return Error(Errc::io_error, "reading stdin: " + ec.message());
+  }
+}
+
 asio::awaitable<int> run(Request request, std::string verb) {
   const common::Duration timeout = std::chrono::milliseconds(request.timeout_ms);
   auto connect = services::ManagerClient::connect(request.socket, "dtu-unit", common::SystemClock::instance(), timeout);
@@ -103,12 +134,11 @@ asio::awaitable<int> run(Request request, std::string verb) {
   if (!channel.ok()) {
     code = report("in-band connect", channel.error());
   } else if (verb == "write") {
-    const std::vector<std::uint8_t> data((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
     auto out = pick_endpoint((*channel)->welcome(), request.endpoint, false);
     if (!out.ok()) {
       code = report("write", out.error());
     } else {
-      auto stream = (*channel)->stream(*out, data);
+      auto stream = write_stdin(**channel, *out);
       auto sent = co_await std::move(stream);
       if (!sent.ok()) code = report("write", sent.error());
       if (sent.ok()) std::cerr << "dtu-unit: wrote " << *sent << " bytes to endpoint " << int(*out) << '\n';
