@@ -200,7 +200,7 @@ void Link::send_heartbeat(MonoTime now) {
   hb.echo_sent_us = last_peer_sent_us_;
   hb.echo_received_us = last_peer_received_us_;
   mux_.notify(FilamentMux::kControlFilament, to_frame(hb));
-  heartbeat_.on_send(now);
+  heartbeat_.on_heartbeat_sent(now);
 }
 
 asio::awaitable<void> Link::write_loop() {

@@ -127,5 +127,24 @@ TEST_CASE("Heartbeat handles long intervals and many misses without overflow") {
   CHECK_FALSE(hb.is_dead(start + std::chrono::hours(24 * 999)));
 }
 
+TEST_CASE("Heartbeat goes out every kSampleIntervals intervals on a busy link, so the clock keeps being sampled") {
+  ManualClock clock;
+  const MonoTime start = clock.now();
+  Heartbeat hb(seconds(1), 3, start);
+  // Traffic every 500 ms: never a silent interval.
+  for (int i = 1; i < 10; ++i) {
+    clock.advance(milliseconds(500));
+    CHECK(hb.should_send(clock.now()) == (clock.now() >= start + seconds(Heartbeat::kSampleIntervals)));
+    if (hb.should_send(clock.now())) break;
+    hb.on_send(clock.now());
+  }
+  CHECK(hb.should_send(start + seconds(5)));
+  hb.on_heartbeat_sent(start + seconds(5));
+  hb.on_send(start + milliseconds(5500));
+  hb.on_receive(start + milliseconds(5500));
+  CHECK_FALSE(hb.should_send(start + milliseconds(6000)));
+  CHECK(hb.next_deadline() == start + milliseconds(6500));
+}
+
 }  // namespace
 }  // namespace dtu::common
