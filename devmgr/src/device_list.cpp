@@ -85,6 +85,8 @@ const DeviceRecord* DeviceList::find(const std::string& dtu, const std::string& 
   return record == it->second.end() ? nullptr : &record->second;
 }
 
+void DeviceList::forget_stamp(const std::string& dtu) { last_stamp_.erase(dtu); }
+
 std::optional<common::Stamp> DeviceList::last_stamp(const std::string& dtu) const {
   auto it = last_stamp_.find(dtu);
   if (it == last_stamp_.end()) return std::nullopt;

@@ -46,16 +46,21 @@ DeviceManager::DeviceManager(const asio::any_io_executor& ex, const common::Cloc
       universal_(clock),
       finders_(options_.id, devices_, sessions_),
       leases_(LeaseBroker::Context{options_.id, ex, &clock,
+                                   // A DTU between its hello and its snapshot has no claim yet, so
+                                   // no fence: lease operations wait (unavailable, retried).
                                    [this](const std::string& dtu) {
                                      auto it = dtus_.find(dtu);
-                                     return it == dtus_.end() ? nullptr : it->second;
+                                     return it == dtus_.end() || !it->second->claim() ? nullptr : it->second;
                                    },
                                    &devices_, &sessions_, [this]() -> const Policy& { return policy_; }},
               log_),
       incarnation_(static_cast<std::uint64_t>(common::to_micros(clock.wall_now()))),
       group_(GroupBroker::Context{options_.id, incarnation_, ex, &clock, &devices_, &finders_, &leases_, &sessions_,
                                   options_.orphan_grace,
-                                  [this](const std::string& dtu) { return dtus_.contains(dtu); },
+                                  [this](const std::string& dtu) {
+                                    auto it = dtus_.find(dtu);
+                                    return it != dtus_.end() && it->second->claim().has_value();
+                                  },
                                   [this](const std::string& dtu, const std::string& new_owner) {
                                     on_ownership_lost(dtu, new_owner);
                                   }},
@@ -273,6 +278,10 @@ void DeviceManager::on_dtu_claim(const std::shared_ptr<DtuSession>& session) {
   if (it == dtus_.end() || it->second != session || !session->claim()) return;
   const common::Stamp claim = *session->claim();
   if (claim.boot_epoch > 0) observe_boot_epoch(claim.boot_epoch, session->dtu());
+  // A live connection's snapshot is the DTU's truth, even when its boot epoch is older than one
+  // this manager applied before (a reboot that took its epoch from a clock running behind):
+  // the stale rule orders the records of one connection, not the DTU's boots.
+  devices_.forget_stamp(session->dtu());
   // The claim orders this connection against the DTU's connections to other managers.
   group_.dtu_active(session->dtu(), claim);
 }

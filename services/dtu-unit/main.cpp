@@ -7,7 +7,9 @@
 // brokering work.
 // Exit codes: 0 done, 1 the operation failed (unit busy, transfer error), 2 bad usage, 3 the
 // manager is unreachable.
+#include <cerrno>
 #include <cstdint>
+#include <cstring>
 #include <iostream>
 #include <iterator>
 #include <optional>
@@ -95,7 +97,9 @@ asio::awaitable<common::Result<std::size_t>> write_stdin(client::InbandChannel& 
     auto stream = channel.stream(endpoint, data);
     co_return co_await std::move(stream);
   }
-  asio::posix::stream_descriptor in(co_await asio::this_coro::executor, ::dup(STDIN_FILENO));
+  const int fd = ::dup(STDIN_FILENO);
+  if (fd < 0) co_return Error(Errc::io_error, std::string("reading stdin: ") + std::strerror(errno));
+  asio::posix::stream_descriptor in(co_await asio::this_coro::executor, fd);
   std::vector<std::uint8_t> chunk(common::kMaxUsbTransferBytes);
   std::size_t total = 0;
   while (true) {

@@ -542,19 +542,35 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
     co_return it->second.lease;
   }
 
+  // Forgets the lease at once (no more renewals), then tells the DTU through the manager. A
+  // release that meets a failover (no manager, or the DTU's owner not reachable yet) is retried
+  // with backoff until an owner answers or the lease would have expired anyway, so the unit is
+  // freed as soon as the group can, not at its expiry.
   static asio::awaitable<Result<void>> release(std::shared_ptr<Impl> self, std::string id) {
     auto it = self->leases.find(id);
     if (it == self->leases.end()) co_return Error(Errc::not_found, "no lease " + id + " held by this client");
     const std::string dtu = it->second.lease.dtu;
+    const MonoTime expires = it->second.lease.expires;
     it->second.wake->cancel();
     self->leases.erase(it);
-    if (!self->is_up()) co_return self->not_connected();
-    auto manager = self->manager;
-    const common::ReleaseMsg msg{dtu, id};
-    auto call = manager->call<common::AckMsg>(msg, self->options.request_timeout);
-    auto ack = co_await std::move(call);
-    if (!ack.ok()) co_return ack.error();
-    co_return Result<void>{};
+    Backoff retry(self->options.reconnect_min, self->options.reconnect_max);
+    asio::steady_timer sleep_timer(self->ex);
+    for (;;) {
+      Result<common::AckMsg> ack = self->not_connected();
+      if (self->is_up()) {
+        auto manager = self->manager;
+        const common::ReleaseMsg msg{dtu, id};
+        auto call = manager->call<common::AckMsg>(msg, self->options.request_timeout);
+        ack = co_await std::move(call);
+      }
+      if (ack.ok()) co_return Result<void>{};
+      const Duration delay = retry.next(self->rng);
+      if (self->closed || !is_transient(ack.error()) || self->clock.now() + delay >= expires) co_return ack.error();
+      self->log.debug("", "lease_release_retry", {{"lease", id}, {"reason", ack.error().describe()}});
+      sleep_timer.expires_after(delay);
+      auto sleep = sleep_timer.async_wait(as_tuple(asio::use_awaitable));
+      co_await std::move(sleep);
+    }
   }
 
   Error not_connected() const {

@@ -48,6 +48,9 @@ class DeviceList {
   const common::DeviceRecord* find(const std::string& dtu, const std::string& device) const;
   std::size_t device_count() const;
   std::size_t dtu_count() const { return devices_.size(); }
+  // Forgets the last stamp of `dtu`, which has no records now (a new connection's snapshot comes
+  // next and is applied whatever its stamp).
+  void forget_stamp(const std::string& dtu);
   // The newest stamp applied for `dtu` (kept after it left), or nullopt when it was never here.
   std::optional<common::Stamp> last_stamp(const std::string& dtu) const;
 

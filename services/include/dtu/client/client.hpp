@@ -163,8 +163,10 @@ class Client {
   // Extends a lease of ours now to `length` (zero: its granted length). The automatic renewal
   // makes this unnecessary; it is for a service that wants a longer lease.
   asio::awaitable<common::Result<Lease>> renew(const std::string& lease_id, common::Duration length);
-  // Ends a lease of ours. The library stops renewing it whatever the answer (if the manager did
-  // not release it, it expires at the DTU); on_lease_ended is not called for it.
+  // Ends a lease of ours. The library stops renewing it at once; a release that meets a failover
+  // (manager reconnecting, the DTU's owner not reachable yet) is retried with the reconnect
+  // backoff until an owner answers or the lease's expiry comes first (then the last error: the
+  // lease expires at the DTU). on_lease_ended is not called for it.
   // Errc::not_found when it is not ours (or no longer held).
   asio::awaitable<common::Result<void>> release(const std::string& lease_id);
   // The leases held now, by id.
