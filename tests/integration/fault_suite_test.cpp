@@ -11,6 +11,7 @@
 #include <sched.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <csignal>
 #include <fstream>
 #include <iterator>
@@ -363,9 +364,26 @@ TEST_CASE(
   FaultSite fs(o);
   fs.start();
   {
-    // The group agrees on one universal clock (the median of the three): offsets are reported.
-    const auto g = fs.site().group(fs.manager(1));
-    MESSAGE(scenario << ": m2's group view: " << g.dump());
+    // The group agrees on one universal clock, the median of the three (m2's): each manager's
+    // correction converges to minus its own skew.
+    const double expected_ms[] = {-300000.0, 0.0, 300000.0};
+    std::string offsets;
+    const bool agreed = eventually(
+        [&] {
+          offsets.clear();
+          bool all = true;
+          for (std::size_t i = 0; i < 3; ++i) {
+            const auto g = fs.site().group(fs.manager(i));
+            const double got = g.value("universal_offset_ms", 1e12);
+            offsets += fs.manager(i).id + "=" + std::to_string(got) + "ms ";
+            all = all && std::abs(got - expected_ms[i]) < 5000.0;
+          }
+          return all;
+        },
+        kFailoverDeadline);
+    MESSAGE(scenario << ": universal clock corrections " << offsets);
+    REQUIRE_MESSAGE(agreed, scenario << ": the managers' universal clocks did not converge on the median: "
+                                     << offsets);
   }
   fs.start_workloads();
   // DTU 1 at m1 (+5 min) reboots to m3 (-5 min): its new claim must beat the old one although
