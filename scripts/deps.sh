@@ -11,8 +11,8 @@ set -euo pipefail
 declare -A groups=(
   # clang + libclang-rt-14-dev: the libFuzzer runtime for `make fuzz-smoke`.
   [build]="build-essential cmake pkg-config g++ clang libclang-rt-14-dev libasio-dev nlohmann-json3-dev
-           libssl-dev doctest-dev libcli11-dev libusb-1.0-0-dev libsystemd-dev"
-  [test]="umockdev libumockdev-dev jq faketime iproute2 nftables cups cups-client procps psmisc"
+           libssl-dev doctest-dev libcli11-dev libusb-1.0-0-dev libsystemd-dev libcups2-dev"
+  [test]="umockdev libumockdev-dev jq faketime iproute2 nftables cups cups-client cups-daemon procps psmisc"
   [format]="clang-format"
 )
 all_groups=(build test format)
