@@ -66,6 +66,14 @@ DeviceManager::DeviceManager(const asio::any_io_executor& ex, const common::Cloc
                                   }},
              log_) {
   leases_.set_universal_time([this] { return universal_.now().wall_us; });
+  // A lease adopted from a token of this manager goes at once to its client if still connected.
+  leases_.set_local_holders([this] {
+    std::vector<std::shared_ptr<LeaseHolder>> open;
+    for (const auto& client : clients_) {
+      if (client->state() == ClientSession::State::ready) open.push_back(client);
+    }
+    return open;
+  });
   // Every change of the device list reaches the finders (events to services) and the broker
   // (a freed unit goes to its first waiter).
   devices_.set_listener(DeviceList::Listener{

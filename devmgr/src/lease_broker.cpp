@@ -93,6 +93,15 @@ void LeaseBroker::set_remote_holders(RemoteHolders make) {
   remote_holders_ = std::move(make);
 }
 
+void LeaseBroker::set_local_holders(LocalHolders list) {
+  local_holders_ = std::move(list);
+}
+
+void LeaseBroker::bind(Held& held, const std::shared_ptr<LeaseHolder>& client) {
+  held.client = client;
+  held.client_key = client.get();
+}
+
 std::optional<common::Stamp> LeaseBroker::fence_of(const DtuSession& dtu) {
   return dtu.claim();
 }
@@ -240,8 +249,7 @@ void LeaseBroker::remember(const common::LeaseGrantedMsg& granted, const std::sh
   held.device = granted.device;
   held.unit = granted.unit;
   held.holder = granted.holder;
-  held.client = client;
-  held.client_key = client.get();
+  bind(held, client);
   held.uid = client->uid();
   held.keep = keep;
   held.length_ms = length_ms;
@@ -376,8 +384,9 @@ void LeaseBroker::renew(const std::shared_ptr<LeaseHolder>& client, common::Rene
   if (auto it = leases_.find(request.lease); it != leases_.end() && !it->second.client.lock()) {
     // Adopted from a token (or its holder reconnected): the renewing service of that uid is
     // the holder from now on, and is told when the lease ends.
-    it->second.client = client;
-    it->second.client_key = client.get();
+    bind(it->second, client);
+    log_.info("", "lease_bound", {{"client", client->holder_name()}, {"lease", request.lease},
+                                  {"dtu", request.dtu}, {"uid", client->uid()}, {"by", "renew"}});
   }
   // Renewals keep to the cap the policy set at allocation.
   std::uint32_t length = request.length_ms != 0 ? request.length_ms : held->length_ms;
@@ -594,16 +603,19 @@ void LeaseBroker::adopt_one(const std::string& dtu, const common::LeaseReport& r
   held.max_lease_ms = token->max_lease_ms;
   held.keep = token->keep;
   held.rule = token->rule;
+  std::shared_ptr<LeaseHolder> local;
   if (token->origin != context_.manager_id && remote_holders_) {
     auto holder = remote_holders_(
         token->origin, common::OnBehalf{token->uid, token->gid, token->pid, token->client, token->holder});
-    if (holder) {
-      held.client = holder;
-      held.client_key = holder.get();
-    }
+    if (holder) bind(held, holder);
+  } else if (token->origin == context_.manager_id && local_holders_) {
+    // The DTU came back (or here) while its holder stayed connected to this manager: it holds
+    // the lease again at once, as if it had obtained it here.
+    local = connected_holder(*token, dtu, report.lease);
+    if (local) bind(held, local);
   }
-  // A service of this manager (or of a peer we cannot reach by name) gets the lease back when it
-  // renews or resumes it under its uid.
+  // Any other service of this manager (or one of a peer we cannot reach by name) gets the lease
+  // back when it renews or resumes it under its uid.
   leases_[report.lease] = std::move(held);
   log_.info("", "lease_adopted",
             {{"lease", report.lease},
@@ -614,6 +626,35 @@ void LeaseBroker::adopt_one(const std::string& dtu, const common::LeaseReport& r
              {"origin", token->origin},
              {"uid", token->uid},
              {"expires_in_ms", report.expires_in_ms}});
+  if (local) {
+    log_.info("", "lease_bound", {{"client", local->holder_name()}, {"lease", report.lease}, {"dtu", dtu},
+                                  {"uid", local->uid()}, {"by", "adopt"}});
+  }
+}
+
+std::shared_ptr<LeaseHolder> LeaseBroker::connected_holder(const common::StateToken& token,
+                                                           const std::string& dtu,
+                                                           const std::string& lease) const {
+  std::vector<std::shared_ptr<LeaseHolder>> named;
+  for (const auto& client : local_holders_()) {
+    if (!client || !client->origin().empty() || client->uid() != token.uid) continue;
+    if (token.pid != 0 && client->pid() != token.pid) continue;
+    if (!token.client.empty() && client->client_name() != token.client) continue;
+    named.push_back(client);
+  }
+  if (named.size() == 1) return named.front();
+  if (named.size() > 1) {
+    log_.warn("", "lease_bind_ambiguous",
+              {{"lease", lease},
+               {"dtu", dtu},
+               {"uid", token.uid},
+               {"pid", token.pid},
+               {"client", token.client},
+               {"candidates", named.size()},
+               {"reason", "several connected clients match the state token; the lease waits for the first "
+                          "of them to renew or resume it"}});
+  }
+  return nullptr;
 }
 
 bool LeaseBroker::holds(const LeaseHolder* holder) const {

@@ -1,8 +1,9 @@
-// LeaseBroker and failover: a fake DTU behind a real DtuSession (a Unix socket pair) records every
+// LeaseBroker and failover: a fake DTU behind a real DtuSession (support/fake_dtu.hpp) records every
 // lease operation the broker sends it. Every operation carries the fence (the claim stamp of the
 // DTU's current link); a grant carries a state token to the DTU and to the service; adopt()
-// restores the holder of a lease the DTU brings from another manager when its token verifies,
-// and keeps (never releases) one whose token is missing, tampered or foreign.
+// restores the holder of a lease the DTU brings from another manager when its token verifies
+// (binding it at once to its client when that is still connected here), and keeps (never
+// releases) one whose token is missing, tampered or foreign.
 #include "dtu/devmgr/lease_broker.hpp"
 
 #include <doctest/doctest.h>
@@ -23,6 +24,7 @@
 #include "dtu/devmgr/dtu_session.hpp"
 #include "dtu/devmgr/policy.hpp"
 #include "support/async_client.hpp"
+#include "support/fake_dtu.hpp"
 #include "support/log_capture.hpp"
 
 namespace {
@@ -38,6 +40,7 @@ using dtu::devmgr::LeaseBroker;
 using dtu::devmgr::LeaseHolder;
 using dtu::devmgr::Policy;
 using dtu::devmgr::SessionTable;
+using dtu::testing::FakeDtu;
 using LocalSocket = asio::local::stream_protocol::socket;
 using Side = common::FilamentMux::Side;
 using std::chrono::milliseconds;
@@ -64,13 +67,18 @@ DeviceRecord printer(const std::string& dtu) {
 // A service: its identity, and the events it was sent.
 class Holder : public LeaseHolder {
  public:
-  Holder(unsigned uid, std::string name, std::string origin = {})
-      : uid_(uid), name_(std::move(name)), origin_(std::move(origin)) {}
+  Holder(unsigned uid, std::string name, std::string origin = {}, unsigned pid = 77,
+         std::string client = "svc")
+      : uid_(uid),
+        name_(std::move(name)),
+        origin_(std::move(origin)),
+        pid_(pid),
+        client_(std::move(client)) {}
   unsigned uid() const override { return uid_; }
   unsigned gid() const override { return 100; }
-  unsigned pid() const override { return 77; }
+  unsigned pid() const override { return pid_; }
   std::string holder_name() const override { return name_; }
-  std::string client_name() const override { return "svc"; }
+  std::string client_name() const override { return client_; }
   void notify(Frame frame) override {
     auto ended = common::from_frame<common::LeaseEndedMsg>(frame);
     events.push_back(ended.ok() ? "lease_ended " + ended->lease + " " + ended->reason : "?");
@@ -82,15 +90,8 @@ class Holder : public LeaseHolder {
   unsigned uid_;
   std::string name_;
   std::string origin_;
-};
-
-// What the DTU was asked.
-struct FakeDtu {
-  std::shared_ptr<common::Link> link;
-  std::vector<common::LeaseRequestMsg> requests;
-  std::vector<common::LeaseRenewMsg> renews;
-  std::vector<common::LeaseReleaseMsg> releases;
-  int leases = 0;
+  unsigned pid_;
+  std::string client_;
 };
 
 // One manager "M" with its LeaseBroker, and DTUs connected to it through real DtuSessions.
@@ -106,6 +107,7 @@ class Site {
                common::Logger("M")) {
     if (with_keys) leases.set_group_keys(keys);
     leases.set_universal_time([] { return std::int64_t{1700000000123456}; });
+    leases.set_local_holders([this] { return connected; });
   }
   ~Site() {
     for (auto& link : links_) link->close(common::Error(Errc::closed, "test over"));
@@ -118,61 +120,22 @@ class Site {
 
   // A DTU connects: hello, then a snapshot with its claim stamp, one printer and `reports`.
   std::shared_ptr<FakeDtu> attach(const std::string& dtu, std::vector<common::LeaseReport> reports = {}) {
-    LocalSocket one(io);
-    LocalSocket two(io);
-    asio::local::connect_pair(one, two);
-    auto at_manager = make_link(std::move(one), Side::acceptor, dtu);
-    auto fake = std::make_shared<FakeDtu>();
-    fake->link = make_link(std::move(two), Side::initiator, "M");
-    auto session = std::make_shared<DtuSession>(at_manager, dtu, "M", devices, common::Logger("M"),
-                                                std::chrono::seconds(1), 3, std::chrono::seconds(5));
     DtuSession::Hooks hooks;
     hooks.on_active = [this](const std::shared_ptr<DtuSession>& s) { dtus[s->dtu()] = s; };
     hooks.on_leases = [this](const std::shared_ptr<DtuSession>& s,
                              const std::vector<common::LeaseReport>& l) { leases.adopt(s->dtu(), l); };
     hooks.on_lease_ended = [this](const common::LeaseEndedMsg& ended) { leases.lease_ended(ended); };
-    session->start(std::move(hooks));
-    std::weak_ptr<FakeDtu> weak = fake;
-    fake->link->mux().set_receiver(0, [weak, dtu](Frame frame) {
-      auto self = weak.lock();
-      if (!self) return;
-      if (frame.type == MessageType::lease_request) {
-        auto ask = common::from_frame<common::LeaseRequestMsg>(frame);
-        REQUIRE(ask.ok());
-        self->requests.push_back(*ask);
-        common::LeaseGrantedMsg granted;
-        granted.lease = "L" + std::to_string(++self->leases);
-        granted.dtu = dtu;
-        granted.device = ask->device;
-        granted.unit = ask->unit;
-        granted.holder = ask->holder;
-        granted.expires_in_ms = ask->length_ms;
-        granted.token = std::string(64, 'a');
-        self->link->reply(frame, common::to_frame(granted));
-      } else if (frame.type == MessageType::lease_renew) {
-        auto renew = common::from_frame<common::LeaseRenewMsg>(frame);
-        REQUIRE(renew.ok());
-        self->renews.push_back(*renew);
-        common::LeaseGrantedMsg granted;
-        granted.lease = renew->lease;
-        granted.dtu = dtu;
-        granted.device = "1-1";
-        granted.holder = "svc[77]@M";
-        granted.expires_in_ms = renew->length_ms;
-        self->link->reply(frame, common::to_frame(granted));
-      } else if (frame.type == MessageType::lease_release) {
-        auto release = common::from_frame<common::LeaseReleaseMsg>(frame);
-        REQUIRE(release.ok());
-        self->releases.push_back(*release);
-        self->link->reply(frame, common::to_frame(common::AckMsg{}));
-      }
-    });
-    fake->link->start([](const common::Error&) {});
-    fake->link->request(0, common::to_frame(common::DtuHelloMsg{dtu, "test", kClaim.boot_epoch, false}),
-                        std::chrono::seconds(5), [](common::Result<Frame>) {});
+    FakeDtu::Options options;
+    options.boot_epoch = kClaim.boot_epoch;
+    options.renew_holder = "svc[77]@M";
+    auto fake = FakeDtu::connect(
+        io,
+        [this](LocalSocket socket, Side side, std::string peer) {
+          return make_link(std::move(socket), side, std::move(peer));
+        },
+        dtu, "M", devices, std::move(hooks), std::move(options));
     REQUIRE(run_until([&] { return dtus.contains(dtu); }));
-    common::DeviceSnapshotMsg snapshot{dtu, kClaim, {printer(dtu)}, std::move(reports)};
-    fake->link->post(0, common::to_frame(snapshot), std::chrono::seconds(5), [](common::Result<Frame>) {});
+    fake->post(common::DeviceSnapshotMsg{dtu, kClaim, {printer(dtu)}, std::move(reports)});
     REQUIRE(
         run_until([&] { return dtus.at(dtu)->claim().has_value() && devices.find(dtu, "1-1") != nullptr; }));
     return fake;
@@ -201,6 +164,8 @@ class Site {
   Policy policy = Policy::builtin();
   LeaseBroker leases;
   std::map<std::string, std::shared_ptr<DtuSession>> dtus;
+  // The local clients connected to "M" right now.
+  std::vector<std::shared_ptr<LeaseHolder>> connected;
 
  private:
   std::shared_ptr<common::Link> make_link(LocalSocket socket, Side side, std::string peer) {
@@ -448,4 +413,164 @@ TEST_CASE("A lease reported with a missing, tampered or foreign token is kept un
   REQUIRE(dtu->renews.size() == 1);
   CHECK(dtu->renews[0].token == std::optional<std::string>(std::string(64, 'a')));
   CHECK(site.leases.holds(service.get()));
+}
+
+namespace {
+
+// Ends lease `lease` on the fake DTU, as the DTU would tell its manager.
+void end_on_dtu(FakeDtu& dtu, const std::string& lease, const std::string& reason) {
+  dtu.link->post(0, common::to_frame(common::LeaseEndedMsg{"dtu-1", lease, "1-1", 0, reason}),
+                 std::chrono::seconds(5), [](common::Result<Frame>) {});
+}
+
+}  // namespace
+
+TEST_CASE("A lease adopted from a token of this manager is bound at once to its still-connected client") {
+  dtu::testing::LogCapture log;
+  Site site;
+  auto service = std::make_shared<Holder>(1234, "svc[77]@M");
+  site.connected = {std::make_shared<Holder>(1234, "other[90]@M", "", 90, "other"),
+                    std::make_shared<Holder>(555, "svc[77]@M"), service};
+  auto token = common::sign_state_token(token_for("M", 1234, "svc[77]@M"), site.keys);
+  REQUIRE(token.ok());
+  auto dtu = site.attach("dtu-1", {report("L9", "svc[77]@M", *token)});
+  CHECK(log.has({"lease_adopted", "L9", "origin=M"}));
+  CHECK_MESSAGE(log.count({"lease_bound", "client=svc[77]@M", "lease=L9", "by=adopt"}) == 1, log.text());
+  CHECK(site.leases.holds(service.get()));
+
+  // Without a renew or resume, it hears the lease's end ...
+  end_on_dtu(*dtu, "L9", "expired");
+  REQUIRE(site.run_until([&] { return !service->events.empty(); }));
+  CHECK(service->events == std::vector<std::string>{"lease_ended L9 expired"});
+  CHECK(site.leases.size() == 0);
+  // ... and nothing was asked of the DTU on its behalf.
+  CHECK(dtu->renews.empty());
+  CHECK(dtu->releases.empty());
+}
+
+TEST_CASE("A lease bound at adoption is released when its client disconnects, unless kept") {
+  dtu::testing::LogCapture log;
+  Site site;
+  auto service = std::make_shared<Holder>(1234, "svc[77]@M");
+  site.connected = {service};
+  common::StateToken terms = token_for("M", 1234, "svc[77]@M");
+  bool kept = false;
+  SUBCASE("an ordinary lease") { kept = false; }
+  SUBCASE("a kept lease") { kept = true; }
+  terms.keep = kept;
+  auto token = common::sign_state_token(terms, site.keys);
+  REQUIRE(token.ok());
+  auto dtu = site.attach("dtu-1", {report("L9", "svc[77]@M", *token)});
+  REQUIRE(log.has({"lease_bound", "client=svc[77]@M", "lease=L9"}));
+
+  site.connected.clear();
+  site.leases.holder_closed(service.get());
+  CHECK_FALSE(site.leases.holds(service.get()));
+  if (kept) {
+    site.settle();
+    CHECK(dtu->releases.empty());
+    CHECK(site.leases.size() == 1);
+  } else {
+    REQUIRE(site.run_until([&] { return !dtu->releases.empty(); }));
+    REQUIRE(dtu->releases.size() == 1);
+    CHECK(dtu->releases[0].lease == "L9");
+    CHECK(dtu->releases[0].fence == std::optional<common::Stamp>(kClaim));
+    CHECK(log.has({"lease_holder_gone", "L9"}));
+  }
+}
+
+TEST_CASE("Several connected clients of the lease's uid: the token's pid and program pick one, else none") {
+  dtu::testing::LogCapture log;
+  Site site;
+  auto token = common::sign_state_token(token_for("M", 1234, "svc[77]@M"), site.keys);
+  REQUIRE(token.ok());
+
+  SUBCASE("the pid tells them apart") {
+    auto older = std::make_shared<Holder>(1234, "svc[76]@M", "", 76);
+    auto service = std::make_shared<Holder>(1234, "svc[77]@M");
+    site.connected = {older, service};
+    site.attach("dtu-1", {report("L9", "svc[77]@M", *token)});
+    CHECK(log.has({"lease_bound", "client=svc[77]@M", "lease=L9"}));
+    CHECK(site.leases.holds(service.get()));
+    CHECK_FALSE(site.leases.holds(older.get()));
+  }
+  SUBCASE("the program tells them apart") {
+    auto helper = std::make_shared<Holder>(1234, "helper[77]@M", "", 77, "helper");
+    auto service = std::make_shared<Holder>(1234, "svc[77]@M");
+    site.connected = {helper, service};
+    site.attach("dtu-1", {report("L9", "svc[77]@M", *token)});
+    CHECK(log.has({"lease_bound", "client=svc[77]@M", "lease=L9"}));
+    CHECK(site.leases.holds(service.get()));
+    CHECK_FALSE(site.leases.holds(helper.get()));
+  }
+  SUBCASE("two connections of the same process stay ambiguous: none is bound, the first to renew takes it") {
+    auto one = std::make_shared<Holder>(1234, "svc[77]@M");
+    auto two = std::make_shared<Holder>(1234, "svc[77]@M");
+    site.connected = {one, two};
+    auto dtu = site.attach("dtu-1", {report("L9", "svc[77]@M", *token)});
+    CHECK(log.has({"lease_adopted", "L9"}));
+    CHECK(log.has({"lease_bind_ambiguous", "lease=L9", "uid=1234", "candidates=2", "reason="}));
+    CHECK_FALSE(log.has({"lease_bound"}));
+    CHECK_FALSE(site.leases.holds(one.get()));
+    CHECK_FALSE(site.leases.holds(two.get()));
+
+    auto renewed = site.wait<common::LeaseGrantedMsg>([&](auto done) {
+      site.leases.renew(two, common::RenewMsg{"dtu-1", "L9", 0}, std::move(done));
+    });
+    REQUIRE_MESSAGE(renewed.ok(), renewed.error().describe());
+    CHECK(log.has({"lease_bound", "client=svc[77]@M", "lease=L9", "by=renew"}));
+    CHECK(site.leases.holds(two.get()));
+  }
+  SUBCASE("no client of the token's pid is connected: none is bound") {
+    site.connected = {std::make_shared<Holder>(1234, "svc[80]@M", "", 80)};
+    site.attach("dtu-1", {report("L9", "svc[77]@M", *token)});
+    CHECK(log.has({"lease_adopted", "L9"}));
+    CHECK_FALSE(log.has({"lease_bound"}));
+    CHECK_FALSE(log.has({"lease_bind_ambiguous"}));
+    CHECK(site.leases.size() == 1);
+  }
+}
+
+TEST_CASE("A lease of a peer's service is never bound to a local client of the same uid") {
+  dtu::testing::LogCapture log;
+  Site site;
+  auto local = std::make_shared<Holder>(1234, "svc[77]@M");
+  site.connected = {local};
+  auto token = common::sign_state_token(token_for("B", 1234, "svc[77]@B"), site.keys);
+  REQUIRE(token.ok());
+  site.attach("dtu-1", {report("L9", "svc[77]@B", *token)});
+  CHECK(log.has({"lease_adopted", "L9", "origin=B"}));
+  CHECK_FALSE(log.has({"lease_bound"}));
+  CHECK_FALSE(site.leases.holds(local.get()));
+}
+
+TEST_CASE("A resume_lease from the client a lease was bound to at adoption is a plain success") {
+  dtu::testing::LogCapture log;
+  Site site;
+  auto service = std::make_shared<Holder>(1234, "svc[77]@M");
+  site.connected = {service};
+  auto token = common::sign_state_token(token_for("M", 1234, "svc[77]@M"), site.keys);
+  REQUIRE(token.ok());
+  auto dtu = site.attach("dtu-1", {report("L9", "svc[77]@M", *token)});
+  REQUIRE(site.leases.holds(service.get()));
+
+  auto resumed = site.wait<common::LeaseGrantedMsg>([&](auto done) {
+    site.leases.resume(service, common::ResumeLeaseMsg{"dtu-1", "L9", std::string(64, 'a'), 0, std::nullopt},
+                       std::move(done));
+  });
+  REQUIRE_MESSAGE(resumed.ok(), resumed.error().describe());
+  CHECK(resumed->lease == "L9");
+  // Still one lease, held by the same client, bound once.
+  auto listed = site.leases.list();
+  REQUIRE(listed.size() == 1);
+  CHECK(listed[0].lease == "L9");
+  CHECK(site.leases.holds(service.get()));
+  CHECK(log.count({"lease_bound", "lease=L9"}) == 1);
+  CHECK(dtu->releases.empty());
+
+  // Its end reaches the client once.
+  end_on_dtu(*dtu, "L9", "released");
+  REQUIRE(site.run_until([&] { return !service->events.empty(); }));
+  site.settle();
+  CHECK(service->events == std::vector<std::string>{"lease_ended L9 released"});
 }

@@ -65,6 +65,7 @@ class ClientSession : public LeaseHolder, public std::enable_shared_from_this<Cl
   void start(std::function<void(const std::shared_ptr<ClientSession>&)> on_closed);
   void close(const common::Error& reason) { link_->close(reason); }
 
+  State state() const { return state_; }
   const common::PeerCredentials& credentials() const { return credentials_; }
   unsigned uid() const override { return credentials_.uid; }
   unsigned gid() const override { return credentials_.gid; }

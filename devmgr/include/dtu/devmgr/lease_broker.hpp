@@ -40,6 +40,7 @@
 #include "dtu/common/peer_auth.hpp"
 #include "dtu/common/result.hpp"
 #include "dtu/common/service_messages.hpp"
+#include "dtu/common/state_token.hpp"
 #include "dtu/devmgr/device_list.hpp"
 #include "dtu/devmgr/policy.hpp"
 #include "dtu/devmgr/session_table.hpp"
@@ -77,6 +78,8 @@ class LeaseBroker {
   // The holder for a service of peer manager `origin` (GroupBroker's remote holder).
   using RemoteHolders =
       std::function<std::shared_ptr<LeaseHolder>(const std::string& origin, const common::OnBehalf& who)>;
+  // The local clients connected right now (DeviceManager's open ClientSessions).
+  using LocalHolders = std::function<std::vector<std::shared_ptr<LeaseHolder>>()>;
   template <typename T>
   using Done = std::function<void(common::Result<T>)>;
 
@@ -103,6 +106,11 @@ class LeaseBroker {
   // How adopt() gets the holder of a lease whose token names a peer as origin (set by
   // GroupBroker); unset: such leases wait for a resume like an unknown holder's.
   void set_remote_holders(RemoteHolders make);
+  // The local clients connected to this manager right now (past their hello, not closing).
+  // adopt() binds a lease whose token names this manager as origin to the one of them it names
+  // (uid, and pid and program when the token has them); unset: such leases wait for the
+  // client's renew or resume.
+  void set_local_holders(LocalHolders list);
 
   // Asks the DTU for the unit on behalf of `client`, after the policy allowed it. The grant
   // carries the token and the in-band endpoint. Errors: Errc::not_found (DTU not connected here,
@@ -130,11 +138,14 @@ class LeaseBroker {
   // The DTU's link ended: its leases' holders are told (reason dtu_lost) and its waits fail.
   void dtu_lost(const std::string& dtu);
   // The DTU connected here and reported the leases it holds (its snapshot): each one not known
-  // here is adopted from its state token, which restores the holder (a peer's service through
-  // set_remote_holders; a service of this manager by uid, until it renews or resumes) and the
-  // terms; logged lease_adopted. A missing or invalid token is logged state_token_rejected and
-  // the lease waits, unowned, for a resume_lease (the DTU checks its lease token); renew and
-  // release of it answer Errc::not_found meanwhile. Never shortens or releases a lease.
+  // here is adopted from its state token, which restores the holder and the terms; logged
+  // lease_adopted. The holder: a peer's service through set_remote_holders; a service of this
+  // manager, the one connected client (set_local_holders) of the token's uid, pid and program,
+  // bound at once (lease_bound) as if it had obtained the lease here — several such clients bind
+  // none (lease_bind_ambiguous) — and otherwise the first of that uid to renew or resume it. A
+  // missing or invalid token is logged state_token_rejected and the lease waits, unowned, for a
+  // resume_lease (the DTU checks its lease token); renew and release of it answer
+  // Errc::not_found meanwhile. Never shortens or releases a lease.
   void adopt(const std::string& dtu, const std::vector<common::LeaseReport>& leases);
 
   std::vector<common::LeaseInfo> list() const;
@@ -185,6 +196,13 @@ class LeaseBroker {
                                          const std::string& lease, const std::string& rule,
                                          std::uint32_t length_ms, std::uint32_t max_lease_ms,
                                          bool keep) const;
+  // Makes `client` the holder of `held`: its renewals pass, it hears lease_ended, and the lease
+  // is released when it closes (unless kept).
+  static void bind(Held& held, const std::shared_ptr<LeaseHolder>& client);
+  // The connected local client a token of this manager names (its uid, and its pid and program
+  // when the token has them); nullptr when none is connected or, logged, when several are.
+  std::shared_ptr<LeaseHolder> connected_holder(const common::StateToken& token, const std::string& dtu,
+                                                const std::string& lease) const;
   // The fence for operations on `dtu`'s current link.
   static std::optional<common::Stamp> fence_of(const DtuSession& dtu);
   void adopt_one(const std::string& dtu, const common::LeaseReport& report);
@@ -194,6 +212,7 @@ class LeaseBroker {
   std::optional<common::GroupKeys> keys_;
   std::function<std::int64_t()> universal_us_;
   RemoteHolders remote_holders_;
+  LocalHolders local_holders_;
   std::map<std::string, Held> leases_;  // by lease id
   std::map<UnitKey, std::deque<std::shared_ptr<Waiter>>> waiting_;
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);
