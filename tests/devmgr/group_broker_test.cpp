@@ -3,8 +3,8 @@
 // as the mesh hands them over). What a service at one manager sees of devices at another:
 // matches, changes and removals with its own finder ids, one forwarded registration per distinct
 // finder, finder_synced once every live peer synced, orphaned matches when a peer dies and what
-// happens when it comes back, ownership news of old incarnations, and lease routing (a fake DTU
-// behind one manager answers the lease requests).
+// happens when it comes back, ownership news of old incarnations, and lease routing (a fake DTU,
+// support/fake_dtu.hpp, behind one manager answers the lease requests).
 #include "dtu/devmgr/group_broker.hpp"
 
 #include <doctest/doctest.h>
@@ -28,6 +28,7 @@
 #include "dtu/devmgr/dtu_session.hpp"
 #include "dtu/devmgr/policy.hpp"
 #include "support/async_client.hpp"
+#include "support/fake_dtu.hpp"
 #include "support/log_capture.hpp"
 
 namespace {
@@ -46,6 +47,7 @@ using dtu::devmgr::LeaseHolder;
 using dtu::devmgr::PeerLink;
 using dtu::devmgr::Policy;
 using dtu::devmgr::SessionTable;
+using dtu::testing::FakeDtu;
 using LocalSocket = asio::local::stream_protocol::socket;
 using Side = common::FilamentMux::Side;
 using std::chrono::milliseconds;
@@ -209,15 +211,6 @@ class Manager {
   GroupBroker group;
 };
 
-// A DTU behind a manager, enough for leases: it grants every lease_request, acks a
-// lease_release and then reports the lease ended.
-struct FakeDtu {
-  std::shared_ptr<common::Link> link;  // the DTU's end
-  std::vector<common::LeaseRequestMsg> requests;
-  std::vector<std::string> released;
-  int leases = 0;
-};
-
 // Everything on one io_context; links close (and their coroutines end) when it goes away.
 class Group {
  public:
@@ -275,60 +268,23 @@ class Group {
     return at_a;
   }
 
-  // A DTU connected to `m`: its session says hello; `m` serves it from then on.
+  // A DTU connected to `m`: its session says hello; `m` serves it from then on. It grants every
+  // lease_request, acks a lease_release and then reports the lease ended.
   std::shared_ptr<FakeDtu> attach_dtu(Manager& m, const std::string& dtu) {
-    LocalSocket one(io_);
-    LocalSocket two(io_);
-    asio::local::connect_pair(one, two);
-    auto at_manager = make_link(std::move(one), Side::acceptor, dtu);
-    auto fake = std::make_shared<FakeDtu>();
-    fake->link = make_link(std::move(two), Side::initiator, m.id());
-    auto session = std::make_shared<DtuSession>(at_manager, dtu, m.id(), m.devices, common::Logger(m.id()),
-                                                std::chrono::seconds(1), 3, std::chrono::seconds(5));
     DtuSession::Hooks hooks;
     hooks.on_active = [&m](const std::shared_ptr<DtuSession>& s) { m.dtus[s->dtu()] = s; };
     hooks.on_lease_ended = [&m](const common::LeaseEndedMsg& ended) { m.leases.lease_ended(ended); };
-    session->start(std::move(hooks));
-    std::weak_ptr<FakeDtu> weak = fake;
-    fake->link->mux().set_receiver(0, [weak, dtu](Frame frame) {
-      auto self = weak.lock();
-      if (!self) return;
-      if (frame.type == MessageType::lease_request) {
-        auto ask = common::from_frame<common::LeaseRequestMsg>(frame);
-        REQUIRE(ask.ok());
-        self->requests.push_back(*ask);
-        common::LeaseGrantedMsg granted;
-        granted.lease = "L" + std::to_string(++self->leases);
-        granted.dtu = dtu;
-        granted.device = ask->device;
-        granted.unit = ask->unit;
-        granted.holder = ask->holder;
-        granted.expires_in_ms = ask->length_ms;
-        granted.token = std::string(64, 'a');
-        granted.inband = "127.0.0.1:4711";
-        self->link->reply(frame, common::to_frame(granted));
-      } else if (frame.type == MessageType::lease_renew) {
-        auto renew = common::from_frame<common::LeaseRenewMsg>(frame);
-        REQUIRE(renew.ok());
-        common::LeaseGrantedMsg granted;
-        granted.lease = renew->lease;
-        granted.dtu = dtu;
-        granted.device = "1-1";
-        granted.holder = "svc[77]@C";
-        granted.expires_in_ms = renew->length_ms;
-        self->link->reply(frame, common::to_frame(granted));
-      } else if (frame.type == MessageType::lease_release) {
-        auto release = common::from_frame<common::LeaseReleaseMsg>(frame);
-        REQUIRE(release.ok());
-        self->released.push_back(release->lease);
-        self->link->reply(frame, common::to_frame(common::AckMsg{}));
-        self->link->post(0, common::to_frame(common::LeaseEndedMsg{dtu, release->lease, "1-1", 0, "released"}),
-                         std::chrono::seconds(5), [](common::Result<Frame>) {});
-      }
-    });
-    fake->link->start([](const common::Error&) {});
-    fake->link->request(0, common::to_frame(common::DtuHelloMsg{dtu, "test", 100}), std::chrono::seconds(5),
-                        [](common::Result<Frame>) {});
+    FakeDtu::Options options;
+    options.boot_epoch = 100;
+    options.renew_holder = "svc[77]@C";
+    options.inband = "127.0.0.1:4711";
+    options.end_on_release = true;
+    auto fake = FakeDtu::connect(
+        io_,
+        [this](LocalSocket socket, Side side, std::string peer) {
+          return make_link(std::move(socket), side, std::move(peer));
+        },
+        dtu, m.id(), m.devices, std::move(hooks), std::move(options));
     REQUIRE(run_until([&] { return m.dtus.contains(dtu); }));
     m.group.dtu_active(dtu, common::Stamp{100, ++next_seq, 0});
     return fake;
@@ -656,8 +612,8 @@ TEST_CASE("A client that closes releases its remote leases at the owner") {
   REQUIRE(g.run_until([&] { return granted.has_value(); }));
   REQUIRE(granted->ok());
   c.group.holder_closed(holder.get());
-  REQUIRE(g.run_until([&] { return dtu->released.size() == 1; }));
-  CHECK(dtu->released[0] == (*granted)->lease);
+  REQUIRE(g.run_until([&] { return dtu->releases.size() == 1; }));
+  CHECK(dtu->releases[0].lease == (*granted)->lease);
   REQUIRE(g.run_until([&] { return a.leases.size() == 0; }));
   CHECK(holder->events.empty());  // nobody is left to tell
 }

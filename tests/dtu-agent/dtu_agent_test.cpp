@@ -22,6 +22,7 @@
 #include "dtu/common/net.hpp"
 #include "dtu/common/tls.hpp"
 #include "support/async_client.hpp"
+#include "support/psk_link.hpp"
 #include "support/log_capture.hpp"
 
 // DtuAgent against fake managers: TLS-PSK listeners in this process on 127.0.0.61-69 that say
@@ -497,24 +498,9 @@ TEST_CASE("DtuAgent leaves a manager that sends dtu_move and keeps its leases an
     auto open_channel =
         [](asio::any_io_executor ex, common::Endpoint at, std::string lease, Bytes token,
            std::optional<Result<std::shared_ptr<common::Link>>>& out) -> asio::awaitable<void> {
-      auto connect = common::tcp_connect(at, seconds(5));
-      auto socket = co_await std::move(connect);
-      if (!socket.ok()) {
-        out.emplace(socket.error());
-        co_return;
-      }
-      auto tls = common::make_psk_client_context();
-      auto handshake = common::tls_connect(std::move(socket.value()), *tls, lease, token, seconds(5));
-      auto transport = co_await std::move(handshake);
-      if (!transport.ok()) {
-        out.emplace(transport.error());
-        co_return;
-      }
-      auto link = common::Link::create(ex, std::move(transport.value()), common::FilamentMux::Side::initiator,
-                                       common::SystemClock::instance(), common::Logger("holder"), "dtu",
-                                       common::Link::Options{});
-      link->start([](const common::Error&) {});
-      out.emplace(link);
+      auto dial = dtu::testing::psk_link(ex, at, lease, token, seconds(5), "holder");
+      auto link = co_await std::move(dial);
+      out.emplace(std::move(link));
     };
     const Bytes token = *common::from_hex(*granted.token);
     common::spawn(

@@ -24,9 +24,9 @@
 #include "dtu/client/inband_channel.hpp"
 #include "dtu/common/inband_messages.hpp"
 #include "dtu/common/net.hpp"
-#include "dtu/common/tls.hpp"
 #include "support/log_capture.hpp"
 #include "support/async_client.hpp"
+#include "support/psk_link.hpp"
 
 // The in-band channel end to end: real TLS over 127.0.0.1 between an InbandServer and the
 // client library's InbandChannel, on one io_context driven by this thread, over a SimBackend
@@ -281,18 +281,10 @@ bool contains(const std::string& text, std::string_view part) {
 asio::awaitable<Result<std::shared_ptr<common::Link>>> raw_link(asio::any_io_executor ex, common::Endpoint at,
                                                                 std::string lease_id, Bytes token,
                                                                 bool hello) {
-  auto dial = common::tcp_connect(at, kGenerous);
-  auto socket = co_await std::move(dial);
-  if (!socket.ok()) co_return socket.error();
-  auto tls = common::make_psk_client_context();
-  auto handshake =
-      common::tls_connect(std::move(socket.value()), *tls, lease_id, std::move(token), kGenerous);
-  auto transport = co_await std::move(handshake);
-  if (!transport.ok()) co_return transport.error();
-  auto link = common::Link::create(ex, std::move(transport.value()), common::FilamentMux::Side::initiator,
-                                   common::SystemClock::instance(), common::Logger("test"), "dtu",
-                                   common::Link::Options{});
-  link->start([](const common::Error&) {});
+  auto dial = dtu::testing::psk_link(ex, at, lease_id, std::move(token), kGenerous, "test");
+  auto opened = co_await std::move(dial);
+  if (!opened.ok()) co_return opened.error();
+  auto link = std::move(opened.value());
   if (hello) {
     auto frame = common::to_frame(common::InbandHelloMsg{lease_id});
     auto request = link->request(0, std::move(frame), kGenerous);
