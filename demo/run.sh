@@ -7,7 +7,10 @@
 # a printer on a remote DTU, lease it through the DTU's manager, print a test page and release
 # it. Then a failover: m3 streams a 4 MB job to dtu-demo-1's printer, m1 (the DTU's manager) is
 # killed with SIGKILL halfway, dtu-demo-1 re-homes to m2, m2 adopts the lease from its signed state
-# token, and the job completes byte-exact; m1 is restarted and rejoins. It keeps running until
+# token, and the job completes byte-exact; m1 is restarted and rejoins. Last, printing through
+# CUPS: a private cupsd (its own config dir and socket, run as an ordinary process) with the `dtu`
+# backend, using m3 as its manager, lists the group's printers (lpinfo -v), gets a queue on
+# dtu-demo-2's printer by serial number, and prints a file to it with lp. It keeps running until
 # Ctrl-C, which stops everything it started.
 #
 #   make demo          # or: demo/run.sh       (runs until Ctrl-C)
@@ -31,7 +34,8 @@ simctl=$BUILD/dtu-agent/dtu-simctl
 ctl=$BUILD/services/devmgrctl
 unit=$BUILD/services/dtu-unit
 sample=$BUILD/services/dtu-sample-service
-for program in "$devmgr" "$agent" "$simctl" "$ctl" "$unit" "$sample"; do
+backend=$BUILD/cups/backend/dtu
+for program in "$devmgr" "$agent" "$simctl" "$ctl" "$unit" "$sample" "$backend"; do
   [[ -x $program ]] || { echo "demo: $program is missing; run 'make build' first" >&2; exit 1; }
 done
 
@@ -77,7 +81,10 @@ jq -n --arg port "$MESH_PORT" '{members: [
 
 step "devmgr m1, m2, m3 on 127.0.0.2-4, all at once (DTU ports chosen by the kernel)"
 for m in m1 m2 m3; do
-  setsid "$devmgr" --id "$m" --dtu-listen "${MANAGER_IPS[$m]}:0" --socket "$run/$m.sock" \
+  # m3's socket is open to every local user: CUPS's backend, which runs as lp, prints through it.
+  mode=0660
+  [[ $m == m3 ]] && mode=0666
+  setsid "$devmgr" --id "$m" --dtu-listen "${MANAGER_IPS[$m]}:0" --socket "$run/$m.sock" --socket-mode "$mode" \
     --site-dtu-key "$run/site-dtu.key" --group "$run/group.json" --group-key "$run/group.key" 2>"$run/$m.log" &
   pids+=($!)
 done
@@ -187,6 +194,62 @@ for m in m1 m2 m3; do
 done
 "$ctl" --socket "$run/m1.sock" group
 
+step "print through CUPS at m3: a private cupsd (own config dir and socket) with the dtu backend"
+# cupsd runs the backend as lp: lp must reach m3's socket (mode 0666 above) through $run.
+chmod 711 "$run"
+cups=$run/cups
+mkdir -p "$cups"/{bin/backend,spool,cache,state,tmp,log}
+for dir in cgi-bin daemon driver filter monitor notifier; do ln -s "/usr/lib/cups/$dir" "$cups/bin/$dir"; done
+install -m 0755 "$backend" "$cups/bin/backend/dtu"
+cat >"$cups/cupsd.conf" <<CONF
+Listen $cups/cups.sock
+Browsing Off
+WebInterface No
+LogLevel info
+<Location />
+  Order allow,deny
+  Allow localhost
+</Location>
+CONF
+cat >"$cups/cups-files.conf" <<CONF
+ServerRoot $cups
+ServerBin $cups/bin
+DataDir /usr/share/cups
+RequestRoot $cups/spool
+CacheDir $cups/cache
+StateDir $cups/state
+TempDir $cups/tmp
+ErrorLog $cups/log/error_log
+AccessLog $cups/log/access_log
+PageLog $cups/log/page_log
+SystemGroup root
+User lp
+Group lp
+Sandboxing Relaxed
+# Backends get no other environment; here (not in cupsd.conf) it reaches lpinfo's runs too.
+SetEnv DTUBROKER_SOCKET $run/m3.sock
+CONF
+setsid cupsd -f -c "$cups/cupsd.conf" -s "$cups/cups-files.conf" 2>"$run/cupsd.log" &
+pids+=($!)
+lpc() { CUPS_SERVER=$cups/cups.sock "$@"; }
+wait_until "$SETTLE_SECONDS" lpc lpstat -r >/dev/null 2>&1 || fail "cupsd did not start"
+echo "lpinfo -v (the dtu backend asks m3, which finds the printers group-wide):"
+lpc lpinfo --include-schemes dtu -v | tee "$run/lpinfo.out"
+uri=$(awk -v dtu="$DTU2" '$2 ~ "^dtu://" dtu "/sn=PRN0001/" { print $2; exit }' "$run/lpinfo.out")
+[[ -n $uri ]] || fail "lpinfo -v did not list $DTU2's printer"
+lpc lpadmin -p dtu-demo-printer -E -v "$uri" -m raw 2>/dev/null || fail "lpadmin could not add the queue"
+echo "queue dtu-demo-printer on $uri (a raw queue: the file goes to the printer as it is)"
+job_text=$'dtubroker through CUPS: lp at m3 -> cupsd -> dtu backend -> lease through the DTU\'s manager -> in-band.\r\n\f'
+printf '%s' "$job_text" >"$run/cups-job.prn"
+before_cups=$(captured_hex "$DTU2" 1-1)
+lpc lp -d dtu-demo-printer "$run/cups-job.prn"
+job_done() { [[ -z $(lpc lpstat -o dtu-demo-printer 2>/dev/null) ]]; }
+wait_until 30 job_done || fail "the CUPS job did not complete: $(lpc lpstat -l -o dtu-demo-printer 2>&1)"
+expected=$before_cups$(od -An -v -tx1 "$run/cups-job.prn" | tr -d ' \n')
+[[ $(captured_hex "$DTU2" 1-1) == "$expected" ]] || fail "$DTU2's printer did not receive the CUPS job byte-exact"
+lpc lpstat -W completed -o dtu-demo-printer
+echo "$DTU2's printer received the ${#job_text}-byte job from CUPS, byte-exact"
+
 if [[ -n $ONCE ]]; then
   step "demo passed"
   exit 0
@@ -200,7 +263,8 @@ The demo keeps running. In another terminal:
   echo hello | $unit --socket $run/m1.sock --dtu $DTU --device 1-1 --unit 0 write
   $unit --socket $run/m1.sock --dtu $DTU --device 1-1 --unit 0 device-id
   $sample --socket $run/m1.sock            (or --hold, and watch: $ctl --socket $run/m1.sock leases)
-Logs: $run/m1.log, m2.log, m3.log, $run/$DTU.log, $run/$DTU2.log
+  CUPS_SERVER=$cups/cups.sock lp -d dtu-demo-printer FILE    (and lpstat -p, lpinfo -v)
+Logs: $run/m1.log, m2.log, m3.log, $run/$DTU.log, $run/$DTU2.log, $cups/log/error_log
 Press Ctrl-C to stop.
 TEXT
 while true; do

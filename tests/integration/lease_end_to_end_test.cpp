@@ -228,12 +228,12 @@ TEST_CASE("dtu-unit prints stdin in-band, reads a printer's device id, and says 
   CHECK(id.exit_code == 0);
   CHECK(id.out.find("MDL:Stylus Test Printer") != std::string::npos);
 
-  // Held by a service: dtu-unit fails with 1 and names the holder.
+  // Held by a service: dtu-unit says busy (exit 4) and names the holder.
   AsyncClient c;
   auto service = connect(c, m, "print-service");
   REQUIRE(allocate(c, *service, "1-1", 0).ok());
   auto busy = dtu::testing::run_command(with({"device-id"}), kSettle);
-  CHECK(busy.exit_code == 1);
+  CHECK(busy.exit_code == 4);
   CHECK(busy.err.find("held by print-service[") != std::string::npos);
   auto usage = dtu::testing::run_command({unit, "write"}, kSettle);
   CHECK(usage.exit_code == 2);
