@@ -877,9 +877,13 @@ void GroupBroker::holder_closed(const LeaseHolder* holder) {
   }
   for (const auto& [lease, held] : gone) {
     if (held.keep) continue;
-    // The DTU re-homed here since the grant: the local LeaseBroker adopted the lease, bound it to
-    // this client and has just released it (context_.leases->holder_closed above).
-    if (context_.dtu_is_local(held.dtu)) continue;
+    // The DTU re-homed here since the grant: the local LeaseBroker adopted the lease. Bound to
+    // this client, it was released just now (context_.leases->holder_closed above); bound to
+    // nobody (the client closed first, or its token named several clients), release it here.
+    if (context_.dtu_is_local(held.dtu)) {
+      context_.leases->release_unbound(held.dtu, lease);
+      continue;
+    }
     // It re-homed to another peer: that one holds the lease now, not the one that granted it.
     const std::string owner = owner_of(held.dtu).value_or(held.peer);
     log_.info("", "lease_holder_gone", {{"lease", lease}, {"dtu", held.dtu}, {"owner", owner}});

@@ -100,6 +100,7 @@ void LeaseBroker::set_local_holders(LocalHolders list) {
 void LeaseBroker::bind(Held& held, const std::shared_ptr<LeaseHolder>& client) {
   held.client = client;
   held.client_key = client.get();
+  held.releasing = false;
 }
 
 std::optional<common::Stamp> LeaseBroker::fence_of(const DtuSession& dtu) {
@@ -522,6 +523,7 @@ void LeaseBroker::holder_closed(const LeaseHolder* client) {
     // pass for the holder. Only the uid rule remains until the DTU confirms the end.
     lease.client_key = nullptr;
     lease.client.reset();
+    lease.releasing = !lease.keep;
     if (!lease.keep) held.emplace_back(lease.dtu, id);
   }
   for (const auto& [dtu, lease] : held) {
@@ -530,6 +532,18 @@ void LeaseBroker::holder_closed(const LeaseHolder* client) {
       if (!r.ok()) log_.warn("", "lease_release_failed", {{"lease", lease}, {"reason", r.error().describe()}});
     });
   }
+}
+
+void LeaseBroker::release_unbound(const std::string& dtu, const std::string& lease) {
+  auto it = leases_.find(lease);
+  if (it == leases_.end() || it->second.dtu != dtu) return;
+  Held& held = it->second;
+  if (held.keep || held.releasing || held.client_key != nullptr) return;
+  held.releasing = true;
+  log_.info("", "lease_holder_gone", {{"lease", lease}, {"dtu", dtu}});
+  send_release(dtu, lease, [this, lease](common::Result<void> r) {
+    if (!r.ok()) log_.warn("", "lease_release_failed", {{"lease", lease}, {"reason", r.error().describe()}});
+  });
 }
 
 void LeaseBroker::lease_ended(const common::LeaseEndedMsg& ended) {

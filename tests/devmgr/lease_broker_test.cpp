@@ -531,6 +531,44 @@ TEST_CASE("Several connected clients of the lease's uid: the token's pid and pro
   }
 }
 
+TEST_CASE("release_unbound releases an adopted lease nobody holds, once, and leaves bound and kept ones") {
+  dtu::testing::LogCapture log;
+  Site site;
+  auto token = common::sign_state_token(token_for("M", 1234, "svc[77]@M"), site.keys);
+  REQUIRE(token.ok());
+  common::StateToken kept_terms = token_for("M", 1234, "svc[77]@M");
+  kept_terms.keep = true;
+  auto kept_token = common::sign_state_token(kept_terms, site.keys);
+  REQUIRE(kept_token.ok());
+  // Nobody connected: L9 and the kept L8 are adopted unbound.
+  auto dtu = site.attach("dtu-1", {report("L9", "svc[77]@M", *token), report("L8", "svc[77]@M", *kept_token)});
+  REQUIRE(site.leases.size() == 2);
+  CHECK_FALSE(log.has({"lease_bound"}));
+
+  site.leases.release_unbound("dtu-1", "L8");  // kept: stays
+  site.leases.release_unbound("dtu-2", "L9");  // another DTU's lease of that id: not this one
+  site.leases.release_unbound("dtu-1", "L9");
+  site.leases.release_unbound("dtu-1", "L9");  // asked twice: released once
+  REQUIRE(site.run_until([&] { return !dtu->releases.empty(); }));
+  site.settle();
+  REQUIRE(dtu->releases.size() == 1);
+  CHECK(dtu->releases[0].lease == "L9");
+  CHECK(log.count({"lease_holder_gone", "L9"}) == 1);
+
+  // A lease bound to a connected client is that client's to release.
+  auto service = std::make_shared<Holder>(1234, "svc[77]@M");
+  site.connected = {service};
+  common::StateToken terms2 = token_for("M", 1234, "svc[77]@M");
+  terms2.dtu = "dtu-2";
+  auto token2 = common::sign_state_token(terms2, site.keys);
+  REQUIRE(token2.ok());
+  auto dtu2 = site.attach("dtu-2", {report("L7", "svc[77]@M", *token2)});
+  REQUIRE(site.leases.holds(service.get()));
+  site.leases.release_unbound("dtu-2", "L7");
+  site.settle();
+  CHECK(dtu2->releases.empty());
+}
+
 TEST_CASE("A lease of a peer's service is never bound to a local client of the same uid") {
   dtu::testing::LogCapture log;
   Site site;

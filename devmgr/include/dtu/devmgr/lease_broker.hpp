@@ -131,6 +131,12 @@ class LeaseBroker {
   // lease it holds (but kept ones). A DTU that is not connected cannot be told; its lease then
   // ends by expiry on the DTU.
   void holder_closed(const LeaseHolder* holder);
+  // A lease of a DTU connected here whose holder, a client of this manager, just closed — but
+  // which adopt() bound to nobody (the client closed before the DTU re-homed here, or several
+  // clients matched its token): released at the DTU as the client's close would have, unless
+  // kept or held by a client now. Logged lease_holder_gone. GroupBroker calls it for the remote
+  // leases of a closing client whose DTU has moved here.
+  void release_unbound(const std::string& dtu, const std::string& lease);
   // A DTU reports that a lease ended: forget it and tell the holder.
   void lease_ended(const common::LeaseEndedMsg& ended);
   // A device record changed: a unit that became free hands itself to its first waiter.
@@ -169,6 +175,7 @@ class LeaseBroker {
     common::MonoTime expires{};
     std::string rule;      // the policy rule that allowed it ("" when adopted without a token)
     bool unowned = false;  // adopted without a valid token: only resume_lease takes it
+    bool releasing = false;  // its holder closed and the release went to the DTU
   };
   using UnitKey = std::tuple<std::string, std::string, std::uint32_t>;  // (dtu, device, unit)
   struct Waiter;
