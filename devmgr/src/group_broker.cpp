@@ -833,6 +833,19 @@ void GroupBroker::resume(const std::shared_ptr<LeaseHolder>& holder, common::Res
 }
 
 void GroupBroker::release(const std::shared_ptr<LeaseHolder>& holder, common::ReleaseMsg request, Done<void> done) {
+  if (!context_.dtu_is_local(request.dtu) && !ownership_.contains(request.dtu)) {
+    // A DTU no manager claims now: a lease this manager does not know may live on at the DTU,
+    // which is between managers (failover, drain) and is adopted where it connects next; the
+    // holder retries an unavailable release (not_found would be final, and the unit stay held
+    // until its expiry).
+    const std::string dtu = request.dtu;
+    return context_.leases->release(
+        holder, std::move(request), [dtu, done = std::move(done)](common::Result<void> released) {
+          if (released.ok() || released.error().code != Errc::not_found) return done(std::move(released));
+          done(Error(Errc::unavailable,
+                     "DTU " + dtu + " has no known manager now (it may be moving): " + released.error().detail));
+        });
+  }
   // A DTU no manager claims now is answered here as before the group: its lease may be one this
   // manager knows, and the DTU may come back (unavailable: retry).
   if (context_.dtu_is_local(request.dtu) || !ownership_.contains(request.dtu)) {

@@ -1,9 +1,12 @@
 #include "fault_history.hpp"
 
 #include <algorithm>
+#include <optional>
+
 #include <cstdio>
 #include <limits>
 #include <sstream>
+#include "fault_pattern.hpp"
 
 namespace dtu::testing::faults {
 namespace {
@@ -161,6 +164,8 @@ WorkloadHistory parse_history(std::string_view workload, std::string_view jsonl)
         l.unit = {j.at("dtu").get<std::string>(), j.at("device").get<std::string>(),
                   j.at("unit").get<std::uint32_t>()};
         l.granted_us = t;
+        if (j.contains("seed")) l.seed = j.at("seed").get<std::uint64_t>();
+        if (j.contains("job")) l.job = j.at("job").get<std::uint64_t>();
         by_lease[l.lease] = h.leases.size();
         h.leases.push_back(std::move(l));
         continue;
@@ -199,7 +204,21 @@ WorkloadHistory parse_history(std::string_view workload, std::string_view jsonl)
       } else if (ev == "lease_ended") {
         l->lost_us = t;
         l->lost_reason = j.value("reason", std::string());
+      } else if (ev == "renew") {
+        l->renewals.push_back({t, std::nullopt, std::nullopt, {}});
+      } else if (ev == "renewed") {
+        auto open = std::find_if(l->renewals.begin(), l->renewals.end(),
+                                 [](const LeaseHistory::Renewal& r) { return !r.answered_us; });
+        if (open == l->renewals.end()) {
+          h.malformed.push_back(where + ": an answer to a renewal never sent: " + std::string(text));
+          continue;
+        }
+        open->answered_us = t;
+        open->ok = j.at("ok").get<bool>();
+        open->error = j.value("error", std::string());
       } else if (ev == "error") {
+        if (j.value("op", std::string()) == "stream" && j.contains("endpoint"))
+          l->failed_stream = j.at("endpoint").get<std::uint32_t>();
         l->errors.push_back(j.value("op", std::string("?")) + " failed: " + j.value("what", std::string()));
       } else {
         h.malformed.push_back(where + ": unknown event " + ev);
@@ -379,36 +398,129 @@ std::vector<std::string> unanswered_releases(const Facts& facts) {
   return out;
 }
 
+namespace {
+
+// One job streamed (or tried) to a sink: what the sink must hold of it.
+struct SinkJob {
+  const LeaseHistory* lease = nullptr;
+  std::uint64_t length = 0;  // bytes the history says were written; the whole job when failed
+  bool failed = false;       // the stream failed: any prefix of the job may be there
+};
+
+std::string job_text(const SinkJob& j) {
+  return j.lease->workload + "'s job " + (j.lease->job ? std::to_string(*j.lease->job) : std::string("?")) +
+         " (lease " + j.lease->lease + ")";
+}
+
+// Whether `capture` at `at` holds the first bytes (up to a block) of a job of `length` bytes.
+bool starts_job(const std::vector<std::uint8_t>& capture, std::uint64_t at, std::uint64_t seed,
+                std::uint64_t job, std::uint64_t length) {
+  const std::uint64_t n = std::min<std::uint64_t>(8, length);
+  if (at + n > capture.size()) return false;
+  for (std::uint64_t i = 0; i < n; ++i) {
+    if (capture[at + i] != pattern_byte(seed, job, i)) return false;
+  }
+  return true;
+}
+
+// Walks `capture` through `jobs` in order; the first difference, or nullopt when it is exactly
+// the jobs (see check_bytes for what a failed job may leave).
+std::optional<std::string> compare_capture(const SinkKey& sink, const std::vector<std::uint8_t>& capture,
+                                           const std::vector<SinkJob>& jobs) {
+  std::uint64_t at = 0;
+  std::uint64_t expected_total = 0;
+  for (const auto& j : jobs) {
+    if (!j.failed) expected_total += j.length;
+  }
+  for (std::size_t k = 0; k < jobs.size(); ++k) {
+    const SinkJob& j = jobs[k];
+    const std::uint64_t seed = *j.lease->seed;
+    const std::uint64_t job = *j.lease->job;
+    std::uint64_t i = 0;
+    for (; i < j.length && at + i < capture.size(); ++i) {
+      const std::uint8_t want = pattern_byte(seed, job, i);
+      if (capture[at + i] == want) continue;
+      if (j.failed) break;  // the failed stream's prefix ends here
+      return "in-band bytes differ: " + sink.text() + " byte " + std::to_string(at + i) + " is " +
+             hex_byte(capture[at + i]) + ", expected " + hex_byte(want) + " (byte " + std::to_string(i) +
+             " of " + std::to_string(j.length) + " of " + job_text(j) + ")";
+    }
+    if (i < j.length && !j.failed) {
+      return "in-band bytes incomplete: the workloads wrote " + std::to_string(expected_total) +
+             " bytes to " + sink.text() + ", the device captured " + std::to_string(capture.size()) +
+             " (it ends at byte " + std::to_string(i) + " of " + std::to_string(j.length) + " of " +
+             job_text(j) + ")";
+    }
+    if (j.failed && k + 1 < jobs.size()) {
+      // The prefix matched greedily: the next job's first bytes may equal the failed job's
+      // continuation by chance (1/256 a byte). Give back up to a block where the next job starts.
+      const SinkJob& next = jobs[k + 1];
+      for (std::uint64_t back = 0; back <= std::min<std::uint64_t>(i, 8); ++back) {
+        if (starts_job(capture, at + i - back, *next.lease->seed, *next.lease->job, next.length)) {
+          i -= back;
+          break;
+        }
+      }
+    }
+    at += i;
+  }
+  if (at < capture.size()) {
+    return "in-band bytes unexpected: " + sink.text() + " captured " + std::to_string(capture.size()) +
+           " bytes, the jobs streamed to it account for " + std::to_string(at) + "; byte " +
+           std::to_string(at) + " on belongs to no job" +
+           (jobs.empty() ? std::string() : " (the last is " + job_text(jobs.back()) + ")");
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
 std::vector<std::string> check_bytes(const Facts& facts) {
   std::vector<std::string> violations;
-  std::map<SinkKey, std::uint64_t> written;
+  std::map<SinkKey, std::vector<SinkJob>> jobs;
   for (const auto& w : facts.workloads) {
     for (const auto& l : w.leases) {
-      const bool before_reboot = ended_by_reboot(l, facts);
       for (const auto& [endpoint, n] : l.streams) {
         if (n != facts.bytes_per_stream) {
           violations.push_back("short in-band write: " + w.workload + "'s lease " + l.lease + " on " +
                                l.unit.text() + " wrote " + std::to_string(n) + " of " +
                                std::to_string(facts.bytes_per_stream) + " bytes");
         }
-        // A rebooted DTU's sinks count from its restart: only what came after goes into the sum.
-        if (!before_reboot) written[{l.unit.dtu, l.unit.device, endpoint}] += n;
+      }
+      // A rebooted DTU's sinks start again with its restart: only later jobs are in them.
+      if (ended_by_reboot(l, facts)) continue;
+      if (l.streams.empty() && !l.failed_stream) continue;  // nothing was written
+      if (!l.seed || !l.job) {
+        violations.push_back(w.workload + "'s lease " + l.lease +
+                             " streamed, but its grant names no seed and job");
+        continue;
+      }
+      for (const auto& [endpoint, n] : l.streams) {
+        jobs[{l.unit.dtu, l.unit.device, endpoint}].push_back({&l, n, false});
+      }
+      if (l.failed_stream) {
+        jobs[{l.unit.dtu, l.unit.device, *l.failed_stream}].push_back({&l, facts.bytes_per_stream, true});
       }
     }
   }
   std::set<SinkKey> sinks;
-  for (const auto& [sink, n] : written) sinks.insert(sink);
-  for (const auto& [sink, n] : facts.captured) sinks.insert(sink);
+  for (const auto& [sink, j] : jobs) sinks.insert(sink);
+  for (const auto& [sink, c] : facts.captured) sinks.insert(sink);
   for (const auto& sink : sinks) {
-    const auto w = written.contains(sink) ? written.at(sink) : 0;
-    const auto c = facts.captured.contains(sink) ? facts.captured.at(sink) : 0;
-    if (!facts.captured.contains(sink)) {
+    auto& on_sink = jobs[sink];
+    std::stable_sort(on_sink.begin(), on_sink.end(), [](const SinkJob& a, const SinkJob& b) {
+      return a.lease->granted_us < b.lease->granted_us;
+    });
+    const auto c = facts.captured.find(sink);
+    if (c == facts.captured.end()) {
+      std::uint64_t w = 0;
+      for (const auto& j : on_sink) w += j.failed ? 0 : j.length;
       violations.push_back("in-band bytes unaccounted: the workloads wrote " + std::to_string(w) +
                            " bytes to " + sink.text() + " and nobody read its capture");
-    } else if (w != c) {
-      violations.push_back("in-band bytes incomplete: the workloads wrote " + std::to_string(w) +
-                           " bytes to " + sink.text() + ", the device captured " + std::to_string(c));
+      continue;
     }
+    if (auto difference = compare_capture(sink, c->second, on_sink))
+      violations.push_back(std::move(*difference));
   }
   return violations;
 }

@@ -6,8 +6,10 @@
 //      no DTU log shows a second grant of a unit before the first ended;
 //   3. zero allocations lost — every grant ends with the workload's own release (answered ok)
 //      or is still held when the workload stops, and its in-band channel worked throughout;
-//      and in-band byte counts are complete — every stream wrote all its bytes, and the bytes
-//      the workloads wrote to a sink equal what the simulated device captured;
+//      and in-band bytes are complete and intact — every stream wrote all its bytes, and what
+//      each simulated device's sink captured is, byte for byte, the concatenation of the jobs
+//      (fault_pattern.hpp) the histories say were streamed to it, in grant order (check_bytes
+//      says what a failed stream may leave);
 //   2. views equal to the DTUs' truth — compare_view() compares one manager's
 //      `devmgrctl devices --group --json` with what the DTUs report.
 // Pure functions over text and JSON: fault_history_test.cpp feeds them hand-written histories.
@@ -60,8 +62,19 @@ struct LeaseHistory {
   std::optional<std::int64_t> lost_us;  // `lease_ended`: it ended without our release
   std::string lost_reason;
   bool held_at_stop = false;                                     // listed in the final `stop` line
+  std::optional<std::uint64_t> seed;                             // the job this lease streams
+  std::optional<std::uint64_t> job;                              //   (fault_pattern.hpp)
   std::vector<std::pair<std::uint32_t, std::uint64_t>> streams;  // (endpoint, bytes) per stream
+  std::optional<std::uint32_t> failed_stream;                    // endpoint of a stream that failed
   std::vector<std::string> errors;                               // open / stream failures of this lease
+  // Explicit renewals (--renew-ms): when each was sent and, once answered, how.
+  struct Renewal {
+    std::int64_t sent_us = 0;
+    std::optional<std::int64_t> answered_us;
+    std::optional<bool> ok;
+    std::string error;
+  };
+  std::vector<Renewal> renewals;
 };
 
 struct WorkloadHistory {
@@ -87,8 +100,8 @@ struct DtuLogs {
 struct Facts {
   std::vector<WorkloadHistory> workloads;
   std::vector<DtuLogs> dtus;
-  // What each sink captured, in bytes (for a rebooted DTU: since its last start).
-  std::map<SinkKey, std::uint64_t> captured;
+  // What each sink captured (for a rebooted DTU: since its last start).
+  std::map<SinkKey, std::vector<std::uint8_t>> captured;
   // Bytes each stream must write (the workloads' --bytes).
   std::uint64_t bytes_per_stream = 0;
   // DTUs that were rebooted (agent killed and started again), with the monotonic µs of the kill:
@@ -106,7 +119,14 @@ std::vector<std::string> check_single_holder(const Facts& facts);
 std::vector<std::string> check_no_lost_allocation(const Facts& facts);
 // Releases that reached no owner (answered unavailable or timeout), for the report.
 std::vector<std::string> unanswered_releases(const Facts& facts);
-// In-band byte counts: each stream complete, each sink's total equal to the workloads' sum.
+// In-band bytes: each stream complete, and each sink's capture exactly the jobs streamed to it,
+// in grant order: a job the history says was streamed (`bytes`, n) is job_pattern(seed, job, n);
+// a job whose stream failed may have left any prefix of its pattern (the DTU writes nothing of
+// a stream after its first failure: a prefix, never a gap), including none or all of it; a job
+// that never streamed (its channel did not open) left nothing. Jobs of a rebooted DTU from
+// before its reboot are not in its sinks. The first difference of each sink is reported with
+// its position in the capture and in the job (one flipped byte, a lost, repeated, reordered or
+// foreign chunk all show there), as are bytes past the last job.
 std::vector<std::string> check_bytes(const Facts& facts);
 // All of the above.
 std::vector<std::string> check_invariants(const Facts& facts);

@@ -1,26 +1,48 @@
 // The fault suite's history checker on hand-written histories: clean ones pass, and each kind of
-// violation the suite exists to catch (two holders, a lost allocation, short bytes, a view that
-// differs from the DTU) is reported. No process is started.
+// violation the suite exists to catch (two holders, a lost allocation, short bytes, bytes that
+// differ from what was written, a view that differs from the DTU) is reported. No process is
+// started.
 #include "fault_history.hpp"
 
 #include <doctest/doctest.h>
 
 #include <string>
+#include <vector>
+
+#include "fault_pattern.hpp"
 
 namespace {
 
 using namespace dtu::testing::faults;
+using Bytes = std::vector<std::uint8_t>;
 
-// A grant .. bytes .. release .. released sequence of one lease.
+// Each workload's seed in these histories.
+std::uint64_t seed_of(const std::string& w) {
+  return w == "w1" ? 11 : 22;
+}
+
+// A grant (of job `job`) .. bytes .. release .. released sequence of one lease.
 std::string cycle(const std::string& w, const std::string& lease, const std::string& dtu, long t0, long t1,
-                  std::uint64_t bytes = 100) {
+                  std::uint64_t bytes = 100, std::uint64_t job = 1) {
   const std::string unit = R"("dtu":")" + dtu + R"(","device":"1-1","unit":0)";
   return R"({"t":)" + std::to_string(t0) + R"(,"w":")" + w + R"(","ev":"grant","lease":")" + lease + R"(",)" +
-         unit + R"(,"holder":"x"})" + "\n" + R"({"t":)" + std::to_string(t0 + 1) + R"(,"w":")" + w +
-         R"(","ev":"bytes","lease":")" + lease + R"(",)" + unit + R"(,"endpoint":1,"n":)" +
-         std::to_string(bytes) + "}\n" + R"({"t":)" + std::to_string(t1) + R"(,"w":")" + w +
-         R"(","ev":"release","lease":")" + lease + "\"}\n" + R"({"t":)" + std::to_string(t1 + 1) +
-         R"(,"w":")" + w + R"(","ev":"released","lease":")" + lease + R"(","ok":true})" + "\n";
+         unit + R"(,"holder":"x","seed":)" + std::to_string(seed_of(w)) + R"(,"job":)" + std::to_string(job) +
+         "}\n" + R"({"t":)" + std::to_string(t0 + 1) + R"(,"w":")" + w + R"(","ev":"bytes","lease":")" +
+         lease + R"(",)" + unit + R"(,"endpoint":1,"n":)" + std::to_string(bytes) + "}\n" + R"({"t":)" +
+         std::to_string(t1) + R"(,"w":")" + w + R"(","ev":"release","lease":")" + lease + "\"}\n" +
+         R"({"t":)" + std::to_string(t1 + 1) + R"(,"w":")" + w + R"(","ev":"released","lease":")" + lease +
+         R"(","ok":true})" + "\n";
+}
+
+// What job `job` of workload `w` puts on the device, its first `n` bytes.
+Bytes job_bytes(const std::string& w, std::uint64_t job, std::uint64_t n = 100) {
+  return job_pattern(seed_of(w), job, n);
+}
+
+Bytes cat(std::vector<Bytes> parts) {
+  Bytes out;
+  for (const auto& p : parts) out.insert(out.end(), p.begin(), p.end());
+  return out;
 }
 
 std::string stop(const std::string& w, long t, const std::string& held = "") {
@@ -48,7 +70,7 @@ Facts clean_facts() {
   f.workloads.push_back(parse_history("w1", cycle("w1", "L1", "d1", 1000, 2000) + stop("w1", 9000)));
   f.workloads.push_back(parse_history("w2", cycle("w2", "L2", "d1", 3000, 4000) + stop("w2", 9000)));
   f.dtus.push_back({"d1", {kAgentLog}});
-  f.captured[{"d1", "1-1", 1}] = 200;
+  f.captured[{"d1", "1-1", 1}] = cat({job_bytes("w1", 1), job_bytes("w2", 1)});
   return f;
 }
 
@@ -166,14 +188,14 @@ TEST_CASE("The history checker reports short in-band bytes") {
   SUBCASE("a stream wrote less than asked") {
     Facts f = clean_facts();
     f.workloads[0] = parse_history("w1", cycle("w1", "L1", "d1", 1000, 2000, 60) + stop("w1", 9000));
-    f.captured[{"d1", "1-1", 1}] = 160;
+    f.captured[{"d1", "1-1", 1}] = cat({job_bytes("w1", 1, 60), job_bytes("w2", 1)});
     const auto violations = check_bytes(f);
     REQUIRE(violations.size() == 1);
     CHECK(mentions(violations, "short in-band write: w1's lease L1 on d1 1-1 unit 0 wrote 60 of 100 bytes"));
   }
   SUBCASE("the device captured less than the workloads wrote") {
     Facts f = clean_facts();
-    f.captured[{"d1", "1-1", 1}] = 150;
+    f.captured[{"d1", "1-1", 1}].resize(150);
     const auto violations = check_bytes(f);
     REQUIRE(violations.size() == 1);
     CHECK(mentions(violations, "wrote 200 bytes to d1 1-1 OUT 0x01, the device captured 150"));
@@ -182,6 +204,85 @@ TEST_CASE("The history checker reports short in-band bytes") {
     Facts f = clean_facts();
     f.captured.clear();
     CHECK(mentions(check_bytes(f), "nobody read its capture"));
+  }
+}
+
+TEST_CASE("The history checker compares what the device captured with the jobs, byte for byte") {
+  // Chunks of 25 bytes: w1's job 1 is A0..A3, w2's job 1 is B0..B3.
+  const Bytes a = job_bytes("w1", 1);
+  const Bytes b = job_bytes("w2", 1);
+  auto chunk = [](const Bytes& job, int k) {
+    return Bytes(job.begin() + 25 * k, job.begin() + 25 * (k + 1));
+  };
+  auto with_capture = [](Bytes capture) {
+    Facts f = clean_facts();
+    f.captured[{"d1", "1-1", 1}] = std::move(capture);
+    return check_bytes(f);
+  };
+  SUBCASE("the jobs in grant order pass") {
+    CHECK(with_capture(cat({a, b})).empty());
+  }
+  SUBCASE("one flipped byte") {
+    Bytes c = cat({a, b});
+    c[137] ^= 0x01;
+    const auto violations = with_capture(c);
+    REQUIRE(violations.size() == 1);
+    CHECK(mentions(violations, "in-band bytes differ: d1 1-1 OUT 0x01 byte 137"));
+    CHECK(mentions(violations, "byte 37 of 100 of w2's job 1 (lease L2)"));
+  }
+  SUBCASE("a missing chunk") {
+    const auto violations = with_capture(cat({chunk(a, 0), chunk(a, 2), chunk(a, 3), b}));
+    REQUIRE(violations.size() == 1);
+    CHECK(mentions(violations, "byte 25 is"));
+    CHECK(mentions(violations, "of w1's job 1 (lease L1)"));
+  }
+  SUBCASE("a duplicated chunk") {
+    const auto violations =
+        with_capture(cat({chunk(a, 0), chunk(a, 1), chunk(a, 1), chunk(a, 2), chunk(a, 3), b}));
+    REQUIRE(violations.size() == 1);
+    CHECK(mentions(violations, "byte 50 is"));
+  }
+  SUBCASE("a chunk of another job") {
+    const auto violations = with_capture(cat({chunk(a, 0), chunk(b, 1), chunk(a, 2), chunk(a, 3), b}));
+    REQUIRE(violations.size() == 1);
+    CHECK(mentions(violations, "byte 25 is"));
+  }
+  SUBCASE("the jobs in the wrong order") {
+    const auto violations = with_capture(cat({b, a}));
+    REQUIRE(violations.size() == 1);
+    CHECK(mentions(violations, "byte 0 is"));
+  }
+  SUBCASE("bytes after the last job") {
+    const auto violations = with_capture(cat({a, b, chunk(a, 0)}));
+    REQUIRE(violations.size() == 1);
+    CHECK(mentions(violations, "captured 225 bytes, the jobs streamed to it account for 200"));
+  }
+}
+
+TEST_CASE("The history checker accepts a prefix of a job whose stream failed, and nothing else of it") {
+  // w1's stream of L1 failed (the channel closed): a prefix of its job may be on the device.
+  Facts f = clean_facts();
+  std::string text = cycle("w1", "L1", "d1", 1000, 2000);
+  const auto bytes_line = text.find(R"("ev":"bytes")");
+  const auto line_start = text.rfind('\n', bytes_line) + 1;
+  text.replace(line_start, text.find('\n', bytes_line) + 1 - line_start,
+               R"({"t":1002,"w":"w1","ev":"error","op":"stream","lease":"L1","endpoint":1,"code":"closed",)"
+               R"("what":"closed: link lost"})"
+               "\n");
+  f.workloads[0] = parse_history("w1", text + stop("w1", 9000));
+  const Bytes b = job_bytes("w2", 1);
+  SUBCASE("a prefix passes") {
+    for (std::uint64_t n : {0ull, 1ull, 25ull, 64ull, 100ull}) {
+      CAPTURE(n);
+      f.captured[{"d1", "1-1", 1}] = cat({job_bytes("w1", 1, n), b});
+      CHECK(check_bytes(f).empty());
+    }
+  }
+  SUBCASE("a gap in it does not") {
+    Bytes c = job_bytes("w1", 1, 50);
+    c.erase(c.begin() + 10, c.begin() + 20);
+    f.captured[{"d1", "1-1", 1}] = cat({c, b});
+    CHECK(mentions(check_bytes(f), "in-band bytes differ: d1 1-1 OUT 0x01 byte 10"));
   }
 }
 
@@ -195,8 +296,8 @@ TEST_CASE("The history checker excuses leases that ended with their DTU's reboot
       R"({"t":3500,"w":"w1","ev":"lease_ended","lease":"L1","reason":"dtu_lost"})"
       "\n";
   f.workloads[0] = parse_history("w1", lost + stop("w1", 9000));
-  f.reboots["d1"] = 1500;              // L1 ended with the reboot, before w2's grant at 3000
-  f.captured[{"d1", "1-1", 1}] = 100;  // only w2's bytes since the restart
+  f.reboots["d1"] = 1500;                             // L1 ended with the reboot, before w2's grant at 3000
+  f.captured[{"d1", "1-1", 1}] = job_bytes("w2", 1);  // only w2's bytes since the restart
   CHECK(check_invariants(f).empty());
 }
 
@@ -232,4 +333,37 @@ TEST_CASE("compare_view finds what differs from the DTUs' truth") {
   CHECK(mentions(differences, "does not list d1 1-2"));
   // Without units only devices and owners count.
   CHECK(compare_view("m2", stale, truth, false).size() == 3);
+}
+
+TEST_CASE("The history parser pairs explicit renewals with their answers") {
+  const std::string text =
+      R"({"t":1000,"w":"w1","ev":"grant","lease":"L1","dtu":"d1","device":"1-1","unit":0,"holder":"x","seed":11,"job":1})"
+      "\n"
+      R"({"t":2000,"w":"w1","ev":"renew","lease":"L1"})"
+      "\n"
+      R"({"t":2500,"w":"w1","ev":"renewed","lease":"L1","ok":false,"error":"link lost"})"
+      "\n"
+      R"({"t":3000,"w":"w1","ev":"renew","lease":"L1"})"
+      "\n"
+      R"({"t":3001,"w":"w1","ev":"renewed","lease":"L1","ok":true})"
+      "\n"
+      R"({"t":4000,"w":"w1","ev":"renew","lease":"L1"})"
+      "\n"
+      R"({"t":4001,"w":"w1","ev":"renewed","lease":"L2","ok":true})"
+      "\n";
+  const auto h = parse_history("w1", text);
+  REQUIRE(h.leases.size() == 1);
+  const auto& l = h.leases[0];
+  CHECK(l.seed == std::optional<std::uint64_t>(11));
+  CHECK(l.job == std::optional<std::uint64_t>(1));
+  REQUIRE(l.renewals.size() == 3);
+  CHECK(l.renewals[0].sent_us == 2000);
+  CHECK(l.renewals[0].answered_us == std::optional<std::int64_t>(2500));
+  CHECK(l.renewals[0].ok == std::optional<bool>(false));
+  CHECK(l.renewals[0].error == "link lost");
+  CHECK(l.renewals[1].ok == std::optional<bool>(true));
+  CHECK(!l.renewals[2].answered_us);  // still in flight
+  // An answer for a lease never granted is reported.
+  REQUIRE(h.malformed.size() == 1);
+  CHECK(h.malformed[0].find("renewed of a lease never granted") != std::string::npos);
 }

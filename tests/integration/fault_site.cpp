@@ -24,13 +24,35 @@ constexpr SinkUnit kSinkUnits[] = {{"1-1", 0, 0x01}, {"1-2", 0, 0x01}, {"1-2", 1
 // How often convergence is polled (each poll runs devmgrctl once per manager).
 constexpr std::chrono::milliseconds kConvergePoll{50};
 // A workload finishes its iteration (hold, release retried up to a lease length) within this.
-constexpr std::chrono::milliseconds kWorkloadStop{30000};
+constexpr std::chrono::milliseconds kWorkloadStop{30000 * kSlowdown};
+// How long a workload's allocation waits for a held unit, and its requests' deadline.
+constexpr int kWorkloadWaitMs = 6000 * kSlowdown;
+constexpr int kWorkloadTimeoutMs = 5000 * kSlowdown;
 
 std::string read_text(const std::filesystem::path& path) {
   std::ifstream in(path);
   std::ostringstream out;
   out << in.rdbuf();
   return out.str();
+}
+
+// "1b40" -> {0x1b, 0x40}; nullopt when it is not hex.
+std::optional<std::vector<std::uint8_t>> from_hex(const std::string& hex) {
+  if (hex.size() % 2 != 0) return std::nullopt;
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  std::vector<std::uint8_t> out(hex.size() / 2);
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    const int hi = nibble(hex[2 * i]);
+    const int lo = nibble(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    out[i] = static_cast<std::uint8_t>(hi * 16 + lo);
+  }
+  return out;
 }
 
 std::size_t count_lines_with(const std::string& text, const std::string& needle) {
@@ -40,6 +62,10 @@ std::size_t count_lines_with(const std::string& text, const std::string& needle)
 }
 
 }  // namespace
+
+std::string hold_ms(int min_ms, int max_ms) {
+  return std::to_string(min_ms * kSlowdown) + ":" + std::to_string(max_ms * kSlowdown);
+}
 
 std::int64_t monotonic_us() {
   timespec ts{};
@@ -53,7 +79,7 @@ long long ms_since(Clock::time_point from) {
 
 FaultSite::FaultSite(FaultSiteOptions options) : options_(std::move(options)) {
   if (options_.workloads.empty()) {
-    options_.workloads = {{"w1", 0, {}, 11, "300:1500"}, {"w2", 1, {}, 22, "300:1500"}};
+    options_.workloads = {{"w1", 0, {}, 11, hold_ms(300, 1500), 0}, {"w2", 1, {}, 22, hold_ms(300, 1500), 0}};
   }
   site_.set_heartbeat(kHeartbeatMs, kHeartbeatMisses);
   for (std::size_t i = 0; i < kAgents; ++i) {
@@ -78,6 +104,10 @@ FaultSite::~FaultSite() {
 
 std::string FaultSite::history_path(std::size_t w) const {
   return (site_.dir() / (options_.workloads.at(w).name + ".jsonl")).string();
+}
+
+WorkloadHistory FaultSite::history(std::size_t w) const {
+  return parse_history(options_.workloads.at(w).name, read_text(history_path(w)));
 }
 
 std::vector<std::string> FaultSite::agent_argv_managers(const std::vector<std::size_t>& order) const {
@@ -133,9 +163,13 @@ void FaultSite::start_workloads(std::size_t grants_each) {
                                      "--lease-ms",
                                      std::to_string(kLeaseMs),
                                      "--wait-ms",
-                                     "6000",
+                                     std::to_string(kWorkloadWaitMs),
+                                     "--timeout-ms",
+                                     std::to_string(kWorkloadTimeoutMs),
                                      "--hold-ms",
-                                     spec.hold};
+                                     spec.hold,
+                                     "--renew-ms",
+                                     std::to_string(spec.renew_ms)};
     std::vector<std::size_t> agents = spec.agents;
     if (agents.empty()) {
       for (std::size_t i = 0; i < kAgents; ++i) agents.push_back(i);
@@ -268,11 +302,14 @@ std::vector<std::string> FaultSite::view_differences(bool units) {
     for (auto& d : compare_view(managers_[k]->id, views[k], after, units)) all.push_back(std::move(d));
   }
   if (!all.empty()) return all;
-  // Equal to the truth after the views; it must not have moved while they were taken.
+  // Equal to the truth after the views; it must not have moved while they were taken (without
+  // `units`: only owners and devices count, leases come and go with the workloads).
   for (const auto& [dtu, t] : before) {
     const auto& a = after.at(dtu);
-    if (t.owner != a.owner || t.devices != a.devices)
-      return {"DTU " + dtu + " changed while the views were read"};
+    bool same = t.owner == a.owner && t.devices.size() == a.devices.size();
+    for (auto i = t.devices.begin(), j = a.devices.begin(); same && i != t.devices.end(); ++i, ++j)
+      same = i->first == j->first && (!units || i->second == j->second);
+    if (!same) return {"DTU " + dtu + " changed while the views were read"};
   }
   return {};
 }
@@ -335,8 +372,9 @@ Facts FaultSite::facts() {
       auto r = site_.simctl(*agents_[i].back(), {"captured", u.device, endpoint});
       if (r.exit_code != 0) continue;  // reported by check_bytes as unaccounted if written to
       const auto answer = nlohmann::json::parse(r.out, nullptr, false);
-      if (answer.is_discarded() || !answer.contains("bytes")) continue;
-      f.captured[{dtu_ids_[i], u.device, u.endpoint}] = answer.at("bytes").get<std::uint64_t>();
+      if (answer.is_discarded() || !answer.contains("hex") || !answer.at("hex").is_string()) continue;
+      auto bytes = from_hex(answer.at("hex").get<std::string>());
+      if (bytes) f.captured[{dtu_ids_[i], u.device, u.endpoint}] = std::move(*bytes);
     }
   }
   return f;
@@ -350,8 +388,11 @@ void FaultSite::check_history(const std::string& scenario) {
     leases += w.leases.size();
     allocate_errors += w.allocate_errors;
   }
+  std::uint64_t compared = 0;
+  for (const auto& [sink, bytes] : f.captured) compared += bytes.size();
   MESSAGE(scenario << ": " << leases << " leases in the histories, " << allocate_errors
-                   << " allocation attempts refused or failed (allowed: nothing was granted)");
+                   << " allocation attempts refused or failed (allowed: nothing was granted); " << compared
+                   << " captured bytes on " << f.captured.size() << " sinks compared with the jobs");
   CHECK_MESSAGE(leases > 0, scenario << ": the workloads got no lease at all");
   for (const auto& r : unanswered_releases(f)) {
     MESSAGE(scenario << ": a release reached no owner (the DTU ends that lease at its expiry): " << r);

@@ -23,16 +23,32 @@
 
 namespace dtu::testing::faults {
 
-// Heartbeats of the fault suite: a link is dead after 300 ms x 3 silent intervals.
-inline constexpr int kHeartbeatMs = 300;
+// How much slower than a release build the programs run: sanitizer builds
+// (tests/integration/CMakeLists.txt defines DTU_FAULT_SLOWDOWN for DTU_SANITIZE and DTU_TSAN) run
+// every scenario with heartbeats, leases, hold times and deadlines this many times longer, so
+// that the same invariants hold there, the convergence bound (two heartbeat timeouts) included.
+#ifdef DTU_FAULT_SLOWDOWN
+inline constexpr int kSlowdown = DTU_FAULT_SLOWDOWN;
+#else
+inline constexpr int kSlowdown = 1;
+#endif
+// Heartbeats of the fault suite: a link is dead after 300 ms x 3 silent intervals (x kSlowdown).
+inline constexpr int kHeartbeatMs = 300 * kSlowdown;
 inline constexpr int kHeartbeatMisses = 3;
 // Leases are short so that failovers fall inside them and renewals happen often (every 1 s).
-inline constexpr std::uint32_t kLeaseMs = 3000;
+inline constexpr std::uint32_t kLeaseMs = 3000 * kSlowdown;
 // Bytes each workload streams in-band per lease (several 64 KiB chunks, so a failover can fall in
 // the middle of a stream); dtu-simctl answers a sink's whole capture, up to kSimControlMaxAnswer.
 inline constexpr std::uint64_t kStreamBytes = 256 * 1024;
 // How long the suite waits for a step a healthy or healing group takes at once.
-inline constexpr std::chrono::milliseconds kStepDeadline{15000};
+inline constexpr std::chrono::milliseconds kStepDeadline{15000 * kSlowdown};
+
+// `ms` scaled by kSlowdown, for the margins a scenario keeps around a due time.
+constexpr std::chrono::milliseconds slow(int ms) {
+  return std::chrono::milliseconds(ms * kSlowdown);
+}
+// A workload's --hold-ms MIN:MAX, scaled by kSlowdown.
+std::string hold_ms(int min_ms, int max_ms);
 
 using Clock = std::chrono::steady_clock;
 
@@ -46,7 +62,8 @@ struct WorkloadSpec {
   std::size_t manager = 0;          // index of the manager whose socket it talks to
   std::vector<std::size_t> agents;  // DTUs whose units it picks from (empty: every DTU)
   std::uint64_t seed = 1;
-  std::string hold = "300:1500";  // ms it keeps each lease after streaming, MIN:MAX
+  std::string hold = "300:1500";  // ms it keeps each lease after streaming, MIN:MAX (hold_ms())
+  int renew_ms = 0;               // it also renews each lease itself this often (0: only the library)
 };
 
 struct FaultSiteOptions {
@@ -86,6 +103,8 @@ class FaultSite {
   const std::string& dtu(std::size_t i) const { return dtu_ids_.at(i); }
   const std::string& workload_name(std::size_t w) const { return options_.workloads.at(w).name; }
   std::string history_path(std::size_t w) const;
+  // Workload `w`'s history as recorded so far.
+  WorkloadHistory history(std::size_t w) const;
   // The manager ids the DTU's agent lists, in its order.
   std::vector<std::size_t> agent_order(std::size_t i) const { return orders_.at(i); }
   // The manager (id) DTU `i` says it is connected to now; empty when none.

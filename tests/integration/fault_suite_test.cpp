@@ -1,18 +1,41 @@
 // The fault suite (issue 6, DESIGN.md §6 and §10): real devmgr, dtu-agent and workload processes
 // (fault_site.hpp); a fault under load; then the invariants on what was recorded — never two
-// holders of a unit, no allocation lost, in-band byte counts complete (fault_history.hpp) — and
-// every manager's view equal to the DTUs' truth within two heartbeat timeouts after healing.
+// holders of a unit, no allocation lost, every in-band byte on the simulated devices exactly as
+// the workloads wrote it (seeded per-job patterns, compared byte for byte: fault_history.hpp) —
+// and every manager's view equal to the DTUs' truth within two heartbeat timeouts after healing.
 // Each scenario prints its measured detection and re-home times (by polling the logs from the
 // test: the managers' own clocks may be skewed); none is asserted against a number.
 //
-// Deterministic seeds (the workloads' unit and hold choices), bounded loops, loopback addresses
-// 127.0.0.100-117, and for the partition a private network namespace of the test's own.
+//   1. kill -9 m1 under load, restart it: its DTUs and peers notice, the DTUs re-home, views
+//      converge.
+//   2. SIGSTOP m2 just before a renewal of w2's lease (on m2's own DTU 2) is due, until DTU 2 has
+//      re-homed and its new owner adopted the lease, then SIGCONT: m2 wakes with the renewal
+//      queued and handles it as DTU 2's stale owner; it must be refused (in practice it dies on
+//      m2's dead DTU link, or m2 no longer knows the lease; a stale op reaching the DTU would be
+//      `lease_fenced`), m2 must drop DTU 2, and the lease must live on (later renewals succeed).
+//   3. m3 partitioned (nft in a private network namespace), then healed: both sides notice.
+//   4. DTU 1 power-cut and restarted at m2 within one heartbeat period while m1 still holds
+//      its old link: m1 gives it up for the newer claim (ownership_lost).
+//   5. Managers at +5 min / -5 min (libfaketime): the universal clock converges on the median,
+//      a rebooted DTU's new claim wins at the manager 10 min behind, and a +10 min wall-clock
+//      jump ends no lease.
+//   6. w1 at m1 holds a lease on DTU 2 (owned by m2) past its length: m2 is stopped just before
+//      the renewal is due, the renewal is seen in flight to m2 (sent, unanswered, m1 still sees
+//      m2 up), then m2 is killed: the lease is still held at the DTU past its first expiry,
+//      adopted and renewed through the new owner, and w1 never saw it end.
+//   7. Rolling restart: drain, restart, undrain each manager in turn.
+//
+// Sanitizer builds scale every heartbeat, lease and deadline by kSlowdown (fault_site.hpp).
+// Deterministic seeds (the workloads' unit and hold choices and stream contents), bounded loops,
+// loopback addresses 127.0.0.100-117, and for the partition a private network namespace of the
+// test's own.
 #include <fcntl.h>
 #include <sched.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <csignal>
+#include <cstdlib>
 #include <fstream>
 #include <iterator>
 #include <optional>
@@ -36,7 +59,7 @@ using std::chrono::milliseconds;
 
 // How long a failover may take before the scenario gives up waiting for it (not a bound on
 // the failover: the times are printed, only their existence is asserted).
-constexpr milliseconds kFailoverDeadline{15000};
+constexpr milliseconds kFailoverDeadline{15000 * kSlowdown};
 
 // What a failover of manager `victim` looked like from outside, in ms after the fault.
 struct Failover {
@@ -165,6 +188,65 @@ class PrivateNetwork {
   int original_ = -1;
 };
 
+// The lease workload `w` holds now: its last grant, neither given up nor ended.
+std::optional<LeaseHistory> held_lease(FaultSite& fs, std::size_t w) {
+  const auto h = fs.history(w);
+  if (h.leases.empty()) return std::nullopt;
+  const auto& l = h.leases.back();
+  if (l.given_up_us || l.lost_us) return std::nullopt;
+  return l;
+}
+
+// Waits (bounded) until workload `w` holds a lease granted at most `fresh` ago; nullopt at the
+// deadline.
+std::optional<LeaseHistory> fresh_lease(FaultSite& fs, std::size_t w, milliseconds fresh) {
+  std::optional<LeaseHistory> out;
+  eventually(
+      [&] {
+        out = held_lease(fs, w);
+        return out && monotonic_us() - out->granted_us <= fresh.count() * 1000;
+      },
+      kFailoverDeadline, milliseconds(10));
+  if (out && monotonic_us() - out->granted_us > fresh.count() * 1000) out.reset();
+  return out;
+}
+
+// The renewals of a lease (the client library's, and the workload's own with --renew-ms) are due a
+// third of its length after the grant and every third after: the first one due at least
+// `ahead_us` from now, in monotonic µs.
+std::int64_t next_renewal(const LeaseHistory& lease, std::int64_t ahead_us) {
+  const std::int64_t period = kLeaseMs * 1000 / 3;
+  std::int64_t due = lease.granted_us + period;
+  while (due < monotonic_us() + ahead_us) due += period;
+  return due;
+}
+
+void sleep_until_us(std::int64_t monotonic) {
+  const auto left = monotonic - monotonic_us();
+  if (left > 0) std::this_thread::sleep_for(std::chrono::microseconds(left));
+}
+
+// The workload's own renewals of `lease` sent at or after `since_us`, as its history tells them now.
+std::vector<LeaseHistory::Renewal> renewals_since(FaultSite& fs, std::size_t w, const std::string& lease,
+                                                  std::int64_t since_us) {
+  std::vector<LeaseHistory::Renewal> out;
+  for (const auto& l : fs.history(w).leases) {
+    if (l.lease != lease) continue;
+    for (const auto& r : l.renewals) {
+      if (r.sent_us >= since_us) out.push_back(r);
+    }
+  }
+  return out;
+}
+
+// The first of them, if any.
+std::optional<LeaseHistory::Renewal> renewal_since(FaultSite& fs, std::size_t w, const std::string& lease,
+                                                   std::int64_t since_us) {
+  auto all = renewals_since(fs, w, lease, since_us);
+  if (all.empty()) return std::nullopt;
+  return all.front();
+}
+
 // The site of a scenario whose managers are at 127.0.0.<first_octet>, +1, +2.
 FaultSiteOptions options(int first_octet) {
   FaultSiteOptions o;
@@ -181,6 +263,11 @@ Environment faketime(const std::string& offset,
                      const std::optional<std::filesystem::path>& file = std::nullopt) {
   Environment env = {{"LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"},
                      {"FAKETIME_DONT_FAKE_MONOTONIC", "1"}};
+  // Under ASan the preload comes before the ASan runtime: its link-order check would abort the
+  // manager. Appended to what the test inherited (ignored by a build without ASan).
+  const char* asan = std::getenv("ASAN_OPTIONS");
+  env["ASAN_OPTIONS"] = (asan != nullptr && *asan != '\0' ? std::string(asan) + ":" : std::string()) +
+                        "verify_asan_link_order=0";
   if (file) {
     env["FAKETIME_TIMESTAMP_FILE"] = file->string();
     env["FAKETIME_CACHE_DURATION"] = "1";
@@ -215,23 +302,55 @@ TEST_CASE("Fault 1: kill -9 a manager under load, then restart it") {
 
 TEST_CASE("Fault 2: SIGSTOP a manager past the heartbeat timeout, then SIGCONT") {
   const std::string scenario = "fault 2 (SIGSTOP m2)";
-  FaultSite fs(options(103));
+  // w2 at m2 leases only DTU 2's units (m2's own DTU) and holds each lease through renewals,
+  // renewing it itself too; w1 at m1 uses every DTU.
+  auto o = options(103);
+  o.workloads = {{"w1", 0, {}, 11, hold_ms(300, 1500), 0},
+                 {"w2", 1, {1}, 22, hold_ms(6000, 7000), kLeaseMs / 3}};
+  FaultSite fs(o);
   fs.start();
-  fs.start_workloads();
-  // m2: DTU 2 and workload w2's manager.
+  fs.start_workloads(1);
   const auto dtus = fs.dtus_at(1);
-  REQUIRE_MESSAGE(!dtus.empty(), "m2 has no DTU to fail over");
+  REQUIRE_MESSAGE(dtus == std::vector<std::size_t>{1},
+                  scenario << ": m2 does not hold DTU 2 alone: " << dtu_list(fs, dtus));
+  // m2 stops just before a renewal of w2's lease is due: the renewal waits in m2's socket.
+  const auto lease = fresh_lease(fs, 1, milliseconds(kLeaseMs));
+  REQUIRE_MESSAGE(lease.has_value(), scenario << ": w2 holds no lease on DTU 2");
+  const std::int64_t due = next_renewal(*lease, slow(300).count() * 1000);
+  sleep_until_us(due - slow(100).count() * 1000);
   fs.mark();
   const auto t0 = Clock::now();
+  const std::int64_t stopped_us = monotonic_us();
   fs.manager(1).process->signal(SIGSTOP);
+  std::optional<LeaseHistory::Renewal> queued;
+  eventually([&] { return (queued = renewal_since(fs, 1, lease->lease, stopped_us)).has_value(); },
+             kFailoverDeadline, milliseconds(10));
+  MESSAGE(scenario << ": w2 sent a renewal of " << lease->lease << " to the stopped m2 "
+                   << (queued ? std::to_string((queued->sent_us - stopped_us) / 1000) + " ms after SIGSTOP"
+                              : std::string("never")));
   const Failover f = watch_failover(fs, 1, dtus, true, t0);
-  // Past the heartbeat timeout in any case, so that m2 wakes up with stale beliefs.
+  // The DTU's new owner adopts the lease while m2 sleeps.
+  std::optional<std::size_t> adopter;
+  eventually(
+      [&] {
+        for (std::size_t m : {0u, 2u}) {
+          if (fs.logged_since_mark(*fs.manager(m).process, "lease_adopted", "lease", lease->lease))
+            adopter = m;
+        }
+        return adopter.has_value();
+      },
+      kFailoverDeadline);
+  // Past the heartbeat timeout in any case: the DTU and the peers have given m2 up.
   const auto timeout = fs.site().heartbeat_timeout();
-  if (Clock::now() - t0 < 2 * timeout) std::this_thread::sleep_for(2 * timeout - (Clock::now() - t0));
+  if (Clock::now() - t0 < timeout) std::this_thread::sleep_for(timeout - (Clock::now() - t0));
   fs.manager(1).process->signal(SIGCONT);
   const auto healed = Clock::now();
+  const std::int64_t resumed_us = monotonic_us();
   report_failover(fs, scenario, f, dtus, true);
-  MESSAGE(scenario << ": m2 stopped for " << ms_since(t0) << " ms");
+  CHECK_MESSAGE(adopter.has_value(), scenario << ": no manager adopted " << lease->lease << " from DTU 2");
+  MESSAGE(scenario << ": m2 stopped for " << ms_since(t0) << " ms; "
+                   << (adopter ? fs.manager(*adopter).id + " adopted " + lease->lease
+                               : std::string("nobody adopted ") + lease->lease));
 
   // Its stale claims lose: it learns it lost its DTUs (link gone or a newer claim) …
   std::optional<long long> learnt;
@@ -246,6 +365,52 @@ TEST_CASE("Fault 2: SIGSTOP a manager past the heartbeat timeout, then SIGCONT")
       kFailoverDeadline);
   MESSAGE(scenario << ": m2 dropped its DTUs " << ms_text(learnt) << " after SIGCONT");
   CHECK_MESSAGE(learnt.has_value(), scenario << ": m2 never logged dtu_lost or ownership_lost for its DTUs");
+  // … and the renewal it found queued on waking, it handled as DTU 2's owner still: on its dead
+  // link to the DTU, which left it for m3. The DTU never sees it (it takes lease operations only
+  // on its current link, fenced by that link's claim: lease_fenced if one got there), and w2 is
+  // answered with the loss of that link.
+  std::optional<LeaseHistory::Renewal> answered;
+  eventually(
+      [&] {
+        answered = renewal_since(fs, 1, lease->lease, stopped_us);
+        return answered && answered->answered_us;
+      },
+      kFailoverDeadline, milliseconds(10));
+  REQUIRE_MESSAGE((queued && queued->sent_us < resumed_us),
+                  scenario << ": w2 sent no renewal while m2 was stopped");
+  REQUIRE_MESSAGE((answered && answered->answered_us),
+                  scenario << ": the renewal queued at m2 was never answered");
+  const bool fenced = fs.logged_since_mark(*fs.agent(1).process, "lease_fenced");
+  bool stale_claim = false;
+  for (std::size_t m : {0u, 2u}) {
+    stale_claim =
+        stale_claim || fs.logged_since_mark(*fs.manager(m).process, "stale_claim_ignored", "dtu", fs.dtu(1));
+  }
+  MESSAGE(
+      scenario << ": the renewal queued at the stopped m2 was answered "
+               << (*answered->answered_us - resumed_us) / 1000
+               << " ms after SIGCONT: " << (*answered->ok ? std::string("ok") : "refused: " + answered->error)
+               << "; DTU 2 logged lease_fenced: " << std::string(fenced ? "yes" : "no")
+               << ", peers logged stale_claim_ignored for it: " << std::string(stale_claim ? "yes" : "no"));
+  CHECK_MESSAGE(*answered->answered_us >= resumed_us, scenario << ": m2 answered the renewal while stopped?");
+  CHECK_MESSAGE((!*answered->ok || fenced || stale_claim),
+                scenario << ": the renewal m2 handled on waking, as DTU 2's stale owner, was not refused");
+  // The lease lives on at the new owner: a later renewal of it succeeds (through m2, which
+  // forwards it there now).
+  std::string after;  // what the renewals after it got
+  const bool renewed = eventually(
+      [&] {
+        after.clear();
+        for (const auto& r : renewals_since(fs, 1, lease->lease, *answered->answered_us)) {
+          if (!r.ok) continue;
+          if (*r.ok) return true;
+          after += "\n  " + r.error;
+        }
+        return false;
+      },
+      kFailoverDeadline, milliseconds(10));
+  CHECK_MESSAGE(renewed,
+                scenario << ": no renewal of " << lease->lease << " succeeded after m2 woke:" << after);
   // … and everyone, m2 included, agrees with the DTUs.
   fs.check_converged(scenario, "devices and owners", false, healed);
   finish(fs, scenario);
@@ -382,8 +547,8 @@ TEST_CASE(
         },
         kFailoverDeadline);
     MESSAGE(scenario << ": universal clock corrections " << offsets);
-    REQUIRE_MESSAGE(agreed, scenario << ": the managers' universal clocks did not converge on the median: "
-                                     << offsets);
+    REQUIRE_MESSAGE(
+        agreed, scenario << ": the managers' universal clocks did not converge on the median: " << offsets);
   }
   fs.start_workloads();
   // DTU 1 at m1 (+5 min) reboots to m3 (-5 min): its new claim must beat the old one although
@@ -423,34 +588,83 @@ TEST_CASE(
 
 TEST_CASE("Fault 6: the owner manager dies during a lease renewal") {
   const std::string scenario = "fault 6 (m2 dies mid-renewal)";
-  // w1 at m1 leases only DTU 2's units (owned by m2) and holds each lease through renewals;
-  // w2 at m3 shares DTU 2 and uses DTU 3.
+  // w1 at m1 leases only DTU 2's units (owned by m2: its renewals go w1 -> m1 -> m2 -> DTU 2) and
+  // holds each lease past its length, renewing it itself too; w2 at m3 shares DTU 2 and uses DTU 3.
   auto o = options(112);
-  o.workloads = {{"w1", 0, {1}, 61, "2500:3500"}, {"w2", 2, {1, 2}, 62, "300:1500"}};
+  o.workloads = {{"w1", 0, {1}, 61, hold_ms(4500, 5500), kLeaseMs / 3},
+                 {"w2", 2, {1, 2}, 62, hold_ms(300, 1500), 0}};
   FaultSite fs(o);
   fs.start();
   fs.start_workloads(1);
   REQUIRE(fs.home_of(1) == fs.manager(1).id);
-  // The next renewal of w1's current lease: a third of its length after the grant (the client
-  // library's schedule), on the monotonic clock the history uses.
-  const auto history = parse_history("w1", [&] {
-    std::ifstream in(fs.history_path(0));
-    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  }());
-  REQUIRE(!history.leases.empty());
-  const auto& lease = history.leases.back();
-  std::int64_t renewal = lease.granted_us + kLeaseMs * 1000 / 3;
-  while (renewal < monotonic_us()) renewal += kLeaseMs * 1000 / 3;
-  std::this_thread::sleep_for(std::chrono::microseconds(renewal - monotonic_us() + 5000));
+  // A lease of w1 whose first renewal is still ahead: m2 stops just before it is due.
+  const auto lease = fresh_lease(fs, 0, milliseconds(kLeaseMs / 3) - slow(400));
+  REQUIRE_MESSAGE(lease.has_value(), scenario << ": w1 got no lease on DTU 2");
+  const std::int64_t due = next_renewal(*lease, slow(200).count() * 1000);
+  const std::int64_t first_expiry = lease->granted_us + kLeaseMs * 1000;
+  REQUIRE(due == lease->granted_us + kLeaseMs * 1000 / 3);
+  sleep_until_us(due - slow(150).count() * 1000);
   fs.mark();
   const auto t0 = Clock::now();
+  const std::int64_t stopped_us = monotonic_us();
+  fs.manager(1).process->signal(SIGSTOP);
+  // The renewal goes out on time; m1 still sees its link to m2 up (m2 has been silent for less
+  // than the heartbeat timeout), so it forwards it to m2, where it waits unanswered.
+  std::optional<LeaseHistory::Renewal> in_flight;
+  eventually([&] { return (in_flight = renewal_since(fs, 0, lease->lease, stopped_us)).has_value(); },
+             kFailoverDeadline, milliseconds(5));
+  REQUIRE_MESSAGE(in_flight.has_value(), scenario << ": w1 did not renew " << lease->lease);
+  const bool m1_saw_m2_down =
+      fs.logged_since_mark(*fs.manager(0).process, "peer_down", "peer", fs.manager(1).id);
+  const bool unanswered = !renewal_since(fs, 0, lease->lease, stopped_us)->answered_us;
+  MESSAGE(scenario << ": renewal of " << lease->lease << " sent " << (in_flight->sent_us - stopped_us) / 1000
+                   << " ms after m2 stopped; in flight to m2 (m1 still sees m2 up: "
+                   << std::string(m1_saw_m2_down ? "no" : "yes")
+                   << ", unanswered: " << std::string(unanswered ? "yes" : "no") << ")");
+  CHECK_MESSAGE((!m1_saw_m2_down && unanswered),
+                scenario << ": the renewal was not in flight to m2 when it was killed");
   fs.site().kill_manager(fs.manager(1));
-  MESSAGE(scenario << ": killed m2 " << (monotonic_us() - renewal) / 1000
-                   << " ms after the scheduled renewal of " << lease.lease << " ("
-                   << std::string(lease.given_up_us ? "already given up" : "held") << ")");
+  const std::int64_t killed_us = monotonic_us();
+  MESSAGE(scenario << ": killed m2 " << (killed_us - due) / 1000 << " ms after the renewal was due");
   const Failover f = watch_failover(fs, 1, {1}, true, t0);
   report_failover(fs, scenario, f, {1}, true);
-  // The lease must live on: w1 keeps renewing it through the new owner.
+  // Past the lease's first expiry (the one before the renewal that met the kill): still held.
+  sleep_until_us(first_expiry + slow(500).count() * 1000);
+  std::optional<std::size_t> adopter;
+  for (std::size_t m : {0u, 2u}) {
+    if (fs.logged_since_mark(*fs.manager(m).process, "lease_adopted", "lease", lease->lease)) adopter = m;
+  }
+  const auto at_dtu = open_leases(fs.agent(1).process->log());
+  bool held_at_dtu = false;
+  for (const auto& [unit, id] : at_dtu) held_at_dtu = held_at_dtu || id == lease->lease;
+  std::optional<LeaseHistory> now;
+  for (const auto& l : fs.history(0).leases) {
+    if (l.lease == lease->lease) now = l;
+  }
+  REQUIRE(now.has_value());
+  std::string renewals;
+  bool renewed_after_kill = false;
+  for (const auto& r : now->renewals) {
+    if (r.sent_us < stopped_us) continue;
+    renewals += "\n  sent +" + std::to_string((r.sent_us - stopped_us) / 1000) + " ms: " +
+                (r.ok ? (*r.ok ? std::string("ok") : "failed: " + r.error) : std::string("unanswered"));
+    renewed_after_kill =
+        renewed_after_kill || (r.ok == std::optional<bool>(true) && *r.answered_us > killed_us);
+  }
+  MESSAGE(scenario << ": " << (monotonic_us() - first_expiry) / 1000 << " ms past its first expiry, "
+                   << lease->lease << " is " << std::string(held_at_dtu ? "held" : "not held")
+                   << " at DTU 2 (now at " << fs.home_of(1) << "; adopted by "
+                   << (adopter ? fs.manager(*adopter).id : std::string("nobody"))
+                   << "); w1's renewals since m2 stopped:" << renewals);
+  CHECK_MESSAGE(held_at_dtu,
+                scenario << ": " << lease->lease << " did not outlive its first expiry at DTU 2");
+  CHECK_MESSAGE(!now->lost_us,
+                scenario << ": w1 saw " << lease->lease << " end (" << now->lost_reason << ")");
+  CHECK_MESSAGE(!now->given_up_us, scenario << ": w1 gave " << lease->lease << " up before its first expiry");
+  CHECK_MESSAGE(adopter.has_value(), scenario << ": no manager adopted " << lease->lease << " from DTU 2");
+  CHECK_MESSAGE(renewed_after_kill, scenario << ": no renewal of " << lease->lease
+                                             << " succeeded through the new owner after m2 died");
+  // The group serves on.
   CHECK_MESSAGE(fs.wait_progress(2), scenario << ": the workloads stalled after the failover");
   fs.site().restart_manager(fs.manager(1));
   fs.check_converged(scenario, "devices and owners", false, Clock::now());

@@ -1,21 +1,28 @@
 // dtu-fault-workload: the device service of the fault suite (tests/integration/fault_suite_test.cpp).
 // It links libdtu-client like any service and loops: pick a unit (seeded), allocate it (waiting
 // while another holder has it), open the lease's in-band channel, stream N bytes to the unit's
-// bulk OUT endpoint, hold the lease a while (the library renews it), release it. Every step is
-// appended to a JSONL history that tests/integration/fault_history.hpp checks:
+// bulk OUT endpoint, hold the lease a while (the library renews it; with --renew-ms the workload
+// also renews it itself, through the same manager), release it. Each lease's stream is one job:
+// job k (k-th grant, from 1) is the pattern job_pattern(seed, k, bytes) of
+// tests/integration/fault_pattern.hpp, so what a device captured can be checked byte by byte.
+// Every step is appended to a JSONL history that tests/integration/fault_history.hpp checks:
 //
-//   {"t": <CLOCK_MONOTONIC µs>, "w": "<name>", "ev": "grant", "lease", "dtu", "device", "unit", "holder"}
+//   {"t": <CLOCK_MONOTONIC µs>, "w": "<name>", "ev": "grant", "lease", "dtu", "device", "unit", "holder",
+//    "seed", "job"}                                     (the job this lease streams)
 //   {"t", "w", "ev": "bytes", "lease", "dtu", "device", "unit", "endpoint", "n"}      (the stream's total)
+//   {"t", "w", "ev": "renew", "lease"}                  (--renew-ms: an explicit renewal is sent)
+//   {"t", "w", "ev": "renewed", "lease", "ok", "error"?}   (its answer)
 //   {"t", "w", "ev": "release", "lease"}                (the workload gives the lease up: from here on
 //                                                          it no longer uses the unit)
 //   {"t", "w", "ev": "released", "lease", "ok", "transient"?, "error"?}   (the manager's answer;
 //                                                          transient: unavailable or timeout)
 //   {"t", "w", "ev": "lease_ended", "lease", "reason"}  (the lease ended without our release: lost)
-//   {"t", "w", "ev": "error", "op": allocate|open|stream, "lease"?, "code", "what"}
+//   {"t", "w", "ev": "error", "op": allocate|open|stream, "lease"?, "endpoint"? (stream), "code", "what"}
 //   {"t", "w", "ev": "stop", "iterations", "held": [lease ids still held]}   (last line on a clean exit)
 //
 //   dtu-fault-workload --socket S --name w1 --history FILE --seed 7 --unit dtu/device/unit ...
 //                      [--iterations K] [--bytes N] [--lease-ms L] [--wait-ms W] [--hold-ms MIN:MAX]
+//                      [--renew-ms R] [--log-level debug|info|warn|error]
 //
 // Stops after K iterations (granted leases) or on SIGTERM/SIGINT, after the iteration under way
 // has released its lease. Every loop is bounded: at most 20 × K allocation attempts.
@@ -41,6 +48,7 @@
 #include <asio/experimental/as_tuple.hpp>
 #include <nlohmann/json.hpp>
 
+#include "../integration/fault_pattern.hpp"
 #include "dtu/client/client.hpp"
 #include "dtu/common/async.hpp"
 #include "dtu/common/clock.hpp"
@@ -83,6 +91,8 @@ struct Options {
   std::uint32_t hold_min_ms = 300;
   std::uint32_t hold_max_ms = 1500;
   std::uint32_t timeout_ms = 5000;
+  std::uint32_t renew_ms = 0;  // explicit renewals every this many ms of a hold (0: none)
+  std::string log_level = "info";
 };
 
 std::int64_t monotonic_us() {
@@ -198,6 +208,7 @@ asio::awaitable<void> use_lease(client::Client& service, History& history, const
   if (!sent.ok()) {
     json f = error_fields("stream", sent.error());
     f["lease"] = lease.id;
+    f["endpoint"] = *out;  // a prefix of the job may have reached it
     history.write("error", f);
     co_return;
   }
@@ -207,6 +218,39 @@ asio::awaitable<void> use_lease(client::Client& service, History& history, const
                           {"unit", lease.unit},
                           {"endpoint", *out},
                           {"n", *sent}});
+}
+
+// Holds `lease` for `hold` from now. With `renew_every` > 0, renews it explicitly every
+// `renew_every` after `granted` meanwhile (writes `renew` before and `renewed` after each), until
+// the hold is over or the lease ended.
+asio::awaitable<void> hold_lease(client::Client& service, History& history, const client::Lease& lease,
+                                 std::chrono::steady_clock::time_point granted,
+                                 std::chrono::milliseconds hold, std::chrono::milliseconds renew_every,
+                                 std::shared_ptr<Shared> shared) {
+  const auto until = std::chrono::steady_clock::now() + hold;
+  auto next = granted + renew_every;
+  while (renew_every.count() > 0 && next < until && !shared->ended.contains(lease.id)) {
+    const auto now = std::chrono::steady_clock::now();
+    if (next > now) {
+      auto pause = sleep_for(std::chrono::ceil<std::chrono::milliseconds>(next - now));
+      co_await std::move(pause);
+    }
+    if (shared->ended.contains(lease.id)) co_return;
+    history.write("renew", {{"lease", lease.id}});
+    auto op = service.renew(lease.id, common::Duration::zero());
+    auto renewed = co_await std::move(op);
+    if (renewed.ok()) {
+      history.write("renewed", {{"lease", lease.id}, {"ok", true}});
+    } else {
+      history.write("renewed", {{"lease", lease.id}, {"ok", false}, {"error", renewed.error().describe()}});
+    }
+    next += renew_every;
+  }
+  const auto now = std::chrono::steady_clock::now();
+  if (now < until) {
+    auto pause = sleep_for(std::chrono::ceil<std::chrono::milliseconds>(until - now));
+    co_await std::move(pause);
+  }
 }
 
 asio::awaitable<int> run(Options o, std::shared_ptr<Shared> shared) {
@@ -235,10 +279,8 @@ asio::awaitable<int> run(Options o, std::shared_ptr<Shared> shared) {
   std::mt19937_64 rng(o.seed);
   std::uniform_int_distribution<std::size_t> pick(0, o.units.size() - 1);
   std::uniform_int_distribution<std::uint32_t> hold(o.hold_min_ms, o.hold_max_ms);
-  common::Bytes payload(o.bytes);
-  for (std::size_t i = 0; i < payload.size(); ++i) payload[i] = static_cast<std::uint8_t>('a' + i % 26);
-
   int done = 0;
+  std::uint64_t job = 0;  // grants so far: the job number of the lease being used
   int attempts = 0;
   while (!shared->stop && done < o.iterations) {
     if (++attempts > kAttemptsPerIteration * o.iterations) {
@@ -262,14 +304,20 @@ asio::awaitable<int> run(Options o, std::shared_ptr<Shared> shared) {
       co_await std::move(pause);
       continue;
     }
+    const auto granted = std::chrono::steady_clock::now();
+    ++job;
     history.write("grant", {{"lease", lease->id},
                             {"dtu", lease->dtu},
                             {"device", lease->device},
                             {"unit", lease->unit},
-                            {"holder", lease->holder}});
+                            {"holder", lease->holder},
+                            {"seed", o.seed},
+                            {"job", job}});
+    const common::Bytes payload = testing::faults::job_pattern(o.seed, job, o.bytes);
     auto use = use_lease(service, history, *lease, payload);
     co_await std::move(use);
-    auto wait = sleep_for(hold_ms);
+    auto wait =
+        hold_lease(service, history, *lease, granted, hold_ms, std::chrono::milliseconds(o.renew_ms), shared);
     co_await std::move(wait);
     if (!shared->ended.contains(lease->id)) {
       auto release = release_lease(service, history, *lease);
@@ -315,6 +363,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 600000));
   app.add_option("--hold-ms", hold_text, "MIN:MAX ms to hold each lease after streaming");
   app.add_option("--timeout-ms", o.timeout_ms, "deadline of each request")->check(CLI::Range(1, 600000));
+  app.add_option("--renew-ms", o.renew_ms, "also renew each lease explicitly every this many ms (0: never)")
+      ->check(CLI::Range(0, 600000));
+  app.add_option("--log-level", o.log_level, "the client library's log level: debug, info, warn or error");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -331,6 +382,12 @@ int main(int argc, char** argv) {
   }
   if (!parse_hold(hold_text, o)) {
     std::cerr << "dtu-fault-workload: --hold-ms " << hold_text << ": expected MIN:MAX with MIN <= MAX\n";
+    return kExitUsage;
+  }
+
+  if (!common::set_log_level(o.log_level)) {
+    std::cerr << "dtu-fault-workload: --log-level " << o.log_level
+              << ": expected debug, info, warn or error\n";
     return kExitUsage;
   }
 
