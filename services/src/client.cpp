@@ -32,6 +32,8 @@ using DeviceKey = std::pair<std::string, std::string>;  // (dtu, device)
 
 // A lease is renewed when this fraction of its length has passed (the issue: "at a third").
 constexpr int kRenewDivisor = 3;
+// The shortest pause between two retries of a renewal or resumption.
+constexpr Duration kMinRetry = std::chrono::milliseconds(50);
 // Margin added to an allocate's wait for the reply's deadline: the manager answers a wait that
 // timed out with the refusal, which must not race our own deadline.
 constexpr Duration kWaitReplyMargin = std::chrono::seconds(2);
@@ -418,7 +420,7 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
         co_return;
       }
       if (!self->is_up()) {  // the supervisor wakes us once reconnected
-        entry.next_action = now + entry.retry.next(self->rng);
+        entry.next_action = self->retry_at(entry, now);
         continue;
       }
       const bool resume = entry.needs_resume;
@@ -442,6 +444,15 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
       self->on_keep_alive_answer(it->second, resume, answer);
       if (!self->leases.contains(id)) co_return;
     }
+  }
+
+  // When to retry a renewal or resumption: after the backoff, but no later than a sixth of the
+  // lease's length before it expires (a backoff grown during a failover must not outlast the
+  // lease), and never sooner than kMinRetry from now.
+  MonoTime retry_at(LeaseEntry& entry, MonoTime now) {
+    const MonoTime backoff = now + entry.retry.next(rng);
+    const MonoTime latest = entry.lease.expires - entry.lease.length / 6;
+    return std::max(now + kMinRetry, std::min(backoff, latest));
   }
 
   void on_keep_alive_answer(LeaseEntry& entry, bool resume, const Result<common::LeaseGrantedMsg>& answer) {
@@ -472,7 +483,7 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
     // restarted): take it over with resume_lease. Transient errors: retry. Both until its expiry.
     if (is_transient(error) || error.code == Errc::not_found) {
       if (error.code == Errc::not_found) entry.needs_resume = true;
-      entry.next_action = now + entry.retry.next(rng);
+      entry.next_action = retry_at(entry, now);
       log.debug("", resume ? "lease_resume_retry" : "lease_renew_retry",
                 {{"lease", id}, {"reason", error.describe()}});
       return;
@@ -503,7 +514,7 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
       // The DTU keeps the lease until it expires: take it over when the DTU is back.
       it->second.needs_resume = true;
       it->second.lost_with_dtu = true;
-      it->second.next_action = clock.now() + it->second.retry.next(rng);
+      it->second.next_action = retry_at(it->second, clock.now());
       it->second.wake->cancel();
       log.info("", "lease_in_doubt", {{"lease", ended.lease}, {"dtu", ended.dtu}});
       return;
