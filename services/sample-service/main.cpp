@@ -25,6 +25,7 @@
 #include "dtu/common/async.hpp"
 #include "dtu/common/clock.hpp"
 #include "dtu/common/version.hpp"
+#include "dtu/services/event.hpp"
 
 namespace {
 
@@ -60,33 +61,6 @@ int fail(const std::string& what, const Error& error) {
   std::cerr << "dtu-sample-service: " << what << ": " << error.describe() << '\n';
   return kExitFailed;
 }
-
-// A flag one coroutine waits on, with a deadline.
-class Event {
- public:
-  explicit Event(const asio::any_io_executor& ex) : timer_(ex) {}
-  void set() {
-    set_ = true;
-    timer_.cancel();
-  }
-  bool is_set() const { return set_; }
-  // Waits until set() or `timeout` (forever when nullopt); returns is_set().
-  asio::awaitable<bool> wait(std::optional<common::Duration> timeout) {
-    if (set_) co_return true;
-    if (timeout) {
-      timer_.expires_after(*timeout);
-    } else {
-      timer_.expires_at(asio::steady_timer::time_point::max());
-    }
-    auto sleep = timer_.async_wait(as_tuple(asio::use_awaitable));
-    co_await std::move(sleep);
-    co_return set_;
-  }
-
- private:
-  asio::steady_timer timer_;
-  bool set_ = false;
-};
 
 std::string units_text(const common::DeviceRecord& device, const std::vector<std::uint32_t>& units) {
   std::string out;
@@ -171,7 +145,7 @@ asio::awaitable<int> print_page(client::Client& service, const client::Lease& le
   co_return 0;
 }
 
-asio::awaitable<int> run(Options o, std::shared_ptr<Event> stop) {
+asio::awaitable<int> run(Options o, std::shared_ptr<services::Event> stop) {
   auto ex = co_await asio::this_coro::executor;
   client::ClientOptions options;
   options.socket = o.socket;
@@ -201,7 +175,7 @@ asio::awaitable<int> run(Options o, std::shared_ptr<Event> stop) {
 
   // The finder: every printer unit (or what --finder says), reported as it matches. The first
   // matches may arrive before the registration's answer: they are told after it.
-  Event synced(ex);
+  services::Event synced(ex);
   std::vector<std::pair<std::string, std::string>> order;
   bool registered = false;
   std::vector<std::string> early;
@@ -302,7 +276,7 @@ int main(int argc, char** argv) {
     return kExitUsage;
   }
   asio::io_context io;
-  auto stop = std::make_shared<Event>(io.get_executor());
+  auto stop = std::make_shared<services::Event>(io.get_executor());
   asio::signal_set signals(io, SIGINT, SIGTERM);
   signals.async_wait([&](const std::error_code& ec, int) {
     if (ec) return;
@@ -311,7 +285,7 @@ int main(int argc, char** argv) {
     if (!o.hold) io.stop();  // nothing to finish: the manager releases what we held
   });
   int code = kExitFailed;
-  auto task = [](Options opts, std::shared_ptr<Event> s, int& out,
+  auto task = [](Options opts, std::shared_ptr<services::Event> s, int& out,
                  asio::signal_set& sig) -> asio::awaitable<void> {
     auto op = run(std::move(opts), std::move(s));
     out = co_await std::move(op);
