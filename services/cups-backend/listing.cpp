@@ -2,9 +2,7 @@
 
 #include <chrono>
 #include <iostream>
-#include <optional>
 #include <string>
-#include <vector>
 
 #include <cups/backend.h>
 #include <nlohmann/json.hpp>
@@ -12,8 +10,8 @@
 #include "backend_messages.hpp"
 #include "dtu/client/client.hpp"
 #include "dtu/common/clock.hpp"
+#include "dtu/services/event.hpp"
 #include "dtu/services/printer_uri.hpp"
-#include "event.hpp"
 
 namespace dtu::services::cups {
 namespace {
@@ -25,40 +23,6 @@ using Clock = std::chrono::steady_clock;
 constexpr common::Duration kListingBudget = 10s;
 // Connecting to the manager and each request of the listing.
 constexpr common::Duration kRequestTimeout = 4s;
-// Asking one free printer for its device id (lease, in-band connect, the request): a printer
-// that takes longer gets the id built from its record.
-constexpr common::Duration kDeviceIdTimeout = 2s;
-// What a probe lease asks for: long enough for one question, short if we die holding it.
-constexpr common::Duration kProbeLeaseLength = 15s;
-
-// The printer's own IEEE 1284 id, asked in-band under a short lease, when the unit is free and
-// the budget allows; nullopt otherwise (the caller builds one from the record).
-asio::awaitable<std::optional<std::string>> ask_device_id(client::Client& client,
-                                                          const common::DeviceRecord& device,
-                                                          std::uint32_t unit) {
-  const auto it = std::find_if(device.units.begin(), device.units.end(),
-                               [&](const common::UnitRecord& u) { return u.unit == unit; });
-  if (it == device.units.end() || it->state != common::UnitState::free || device.orphaned)
-    co_return std::nullopt;
-  client::AllocateOptions how;
-  how.length = kProbeLeaseLength;
-  auto allocate = client.allocate(device.dtu, device.device, unit, how);
-  auto lease = co_await std::move(allocate);
-  if (!lease.ok()) co_return std::nullopt;
-  std::optional<std::string> id;
-  auto open = client.open_channel(*lease);
-  auto channel = co_await std::move(open);
-  if (channel.ok()) {
-    auto ask = (*channel)->device_id(kDeviceIdTimeout);
-    auto answer = co_await std::move(ask);
-    if (answer.ok() && *answer && !(*answer)->empty()) id = **answer;
-    (*channel)->close();
-  }
-  auto release = client.release(lease->id);
-  auto released = co_await std::move(release);
-  (void)released;  // not released: the probe lease expires at the DTU in kProbeLeaseLength
-  co_return id;
-}
 
 }  // namespace
 
@@ -93,16 +57,13 @@ asio::awaitable<int> list_printers(std::string socket) {
   if (!co_await std::move(wait))
     debug("dtu: the manager did not finish the printer list in time; listing what came");
 
+  // No printer is asked for its own 1284 id: that would lease every free printer at each
+  // listing (a service could find them busy) and could overrun the budget. The record's
+  // strings make the id; a job's side channel asks the printer itself.
   std::size_t listed = 0;
   for (const auto& [key, match] : client.matches(*finder)) {
     for (const std::uint32_t unit : match.units) {
-      std::optional<std::string> id;
-      if (Clock::now() + kDeviceIdTimeout * 2 < deadline) {
-        auto ask = ask_device_id(client, match.device, unit);
-        id = co_await std::move(ask);
-      }
-      std::cout << printer_listing_line(match.device, unit, id.value_or(record_device_id(match.device)))
-                << '\n';
+      std::cout << printer_listing_line(match.device, unit, record_device_id(match.device)) << '\n';
       ++listed;
     }
   }

@@ -37,10 +37,17 @@ constexpr common::Duration kRetryFirst = 500ms;
 constexpr common::Duration kRetryLast = 4s;
 // How long the manager may take to deliver the group's printers (it asks no DTU for them).
 constexpr common::Duration kSyncTimeout = 10s;
-// One allocate-with-wait: the backend says again that it waits after each slice.
-constexpr common::Duration kWaitSlice = 60s;
+// One allocate-with-wait: the longest wait a manager accepts (wait_ms ≤ 24 h, docs/protocol.md
+// `allocate`), so the job keeps its place in the unit's first-come-first-served queue. A new
+// request would go to the back of the queue.
+constexpr common::Duration kLongestWait = std::chrono::hours(24);
+// While it waits, the backend says so again this often (and at once when the holder changes).
+constexpr common::Duration kWaitReminder = 60s;
 // Pause before allocating again when the manager or the DTU is unavailable.
 constexpr common::Duration kUnavailablePause = 2s;
+// The longest a side-channel drain waits for the printer (the side channel answers nothing
+// else meanwhile); then it answers CUPS_SC_STATUS_TIMEOUT.
+constexpr common::Duration kDrainDeadline = 30s;
 // Bytes read from the job before they are streamed (stream() keeps 4 × 64 KiB in flight).
 constexpr std::size_t kBatchBytes = 256 * 1024;
 // A DEBUG: progress line every so many bytes.
@@ -80,7 +87,11 @@ bool back_channel_available() {
 }  // namespace
 
 PrintJob::PrintJob(asio::any_io_executor executor, JobRequest request)
-    : executor_(executor), request_(std::move(request)), wake_(executor), progress_(executor) {}
+    : executor_(executor),
+      request_(std::move(request)),
+      wake_(executor),
+      progress_(executor),
+      reminder_(executor) {}
 
 PrintJob::~PrintJob() = default;
 
@@ -100,6 +111,7 @@ void PrintJob::cancel() {
   if (side_channel_) side_channel_->stop();
   wake_.poke();
   progress_.poke();
+  reminder_.poke();
 }
 
 asio::awaitable<void> PrintJob::pause(common::Duration delay) {
@@ -181,7 +193,10 @@ asio::awaitable<PrintJob::Step> PrintJob::resolve() {
   Event dtu_synced(executor_);
   client::FinderEvents events;
   events.synced = [&printers_synced] { printers_synced.set(); };
-  events.changed = [this](const common::DeviceRecord&, const std::vector<std::uint32_t>&) { wake_.poke(); };
+  events.changed = [this](const common::DeviceRecord&, const std::vector<std::uint32_t>&) {
+    wake_.poke();
+    reminder_.poke();  // a new holder is said at once
+  };
   auto add = client_->add_finder(nlohmann::json{{"unit_class", kPrinterClass}}, std::move(events));
   auto finder = co_await std::move(add);
   if (!finder.ok()) {
@@ -217,27 +232,50 @@ asio::awaitable<PrintJob::Step> PrintJob::resolve() {
   co_return choose_printer(dtu_present);
 }
 
+namespace {
+
+// "DTU d2 port 1-2, DTU d3 port 1-1"
+std::string places(const std::vector<common::DeviceRecord>& devices) {
+  std::string text;
+  for (const auto& device : devices) {
+    if (!text.empty()) text += ", ";
+    text += "DTU " + device.dtu + " port " + device.device;
+  }
+  return text;
+}
+
+}  // namespace
+
 PrintJob::Step PrintJob::choose_printer(bool dtu_present) {
-  std::vector<common::DeviceRecord> live;
-  std::vector<common::DeviceRecord> orphaned;
-  for (const auto& [key, match] : client_->matches(printers_)) {
-    (match.device.orphaned ? orphaned : live).push_back(match.device);
-  }
-  if (auto found = resolve_printer(uri_, live)) {
-    device_ = found->device;
-    if (found->moved) {
-      info("dtu: printer " + uri_.serial + " is now on DTU " + device_.dtu + " port " + device_.device);
-    }
-    if (found->candidates > 1) {
-      debug("dtu: " + std::to_string(found->candidates) + " printers with serial " + uri_.serial +
-            " outside DTU " + uri_.dtu + "; using the first, DTU " + device_.dtu + " port " + device_.device);
-    }
-    return std::nullopt;
-  }
-  if (auto found = resolve_printer(uri_, orphaned)) {
-    info("dtu: DTU " + found->device.dtu + " of printer " + request_.uri +
-         " is between managers; the job will be retried later");
-    return CUPS_BACKEND_RETRY;
+  using Outcome = PrinterResolution::Outcome;
+  // Orphaned records count: a printer whose DTU is between managers is still where it is.
+  std::vector<common::DeviceRecord> devices;
+  for (const auto& [key, match] : client_->matches(printers_)) devices.push_back(match.device);
+  auto found = resolve_printer(uri_, devices);
+  switch (found.outcome) {
+    case Outcome::found:
+    case Outcome::moved:
+      if (found.device.orphaned) {
+        info("dtu: DTU " + found.device.dtu + " of printer " + request_.uri +
+             " is between managers; the job will be retried later");
+        return CUPS_BACKEND_RETRY;
+      }
+      device_ = std::move(found.device);
+      if (found.outcome == Outcome::moved) {
+        info("dtu: printer " + uri_.serial + " is now on DTU " + device_.dtu + " port " + device_.device);
+      }
+      return std::nullopt;
+    case Outcome::ambiguous:
+      // Guessing could print at another desk: an administrator says which one is meant.
+      error("dtu: printer " + request_.uri + " is not on DTU " + uri_.dtu + " and " +
+            std::to_string(found.candidates.size()) + " printers elsewhere have serial number " +
+            uri_.serial + " (" + places(found.candidates) +
+            "); not guessing which one. Plug it back into DTU " + uri_.dtu +
+            ", or point the queue at the one you mean (lpadmin -v with its dtu:// URI from lpinfo -v); the "
+            "job will be retried later");
+      return CUPS_BACKEND_RETRY;
+    case Outcome::absent:
+      break;
   }
   if (!dtu_present) {
     info("dtu: DTU " + uri_.dtu + " is not connected to the group; the job will be retried later");
@@ -259,20 +297,51 @@ std::string PrintJob::current_holder() const {
   return {};
 }
 
+void PrintJob::say_waiting(const std::string& why) {
+  if (!connecting_shown_) {
+    state_reason("+" + std::string(kConnectingReason));
+    connecting_shown_ = true;
+  }
+  if (why == shown_) {
+    info("Still waiting for printer " + printer_name() + ": " + why);
+  } else {
+    info("Waiting for printer " + printer_name() + ": " + why);
+  }
+  shown_ = why;
+  last_said_ = std::chrono::steady_clock::now();
+}
+
+asio::awaitable<void> PrintJob::remind_while_waiting() {
+  while (waiting_ && !cancelled_) {
+    reminder_.reset();
+    const auto since = std::chrono::steady_clock::now() - last_said_;
+    auto wait = reminder_.wait(since < kWaitReminder ? kWaitReminder - since : kWaitReminder);
+    co_await std::move(wait);
+    if (!waiting_ || cancelled_) break;
+    const std::string holder = current_holder();
+    if (holder.empty() && shown_.empty()) continue;  // nothing known to say yet
+    const std::string why = holder.empty() ? shown_ : "in use by " + holder;
+    if (why != shown_ || std::chrono::steady_clock::now() - last_said_ >= kWaitReminder) say_waiting(why);
+  }
+}
+
 asio::awaitable<PrintJob::Step> PrintJob::allocate() {
-  std::string shown;  // the last reason given in a waiting line
-  auto say_waiting = [&](const std::string& why) {
-    if (!connecting_shown_) {
-      state_reason("+" + std::string(kConnectingReason));
-      connecting_shown_ = true;
-    }
-    if (why != shown) info("Waiting for printer " + printer_name() + ": " + why);
-    shown = why;
-  };
   if (const std::string holder = current_holder(); !holder.empty()) say_waiting("in use by " + holder);
+  // One request for the whole wait; remind_while_waiting() repeats the waiting line meanwhile
+  // and ends when this step does.
+  struct StopReminder {
+    PrintJob& job;
+    ~StopReminder() {
+      job.waiting_ = false;
+      job.reminder_.poke();
+    }
+  };
+  waiting_ = true;
+  const StopReminder stop_reminder{*this};
+  common::spawn(executor_, remind_while_waiting(), common::Logger("cups-dtu-backend"), "waiting line");
   while (!cancelled_) {
     client::AllocateOptions how;
-    how.wait = kWaitSlice;
+    how.wait = kLongestWait;
     auto op = client_->allocate(device_.dtu, device_.device, uri_.unit, how);
     auto lease = co_await std::move(op);
     if (cancelled_) break;
@@ -284,6 +353,7 @@ asio::awaitable<PrintJob::Step> PrintJob::allocate() {
     }
     const Error& why = lease.error();
     if (why.code == Errc::refused) {
+      // The whole wait ran out: ask again (at the back of the queue; a day has passed).
       const std::string holder = current_holder();
       say_waiting("in use by " + (holder.empty() ? holder_in(why.detail) : holder));
     } else if (why.code == Errc::denied) {
@@ -294,7 +364,7 @@ asio::awaitable<PrintJob::Step> PrintJob::allocate() {
       info("dtu: " + printer_name() + " went away before it could be leased; the job will be retried later");
       co_return CUPS_BACKEND_RETRY;
     } else {
-      say_waiting(why.describe());
+      if (why.describe() != shown_) say_waiting(why.describe());
       auto sleep = pause(kUnavailablePause);
       co_await std::move(sleep);
     }
@@ -514,13 +584,20 @@ asio::awaitable<int> PrintJob::state() {
   co_return state;
 }
 
-asio::awaitable<bool> PrintJob::drain() {
+asio::awaitable<Drained> PrintJob::drain() {
+  const auto give_up = std::chrono::steady_clock::now() + kDrainDeadline;
   while (connected() && acknowledged_ < submitted_ && !cancelled_) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= give_up) {
+      debug("dtu: drain: the printer took no more within " + std::to_string(kDrainDeadline / 1s) + " s (" +
+            std::to_string(submitted_ - acknowledged_) + " bytes outstanding)");
+      co_return Drained::timed_out;
+    }
     progress_.reset();
-    auto wait = progress_.wait(1s);
+    auto wait = progress_.wait(std::min<common::Duration>(1s, give_up - now));
     co_await std::move(wait);
   }
-  co_return connected() && acknowledged_ == submitted_;
+  co_return connected() && acknowledged_ == submitted_ ? Drained::all : Drained::channel_ended;
 }
 
 asio::awaitable<bool> PrintJob::soft_reset() {

@@ -2,25 +2,29 @@
 // PrintJob: one CUPS job of the `dtu` backend (backend(7): dtu job-id user title copies options
 // [file]). It connects to the local manager (retrying for a while), resolves the queue's
 // dtu:// URI to a printer unit of the group (printer_uri.hpp), leases it (waiting while another
-// service holds it, and saying so with STATE:/INFO: lines), streams the job in-band, answers
-// the side channel, passes back-channel data on, releases the lease and exits with a backend(7)
-// status:
+// service holds it: one allocate with the longest wait the manager accepts keeps the job's place
+// in the unit's queue, and STATE:/INFO: lines say so, again each minute), streams the job
+// in-band, answers the side channel, passes back-channel data on, releases the lease and exits
+// with a backend(7) status:
 //
 //   CUPS_BACKEND_OK      printed, or cancelled (SIGTERM: the lease is dropped, nothing more sent)
 //   CUPS_BACKEND_STOP    bad URI; the printer is no longer attached (its DTU is in the group and
 //                        no DTU has it); the policy denies this printer
 //   CUPS_BACKEND_RETRY   the manager is unreachable for kConnectPatience (20 s); the printer's
-//                        DTU is not in the group now (off, between managers); a transfer failed
-//                        mid-job (the channel to the DTU broke, the lease ended, the printer was
-//                        unplugged): CUPS sends the whole job again later, which may repeat the
-//                        pages already out but never loses the job, and the next attempt stops
-//                        the queue if the printer is really gone.
+//                        DTU is not in the group now (off, between managers); the printer is
+//                        not on the named DTU and several others have its serial (an ERROR:
+//                        line names them: no guess); a transfer failed mid-job (the channel
+//                        to the DTU broke, the lease ended, the printer was unplugged): CUPS
+//                        sends the whole job again later, which may repeat the pages already
+//                        out but never loses the job, and the next attempt stops the queue if
+//                        the printer is really gone.
 // A manager failover is none of these: the DTU keeps the lease and the in-band channel, the
 // library renews the lease through the new owner, and the job goes on.
 //
 // Runs on the io_context thread of the executor given; not thread-safe. cancel() may be called
 // from a signal handler's completion on that thread.
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -31,8 +35,8 @@
 
 #include "dtu/client/client.hpp"
 #include "dtu/common/result.hpp"
+#include "dtu/services/event.hpp"
 #include "dtu/services/printer_uri.hpp"
-#include "event.hpp"
 #include "side_channel.hpp"
 
 namespace dtu::services::cups {
@@ -64,7 +68,7 @@ class PrintJob : public SideChannelPrinter {
   asio::awaitable<std::optional<std::string>> device_id() override;
   bool connected() const override;
   asio::awaitable<int> state() override;
-  asio::awaitable<bool> drain() override;
+  asio::awaitable<Drained> drain() override;
   asio::awaitable<bool> soft_reset() override;
 
  private:
@@ -76,6 +80,10 @@ class PrintJob : public SideChannelPrinter {
   // After the finders synced: the printer the URI names among the matches, or the status.
   Step choose_printer(bool dtu_present);
   asio::awaitable<Step> allocate();
+  // While waiting_: says the waiting line again every kWaitReminder, and when the holder changes.
+  asio::awaitable<void> remind_while_waiting();
+  // "Waiting for printer …: <why>" (INFO:), "Still waiting …" when `why` was said last.
+  void say_waiting(const std::string& why);
   asio::awaitable<Step> print();
   asio::awaitable<common::Result<std::size_t>> send_job();
   asio::awaitable<common::Result<std::size_t>> send_fd(int fd);
@@ -107,8 +115,12 @@ class PrintJob : public SideChannelPrinter {
   std::uint64_t submitted_ = 0;     // bytes handed to the channel
   std::uint64_t acknowledged_ = 0;  // bytes the DTU confirmed written
   std::uint64_t next_progress_ = 0;
-  Event wake_;      // cancel() and finder events poke waits
-  Event progress_;  // set when bytes are acknowledged or the channel ends
+  Event wake_;            // cancel() and finder events poke waits
+  Event progress_;        // set when bytes are acknowledged or the channel ends
+  Event reminder_;        // wakes remind_while_waiting(): cancel, a finder change, the lease came
+  bool waiting_ = false;  // the allocate step is under way
+  std::string shown_;     // the reason of the last waiting line
+  std::chrono::steady_clock::time_point last_said_{};  // when the last waiting line was said
 };
 
 }  // namespace dtu::services::cups

@@ -86,8 +86,10 @@ asio::awaitable<SideChannel::Answer> SideChannel::answer(cups_sc_command_t comma
     }
     case CUPS_SC_CMD_DRAIN_OUTPUT: {
       auto op = printer_.drain();
-      const bool drained = co_await std::move(op);
-      reply.status = drained ? CUPS_SC_STATUS_OK : CUPS_SC_STATUS_IO_ERROR;
+      const Drained drained = co_await std::move(op);
+      reply.status = drained == Drained::all         ? CUPS_SC_STATUS_OK
+                     : drained == Drained::timed_out ? CUPS_SC_STATUS_TIMEOUT
+                                                     : CUPS_SC_STATUS_IO_ERROR;
       break;
     }
     case CUPS_SC_CMD_SOFT_RESET: {

@@ -15,6 +15,13 @@
 
 namespace dtu::services::cups {
 
+// How a drain ended.
+enum class Drained {
+  all,            // every byte handed to the printer so far is acknowledged
+  channel_ended,  // the channel to the printer ended first
+  timed_out,      // the printer took no more within the drain's deadline (a stalled printer)
+};
+
 // What the side channel asks of the printer. Every coroutine runs on the io_context thread.
 class SideChannelPrinter {
  public:
@@ -25,9 +32,9 @@ class SideChannelPrinter {
   virtual bool connected() const = 0;
   // CUPS_SC_STATE_* bits (ONLINE when the printer does not report its port status).
   virtual asio::awaitable<int> state() = 0;
-  // Completes once every byte handed to the printer so far is acknowledged; false when the
-  // channel ended first.
-  virtual asio::awaitable<bool> drain() = 0;
+  // Completes once every byte handed to the printer so far is acknowledged, when the channel
+  // ends, or at a deadline (the side channel answers nothing else meanwhile).
+  virtual asio::awaitable<Drained> drain() = 0;
   // A printer-class SOFT_RESET; false when the printer refused (STALL) or is not connected.
   virtual asio::awaitable<bool> soft_reset() = 0;
 };

@@ -181,27 +181,40 @@ bool has_printer_unit(const common::DeviceRecord& device, std::uint32_t unit) {
   });
 }
 
-std::optional<PrinterResolution> resolve_printer(const PrinterUri& uri,
-                                                 const std::vector<common::DeviceRecord>& devices) {
+PrinterResolution resolve_printer(const PrinterUri& uri, const std::vector<common::DeviceRecord>& devices) {
+  using Outcome = PrinterResolution::Outcome;
+  PrinterResolution resolution;
   if (!uri.by_serial()) {
     for (const auto& device : devices) {
       if (device.dtu == uri.dtu && device.device == uri.port && has_printer_unit(device, uri.unit)) {
-        return PrinterResolution{device, false, 1};
+        resolution.outcome = Outcome::found;
+        resolution.device = device;
+        return resolution;
       }
     }
-    return std::nullopt;
+    return resolution;
   }
-  std::vector<const common::DeviceRecord*> elsewhere;
+  std::vector<common::DeviceRecord> elsewhere;
   for (const auto& device : devices) {
     if (device.serial != uri.serial || !has_printer_unit(device, uri.unit)) continue;
-    if (device.dtu == uri.dtu) return PrinterResolution{device, false, 1};
-    elsewhere.push_back(&device);
+    if (device.dtu == uri.dtu) {
+      resolution.outcome = Outcome::found;
+      resolution.device = device;
+      return resolution;
+    }
+    elsewhere.push_back(device);
   }
-  if (elsewhere.empty()) return std::nullopt;
-  const auto first = std::min_element(elsewhere.begin(), elsewhere.end(), [](const auto* a, const auto* b) {
-    return std::tie(a->dtu, a->device) < std::tie(b->dtu, b->device);
-  });
-  return PrinterResolution{**first, true, elsewhere.size()};
+  if (elsewhere.size() == 1) {
+    resolution.outcome = Outcome::moved;
+    resolution.device = std::move(elsewhere.front());
+  } else if (elsewhere.size() > 1) {
+    std::sort(elsewhere.begin(), elsewhere.end(), [](const auto& a, const auto& b) {
+      return std::tie(a.dtu, a.device) < std::tie(b.dtu, b.device);
+    });
+    resolution.outcome = Outcome::ambiguous;
+    resolution.candidates = std::move(elsewhere);
+  }
+  return resolution;
 }
 
 std::optional<std::string> ieee1284_value(std::string_view device_id,

@@ -273,7 +273,7 @@ class SideChannelPeer {
 }  // namespace
 
 TEST_CASE(
-    "the backend without arguments lists every printer unit of the group with serial URIs and device ids") {
+    "the backend without arguments lists every printer unit of the group from the records, leasing none") {
   Site site;
   auto managers = site.start_group({{"m1", "127.0.0.140"}, {"m2", "127.0.0.141"}, {"m3", "127.0.0.142"}});
   for (auto* m : managers) REQUIRE(site.wait_peers_up(*m, 2));
@@ -290,18 +290,16 @@ TEST_CASE(
   std::istringstream out(backend.out());
   for (std::string line; std::getline(out, line);) lines.push_back(line);
   const std::vector<std::string> expected = {
-      R"x(direct dtu://dtu-a/sn=PRN0001/0 "EPSON Stylus Test Printer" "Stylus Test Printer on DTU dtu-a (dtubroker)" "MFG:EPSON;CMD:ESCPL2,BDC;MDL:Stylus Test Printer;CLS:PRINTER;")x",
-      R"x(direct dtu://dtu-a/sn=MFP0042/0 "EPSON Test MFP Printer-Scanner-Storage" "Test MFP Printer-Scanner-Storage on DTU dtu-a (dtubroker)" "MFG:EPSON;CMD:ESCPL2,BDC,D4;MDL:Test MFP Printer-Scanner-Storage;CLS:PRINTER;")x",
-      R"x(direct dtu://dtu-b/sn=PRN0001/0 "EPSON Stylus Test Printer" "Stylus Test Printer on DTU dtu-b (dtubroker)" "MFG:EPSON;CMD:ESCPL2,BDC;MDL:Stylus Test Printer;CLS:PRINTER;")x",
-      R"x(direct dtu://dtu-b/sn=MFP0042/0 "EPSON Test MFP Printer-Scanner-Storage" "Test MFP Printer-Scanner-Storage on DTU dtu-b (dtubroker)" "MFG:EPSON;CMD:ESCPL2,BDC,D4;MDL:Test MFP Printer-Scanner-Storage;CLS:PRINTER;")x",
+      R"x(direct dtu://dtu-a/sn=PRN0001/0 "EPSON Stylus Test Printer" "Stylus Test Printer on DTU dtu-a (dtubroker)" "MFG:EPSON;MDL:Stylus Test Printer;CLS:PRINTER;")x",
+      R"x(direct dtu://dtu-a/sn=MFP0042/0 "EPSON Test MFP Printer-Scanner-Storage" "Test MFP Printer-Scanner-Storage on DTU dtu-a (dtubroker)" "MFG:EPSON;MDL:Test MFP Printer-Scanner-Storage;CLS:PRINTER;")x",
+      R"x(direct dtu://dtu-b/sn=PRN0001/0 "EPSON Stylus Test Printer" "Stylus Test Printer on DTU dtu-b (dtubroker)" "MFG:EPSON;MDL:Stylus Test Printer;CLS:PRINTER;")x",
+      R"x(direct dtu://dtu-b/sn=MFP0042/0 "EPSON Test MFP Printer-Scanner-Storage" "Test MFP Printer-Scanner-Storage on DTU dtu-b (dtubroker)" "MFG:EPSON;MDL:Test MFP Printer-Scanner-Storage;CLS:PRINTER;")x",
   };
   CHECK_MESSAGE(lines == expected, backend.out() << backend.err());
-  // The listing's probe leases are gone: every printer is free again.
+  // The listing asked no printer (the device ids come from the records): nothing was leased.
   for (std::size_t owner = 0; owner < 2; ++owner) {
     const std::string dtu = owner == 0 ? "dtu-a" : "dtu-b";
-    for (const auto* port : {"1-1", "1-2"}) {
-      CHECK(eventually([&] { return unit_state(site, *managers[owner], dtu, port) == "free"; }, kSettle));
-    }
+    for (const auto* port : {"1-1", "1-2"}) CHECK(unit_state(site, *managers[owner], dtu, port) == "free");
   }
 }
 
@@ -413,7 +411,7 @@ TEST_CASE(
     "backend exit codes: retry when no manager answers, stop for a printer no DTU has and for a bad URI") {
   Site site;
   auto& m = site.start_manager("m1", "127.0.0.148");
-  site.start_agent("dtu-a", {m.address});
+  auto& agent_a = site.start_agent("dtu-a", {m.address});
   REQUIRE(eventually([&] { return site.devices(m).size() == 2; }, kSettle));
   const fs::path file = site.dir() / "job.bin";
   std::ofstream(file, std::ios::binary) << "page\f";
@@ -436,6 +434,20 @@ TEST_CASE(
     REQUIRE(job.wait_exit(kJobDeadline) == CUPS_BACKEND_STOP);
     CHECK(job.err().find("ERROR: dtu: printer dtu://dtu-a/sn=NOPE0000/0 is no longer attached") !=
           std::string::npos);
+  }
+  SUBCASE("a serial on no named DTU but on several others: retry later, naming them, printing nowhere") {
+    auto& agent_b = site.start_agent("dtu-b", {m.address});  // the same printers, serial numbers included
+    REQUIRE(eventually([&] { return site.devices(m).size() == 4; }, kSettle));
+    Backend job(site.dir().path(), "ambiguous",
+                {job_args("5", 1, file), job_env(m, "dtu://dtu-c/sn=PRN0001/0"), false, -1, -1});
+    REQUIRE(job.wait_exit(kJobDeadline) == CUPS_BACKEND_RETRY);
+    CHECK_MESSAGE(
+        job.err().find("ERROR: dtu: printer dtu://dtu-c/sn=PRN0001/0 is not on DTU dtu-c and 2 printers "
+                       "elsewhere have serial number PRN0001 (DTU dtu-a port 1-1, DTU dtu-b port 1-1)") !=
+            std::string::npos,
+        job.err());
+    CHECK(captured_hex(site, agent_a, "1-1").empty());
+    CHECK(captured_hex(site, agent_b, "1-1").empty());
   }
   SUBCASE("a DTU that is not in the group: retry later") {
     Backend job(site.dir().path(), "off",

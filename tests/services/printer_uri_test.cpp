@@ -9,6 +9,7 @@
 using dtu::common::DeviceRecord;
 using dtu::common::UnitRecord;
 using dtu::services::PrinterUri;
+using Outcome = dtu::services::PrinterResolution::Outcome;
 
 namespace {
 
@@ -155,40 +156,57 @@ TEST_CASE("parse_printer_uri refuses bad URIs saying why") {
 TEST_CASE("a port URI resolves to that port of that DTU only") {
   const std::vector<DeviceRecord> devices = {printer("d1", "1-1", std::nullopt),
                                              printer("d2", "1-1", std::nullopt)};
-  auto found = dtu::services::resolve_printer(parsed("dtu://d2/1-1/0"), devices);
-  REQUIRE(found);
-  CHECK(found->device.dtu == "d2");
-  CHECK_FALSE(found->moved);
-  CHECK_FALSE(dtu::services::resolve_printer(parsed("dtu://d3/1-1/0"), devices));
-  CHECK_FALSE(dtu::services::resolve_printer(parsed("dtu://d1/1-2/0"), devices));
-  CHECK_FALSE(dtu::services::resolve_printer(parsed("dtu://d1/1-1/1"), devices));
+  const auto found = dtu::services::resolve_printer(parsed("dtu://d2/1-1/0"), devices);
+  REQUIRE(found.outcome == Outcome::found);
+  CHECK(found.device.dtu == "d2");
+  CHECK(dtu::services::resolve_printer(parsed("dtu://d3/1-1/0"), devices).outcome == Outcome::absent);
+  CHECK(dtu::services::resolve_printer(parsed("dtu://d1/1-2/0"), devices).outcome == Outcome::absent);
+  CHECK(dtu::services::resolve_printer(parsed("dtu://d1/1-1/1"), devices).outcome == Outcome::absent);
 }
 
-TEST_CASE("a serial URI prefers the named DTU and follows the printer elsewhere") {
-  SUBCASE("on the named DTU, at another port") {
-    const std::vector<DeviceRecord> devices = {printer("d2", "1-1", "S1"), printer("d1", "1-4", "S1")};
-    auto found = dtu::services::resolve_printer(parsed("dtu://d1/sn=S1/0"), devices);
-    REQUIRE(found);
-    CHECK(found->device.dtu == "d1");
-    CHECK(found->device.device == "1-4");
-    CHECK_FALSE(found->moved);
+TEST_CASE("a serial URI prefers the named DTU and follows the printer elsewhere only when it is the one") {
+  SUBCASE("on the named DTU, at another port, even with the same serial elsewhere") {
+    const std::vector<DeviceRecord> devices = {printer("d2", "1-1", "S1"), printer("d1", "1-4", "S1"),
+                                               printer("d3", "1-1", "S1")};
+    const auto found = dtu::services::resolve_printer(parsed("dtu://d1/sn=S1/0"), devices);
+    REQUIRE(found.outcome == Outcome::found);
+    CHECK(found.device.dtu == "d1");
+    CHECK(found.device.device == "1-4");
   }
-  SUBCASE("moved to other DTUs: the first in (dtu, port) order") {
+  SUBCASE("moved to the only other DTU that has the serial") {
+    const std::vector<DeviceRecord> devices = {printer("d2", "1-3", "S1"), printer("d1", "1-1", "S2")};
+    const auto found = dtu::services::resolve_printer(parsed("dtu://d1/sn=S1/0"), devices);
+    REQUIRE(found.outcome == Outcome::moved);
+    CHECK(found.device.dtu == "d2");
+    CHECK(found.device.device == "1-3");
+    CHECK(found.candidates.empty());
+  }
+  SUBCASE("several printers elsewhere share the serial: none is chosen, all are named in order") {
     const std::vector<DeviceRecord> devices = {printer("d3", "1-1", "S1"), printer("d2", "1-3", "S1"),
                                                printer("d2", "1-2", "S1"), printer("d1", "1-1", "S2")};
-    auto found = dtu::services::resolve_printer(parsed("dtu://d1/sn=S1/0"), devices);
-    REQUIRE(found);
-    CHECK(found->device.dtu == "d2");
-    CHECK(found->device.device == "1-2");
-    CHECK(found->moved);
-    CHECK(found->candidates == 3);
+    const auto found = dtu::services::resolve_printer(parsed("dtu://d1/sn=S1/0"), devices);
+    REQUIRE(found.outcome == Outcome::ambiguous);
+    REQUIRE(found.candidates.size() == 3);
+    CHECK(found.candidates[0].dtu == "d2");
+    CHECK(found.candidates[0].device == "1-2");
+    CHECK(found.candidates[1].dtu == "d2");
+    CHECK(found.candidates[1].device == "1-3");
+    CHECK(found.candidates[2].dtu == "d3");
   }
   SUBCASE("nowhere, or without that printer unit") {
     std::vector<DeviceRecord> devices = {printer("d1", "1-1", "S2")};
     DeviceRecord scanner = printer("d1", "1-2", "S1");
     scanner.units = {scanner_unit(0)};
     devices.push_back(scanner);
-    CHECK_FALSE(dtu::services::resolve_printer(parsed("dtu://d1/sn=S1/0"), devices));
+    DeviceRecord other_scanner = scanner;  // a second device with the serial but no printer unit
+    other_scanner.dtu = "d2";
+    devices.push_back(other_scanner);
+    devices.push_back(printer("d3", "1-1", "S1"));
+    const auto found = dtu::services::resolve_printer(parsed("dtu://d1/sn=S1/0"), devices);
+    CHECK(found.outcome == Outcome::moved);
+    CHECK(found.device.dtu == "d3");
+    devices.pop_back();
+    CHECK(dtu::services::resolve_printer(parsed("dtu://d1/sn=S1/0"), devices).outcome == Outcome::absent);
   }
 }
 

@@ -14,8 +14,9 @@
 //
 // Resolution at print time (resolve_printer): a port path names that port on that DTU. A serial
 // names the device with that serial (and a printer unit <unit>) on the named DTU when it is
-// there, else on any DTU of the group (the queue follows its printer); more than one candidate
-// elsewhere → the first in (dtu, port) order, and the caller logs that it chose.
+// there, else the one device with it on another DTU of the group (the queue follows its
+// printer). Several devices with that serial elsewhere (cheap printers often share one) are
+// ambiguous: nothing is chosen, so a job never prints at another desk by a guess.
 //
 // Listing (backend(7), "direct <uri> "make and model" "info" "device id""):
 // printer_make_and_model / printer_info / printer_device_id build the quoted fields.
@@ -67,23 +68,28 @@ common::Result<PrinterUri> parse_printer_uri(std::string_view text);
 bool has_printer_unit(const common::DeviceRecord& device, std::uint32_t unit);
 
 // Which device a URI resolves to among `devices` (the current matches of a printer finder, any
-// order). Absent when none fits.
+// order).
 struct PrinterResolution {
-  common::DeviceRecord device;
-  // The device is not where the URI says (serial URIs only: another port or another DTU).
-  bool moved = false;
-  // How many devices fitted (more than one only when moved: the caller logs the choice).
-  std::size_t candidates = 0;
+  enum class Outcome {
+    found,      // where the URI says (a serial URI: on the named DTU, maybe at another port)
+    moved,      // serial URIs only: not on the named DTU; the one device elsewhere with the serial
+    ambiguous,  // serial URIs only: not on the named DTU; several devices elsewhere have the serial
+    absent,     // nothing fits
+  };
+  Outcome outcome = Outcome::absent;
+  common::DeviceRecord device;  // found / moved: the printer
+  // ambiguous: the devices with the serial and a printer unit <unit>, in (dtu, port) order.
+  std::vector<common::DeviceRecord> candidates;
 };
-std::optional<PrinterResolution> resolve_printer(const PrinterUri& uri,
-                                                 const std::vector<common::DeviceRecord>& devices);
+PrinterResolution resolve_printer(const PrinterUri& uri, const std::vector<common::DeviceRecord>& devices);
 
 // A value from an IEEE 1284 device id ("MFG:HP;MDL:LaserJet 4;CMD:PCL;"): the first of `keys`
 // present (keys compared case-insensitively, value trimmed of blanks). Absent when none is.
 std::optional<std::string> ieee1284_value(std::string_view device_id,
                                           std::initializer_list<std::string_view> keys);
 // "MFG:<manufacturer>;MDL:<product>;CLS:PRINTER;" built from the record ("Unknown" for a missing
-// string), ':' and ';' in the strings replaced by blanks. Used when the printer is not asked.
+// string), ':' and ';' in the strings replaced by blanks: the device id of a listing line (the
+// listing asks no printer; a job's side channel asks the printer itself).
 std::string record_device_id(const common::DeviceRecord& device);
 // "<make> <model>": MFG/MDL of the device id when present (the model alone when it already
 // starts with the make), else manufacturer + product of the record, else "Unknown USB printer".
