@@ -1,5 +1,8 @@
 #include "cups_admin.hpp"
 
+#include <algorithm>
+#include <chrono>
+
 #include <cups/cups.h>
 
 namespace dtu::services::print {
@@ -24,25 +27,9 @@ ipp_t* new_request(ipp_op_t op) {
   return request;
 }
 
-// Sends `request` (consumed) to the scheduler; the response (to ippDelete) or the error, whose
-// detail says what was asked and CUPS's own reason.
-common::Result<ipp_t*> call(ipp_t* request, const std::string& what) {
-  ipp_t* response = cupsDoRequest(CUPS_HTTP_DEFAULT, request, "/");
-  const ipp_status_t status = cupsLastError();
-  if (response == nullptr || status > IPP_STATUS_OK_CONFLICTING) {
-    if (response != nullptr) ippDelete(response);
-    const std::string reason =
-        cupsLastErrorString() != nullptr ? cupsLastErrorString() : ippErrorString(status);
-    const Errc code = (status == IPP_STATUS_ERROR_SERVICE_UNAVAILABLE || status == IPP_STATUS_ERROR_INTERNAL)
-                          ? Errc::unavailable
-                      : status == IPP_STATUS_ERROR_NOT_FOUND ? Errc::not_found
-                      : (status == IPP_STATUS_ERROR_FORBIDDEN || status == IPP_STATUS_ERROR_NOT_AUTHORIZED ||
-                         status == IPP_STATUS_ERROR_NOT_AUTHENTICATED)
-                          ? Errc::denied
-                          : Errc::refused;
-    return Error(code, what + " at CUPS " + cupsServer() + ": " + reason);
-  }
-  return response;
+// The connection's timeout callback: give up (the request fails) instead of waiting again.
+int give_up(http_t*, void*) {
+  return 0;
 }
 
 }  // namespace
@@ -51,13 +38,60 @@ IppCupsAdmin::IppCupsAdmin(std::optional<std::string> server) {
   if (server) cupsSetServer(server->c_str());
 }
 
+IppCupsAdmin::~IppCupsAdmin() {
+  disconnect();
+}
+
+void IppCupsAdmin::disconnect() {
+  if (http_ != nullptr) httpClose(http_);
+  http_ = nullptr;
+}
+
 std::string IppCupsAdmin::server() const {
   return cupsServer();
 }
 
+common::Result<ipp_t*> IppCupsAdmin::call(ipp_t* request, const std::string& what) {
+  const std::string at = what + " at CUPS " + cupsServer() + ": ";
+  if (http_ == nullptr) {
+    http_ = httpConnect2(cupsServer(), ippPort(), nullptr, AF_UNSPEC, cupsEncryption(), 1,
+                         static_cast<int>(kIppTimeout.count()), nullptr);
+    if (http_ == nullptr) {
+      ippDelete(request);
+      return Error(Errc::unavailable, at + "cannot connect (" + cupsLastErrorString() + ")");
+    }
+    httpSetTimeout(http_, std::chrono::duration<double>(kIppTimeout).count(), give_up, nullptr);
+  }
+  ipp_t* response = cupsDoRequest(http_, request, "/");
+  const ipp_status_t status = cupsLastError();
+  if (response == nullptr || status > IPP_STATUS_OK_CONFLICTING) {
+    if (response != nullptr) ippDelete(response);
+    std::string reason = cupsLastErrorString() != nullptr ? cupsLastErrorString() : ippErrorString(status);
+    if (response == nullptr) {
+      // libcups reports a timeout as errno 0 ("Success"): say what happened instead.
+      const std::string cause = reason.empty() || reason == "Success" ? "" : " (" + reason + ")";
+      reason = "no answer within " +
+               std::to_string(std::chrono::duration_cast<std::chrono::seconds>(kIppTimeout).count()) +
+               " s, or the connection was lost" + cause;
+    }
+    // No answer (timed out, connection lost): the next request connects afresh.
+    if (response == nullptr) disconnect();
+    const Errc code = (response == nullptr || status == IPP_STATUS_ERROR_SERVICE_UNAVAILABLE ||
+                       status == IPP_STATUS_ERROR_INTERNAL)
+                          ? Errc::unavailable
+                      : status == IPP_STATUS_ERROR_NOT_FOUND ? Errc::not_found
+                      : (status == IPP_STATUS_ERROR_FORBIDDEN || status == IPP_STATUS_ERROR_NOT_AUTHORIZED ||
+                         status == IPP_STATUS_ERROR_NOT_AUTHENTICATED)
+                          ? Errc::denied
+                          : Errc::refused;
+    return Error(code, at + reason);
+  }
+  return response;
+}
+
 common::Result<std::map<std::string, QueueInfo>> IppCupsAdmin::queues() {
   ipp_t* request = new_request(IPP_OP_CUPS_GET_PRINTERS);
-  static const char* const kWanted[] = {"printer-name", "device-uri", "printer-info"};
+  static const char* const kWanted[] = {"printer-name", "device-uri", "printer-info", "queued-job-count"};
   ippAddStrings(request, IPP_TAG_OPERATION, IPP_TAG_KEYWORD, "requested-attributes",
                 static_cast<int>(std::size(kWanted)), nullptr, kWanted);
   auto response = call(request, "listing the queues");
@@ -78,6 +112,7 @@ common::Result<std::map<std::string, QueueInfo>> IppCupsAdmin::queues() {
       continue;
     }
     const std::string attr = ippGetName(a);
+    if (attr == "queued-job-count") queue.jobs = static_cast<std::size_t>(std::max(0, ippGetInteger(a, 0)));
     const char* value = ippGetString(a, 0, nullptr);
     if (value == nullptr) continue;
     if (attr == "printer-name") name = value;
@@ -107,6 +142,25 @@ common::Result<void> IppCupsAdmin::remove(const std::string& name) {
   ipp_t* request = new_request(IPP_OP_CUPS_DELETE_PRINTER);
   ippAddString(request, IPP_TAG_OPERATION, IPP_TAG_URI, "printer-uri", nullptr, printer_uri(name).c_str());
   auto response = call(request, "deleting queue " + name);
+  if (!response.ok()) return response.error();
+  ippDelete(*response);
+  return {};
+}
+
+common::Result<void> IppCupsAdmin::pause(const std::string& name, const std::string& message) {
+  ipp_t* request = new_request(IPP_OP_PAUSE_PRINTER);
+  ippAddString(request, IPP_TAG_OPERATION, IPP_TAG_URI, "printer-uri", nullptr, printer_uri(name).c_str());
+  ippAddString(request, IPP_TAG_OPERATION, IPP_TAG_TEXT, "printer-state-message", nullptr, message.c_str());
+  auto response = call(request, "stopping queue " + name);
+  if (!response.ok()) return response.error();
+  ippDelete(*response);
+  return {};
+}
+
+common::Result<void> IppCupsAdmin::resume(const std::string& name) {
+  ipp_t* request = new_request(IPP_OP_RESUME_PRINTER);
+  ippAddString(request, IPP_TAG_OPERATION, IPP_TAG_URI, "printer-uri", nullptr, printer_uri(name).c_str());
+  auto response = call(request, "starting queue " + name);
   if (!response.ok()) return response.error();
   ippDelete(*response);
   return {};

@@ -29,6 +29,7 @@
 #include "dtu/common/clock.hpp"
 #include "dtu/common/log.hpp"
 #include "dtu/common/version.hpp"
+#include "dtu/services/event.hpp"
 #include "dtu/services/printer_uri.hpp"
 #include "queue_keeper.hpp"
 
@@ -56,33 +57,10 @@ struct Options {
   std::uint32_t timeout_ms = 15000;
 };
 
-// A flag one coroutine waits on, with an optional deadline.
-class Event {
- public:
-  explicit Event(const asio::any_io_executor& ex) : timer_(ex) {}
-  void set() {
-    set_ = true;
-    timer_.cancel();
-  }
-  asio::awaitable<bool> wait(std::optional<common::Duration> timeout) {
-    if (set_) co_return true;
-    if (timeout) {
-      timer_.expires_after(*timeout);
-    } else {
-      timer_.expires_at(asio::steady_timer::time_point::max());
-    }
-    auto sleep = timer_.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
-    co_await std::move(sleep);
-    co_return set_;
-  }
-
- private:
-  asio::steady_timer timer_;
-  bool set_ = false;
-};
-
 // The session queue: points at the first printer unit (in (dtu, device) order) of the DTU the
-// session sits at; left where it was while the session has none (jobs wait in the backend).
+// session sits at. While the session has no printer (detached, or at a DTU without one) the queue
+// is stopped ("session away"): it still points at the printer of the desk the user left, and a
+// job must not print there. Jobs wait in it and print where the session next has a printer.
 class SessionQueue {
  public:
   SessionQueue(QueueKeeper& keeper, std::string name, std::string session, const common::Logger& log)
@@ -97,21 +75,31 @@ class SessionQueue {
     matches_.erase({dtu, device});
     follow();
   }
+  // The manager has sent the session's printers as they are now.
+  void synced() { follow(); }
 
  private:
   void follow() {
     if (matches_.empty()) {
-      if (!pointed_.empty())
-        log_.info("-", "session_queue_unbound", {{"queue", name_}, {"session", session_}, {"uri", pointed_}});
+      if (stopped_) return;
+      if (keeper_.stop_session_queue(
+              name_, "Session " + session_ + " is away: jobs wait until it sits at a DTU with a printer")) {
+        stopped_ = true;
+        pointed_.clear();
+        log_.info("-", "session_queue_unbound", {{"queue", name_}, {"session", session_}});
+      }
       return;
     }
     const auto& [device, units] = matches_.begin()->second;
     const std::uint32_t unit = *std::min_element(units.begin(), units.end());
     const std::string uri = services::make_printer_uri(device, unit);
-    if (uri == pointed_) return;
+    if (uri == pointed_ && !stopped_) return;
     const std::string info = "Printer of session " + session_ + ": " +
                              services::printer_info(device, services::record_device_id(device));
-    if (keeper_.point_session_queue(name_, uri, info)) pointed_ = uri;
+    if (keeper_.point_session_queue(name_, uri, info)) {
+      pointed_ = uri;
+      stopped_ = false;
+    }
   }
 
   QueueKeeper& keeper_;
@@ -120,10 +108,25 @@ class SessionQueue {
   const common::Logger& log_;
   std::map<std::pair<std::string, std::string>, std::pair<common::DeviceRecord, std::vector<std::uint32_t>>>
       matches_;
-  std::string pointed_;
+  std::string pointed_;   // the URI the queue points at, when started
+  bool stopped_ = false;  // stopped for want of a printer
 };
 
-asio::awaitable<int> run(Options o, std::shared_ptr<Event> stop) {
+// Every kTidyInterval while queues are left for their jobs: deletes those whose jobs are done.
+constexpr common::Duration kTidyInterval = std::chrono::seconds(2);
+
+// `keeper` is run()'s: touched only while `stop` is not set (run() cancels `timer` once it is).
+asio::awaitable<void> tidy_left_queues(QueueKeeper& keeper, std::shared_ptr<asio::steady_timer> timer,
+                                       std::shared_ptr<services::Event> stop) {
+  while (!stop->is_set()) {
+    timer->expires_after(kTidyInterval);
+    auto sleep = timer->async_wait(asio::experimental::as_tuple(asio::use_awaitable));
+    co_await std::move(sleep);
+    if (!stop->is_set() && keeper.has_left_queues()) keeper.tidy();
+  }
+}
+
+asio::awaitable<int> run(Options o, std::shared_ptr<services::Event> stop) {
   const common::Logger log("dtu-print");
   auto ex = co_await asio::this_coro::executor;
   services::print::IppCupsAdmin cups(o.cups_server);
@@ -150,7 +153,7 @@ asio::awaitable<int> run(Options o, std::shared_ptr<Event> stop) {
     if (!up) log.warn("-", "manager_lost", {{"reason", why.describe()}});
   });
 
-  Event printers_synced(ex);
+  services::Event printers_synced(ex);
   client::FinderEvents events;
   events.matched = [&keeper](const common::DeviceRecord& d, const std::vector<std::uint32_t>& units) {
     keeper.on_matched(d, units);
@@ -169,7 +172,7 @@ asio::awaitable<int> run(Options o, std::shared_ptr<Event> stop) {
     co_return kExitFailed;
   }
 
-  Event session_synced(ex);
+  services::Event session_synced(ex);
   std::optional<SessionQueue> session_queue;
   if (!o.session_queue.empty()) {
     session_queue.emplace(keeper, o.session_queue, o.session, log);
@@ -182,7 +185,10 @@ asio::awaitable<int> run(Options o, std::shared_ptr<Event> stop) {
     session_events.gone = [sq](const std::string& dtu, const std::string& device, const std::string&) {
       sq->gone(dtu, device);
     };
-    session_events.synced = [&session_synced] { session_synced.set(); };
+    session_events.synced = [&session_synced, sq] {
+      sq->synced();
+      session_synced.set();
+    };
     const nlohmann::json session_finder = {
         {"unit_class", services::kPrinterClass}, {"scope", "session"}, {"session", o.session}};
     auto add_session = service.add_finder(session_finder, std::move(session_events));
@@ -219,8 +225,11 @@ asio::awaitable<int> run(Options o, std::shared_ptr<Event> stop) {
     co_return 0;
   }
 
+  auto tidy_timer = std::make_shared<asio::steady_timer>(ex);
+  common::spawn(ex, tidy_left_queues(keeper, tidy_timer, stop), log, "tidy");
   auto wait_stop = stop->wait(std::nullopt);
   co_await std::move(wait_stop);
+  tidy_timer->cancel();
   log.info("-", "stopping", {{"queues", keeper.kept().size()}});
   service.close();
   co_return 0;
@@ -281,13 +290,13 @@ int main(int argc, char** argv) {
   }
 
   asio::io_context io;
-  auto stop = std::make_shared<Event>(io.get_executor());
+  auto stop = std::make_shared<services::Event>(io.get_executor());
   asio::signal_set signals(io, SIGINT, SIGTERM);
   signals.async_wait([&](const std::error_code& ec, int) {
     if (!ec) stop->set();
   });
   int code = kExitFailed;
-  auto task = [](Options opts, std::shared_ptr<Event> s, int& out,
+  auto task = [](Options opts, std::shared_ptr<services::Event> s, int& out,
                  asio::signal_set& sig) -> asio::awaitable<void> {
     auto op = run(std::move(opts), std::move(s));
     out = co_await std::move(op);

@@ -73,6 +73,22 @@ void QueueKeeper::ensure(const common::DeviceRecord& device, const std::vector<s
   for (std::uint32_t unit : units) {
     const UnitKey key{device.dtu, device.device, unit};
     if (kept_.contains(key)) continue;
+    if (auto left = left_.find(key); left != left_.end()) {
+      // Back before its queue was emptied: the backend stopped the queue, its jobs print now.
+      auto resumed = cups_.resume(left->second);
+      if (!resumed.ok() && resumed.error().code != common::Errc::not_found) {
+        ++failures_;
+        log_.error("-", "queue_failed", {{"queue", left->second}, {"reason", resumed.error().describe()}});
+        continue;  // tried again at the next event
+      }
+      if (resumed.ok()) {
+        kept_[key] = left->second;
+        log_.info("-", "queue_restarted", {{"queue", left->second}, {"uri", make_printer_uri(device, unit)}});
+        left_.erase(left);
+        continue;
+      }
+      left_.erase(left);  // deleted meanwhile (by an administrator): made again below
+    }
     if (!queues) {
       auto listed = cups_.queues();
       if (!listed.ok()) {
@@ -103,7 +119,7 @@ void QueueKeeper::ensure(const common::DeviceRecord& device, const std::vector<s
         refused = true;
         continue;
       }
-      (*queues)[name] = QueueInfo{uri, info};
+      (*queues)[name] = QueueInfo{uri, info, 0};
       kept_[key] = name;
       log_.info("-", "queue_created", {{"queue", name}, {"uri", uri}});
       break;
@@ -117,10 +133,35 @@ void QueueKeeper::ensure(const common::DeviceRecord& device, const std::vector<s
 
 void QueueKeeper::on_gone(const std::string& dtu, const std::string& device, const std::string& reason) {
   if (reason != "detached" && reason != "no_longer_matches") return;  // it comes back: jobs wait
+  std::optional<std::map<std::string, QueueInfo>> queues;             // asked once, when a queue needs it
   for (auto it = kept_.begin(); it != kept_.end();) {
     const auto& [key_dtu, key_device, unit] = it->first;
     if (key_dtu != dtu || key_device != device) {
       ++it;
+      continue;
+    }
+    if (!queues) {
+      auto listed = cups_.queues();
+      if (!listed.ok()) {
+        // Whether its jobs are done is unknown: left, and tidy() looks again.
+        ++failures_;
+        log_.error("-", "queue_failed",
+                   {{"dtu", dtu}, {"device", device}, {"reason", listed.error().describe()}});
+        queues.emplace();
+      } else {
+        queues = std::move(listed).value();
+      }
+    }
+    const auto* queue = find_queue(*queues, it->second);
+    if (queue == nullptr || queue->second.jobs > 0) {
+      log_.info("-", "queue_left_for_jobs",
+                {{"queue", it->second},
+                 {"jobs", queue == nullptr ? std::string("unknown") : std::to_string(queue->second.jobs)},
+                 {"dtu", dtu},
+                 {"device", device},
+                 {"reason", reason}});
+      left_[it->first] = it->second;
+      it = kept_.erase(it);
       continue;
     }
     auto removed = cups_.remove(it->second);
@@ -135,6 +176,35 @@ void QueueKeeper::on_gone(const std::string& dtu, const std::string& device, con
   }
 }
 
+bool QueueKeeper::tidy() {
+  if (left_.empty()) return false;
+  auto queues = cups_.queues();
+  if (!queues.ok()) {
+    ++failures_;
+    log_.error("-", "queue_failed", {{"reason", queues.error().describe()}});
+    return true;
+  }
+  for (auto it = left_.begin(); it != left_.end();) {
+    const auto* queue = find_queue(*queues, it->second);
+    if (queue != nullptr && queue->second.jobs > 0) {
+      ++it;
+      continue;
+    }
+    if (queue != nullptr) {
+      auto removed = cups_.remove(it->second);
+      if (!removed.ok() && removed.error().code != common::Errc::not_found) {
+        ++failures_;
+        log_.error("-", "queue_failed", {{"queue", it->second}, {"reason", removed.error().describe()}});
+        ++it;
+        continue;
+      }
+      log_.info("-", "queue_removed", {{"queue", it->second}, {"reason", "jobs_done"}});
+    }
+    it = left_.erase(it);
+  }
+  return !left_.empty();
+}
+
 std::size_t QueueKeeper::sweep(const std::set<std::string>& current_uris) {
   auto queues = cups_.queues();
   if (!queues.ok()) {
@@ -146,6 +216,11 @@ std::size_t QueueKeeper::sweep(const std::set<std::string>& current_uris) {
   for (const auto& [name, queue] : *queues) {
     if (!is_managed(queue) || current_uris.contains(queue.device_uri)) continue;
     if (session_queue_ && *session_queue_ == name) continue;
+    if (queue.jobs > 0) {
+      log_.info("-", "queue_left_for_jobs",
+                {{"queue", name}, {"jobs", std::to_string(queue.jobs)}, {"uri", queue.device_uri}});
+      continue;
+    }
     auto r = cups_.remove(name);
     if (!r.ok()) {
       ++failures_;
@@ -175,16 +250,50 @@ bool QueueKeeper::point_session_queue(const std::string& name, const std::string
                {{"queue", name}, {"reason", "an administrator's queue has that name; left alone"}});
     return false;
   }
-  if (existing != nullptr && existing->second.device_uri == device_uri) return true;
-  auto put = cups_.put(name, device_uri, managed_info(info));
-  if (!put.ok()) {
+  if (existing == nullptr || existing->second.device_uri != device_uri) {
+    auto put = cups_.put(name, device_uri, managed_info(info));
+    if (!put.ok()) {
+      ++failures_;
+      log_.error("-", "queue_failed",
+                 {{"queue", name}, {"uri", device_uri}, {"reason", put.error().describe()}});
+      return false;
+    }
+    log_.info("-", existing != nullptr ? "session_queue_moved" : "queue_created",
+              {{"queue", name}, {"uri", device_uri}});
+  }
+  // Started in any case: stopped while the session was away, its jobs print at this desk now.
+  auto resumed = cups_.resume(name);
+  if (!resumed.ok()) {
     ++failures_;
-    log_.error("-", "queue_failed",
-               {{"queue", name}, {"uri", device_uri}, {"reason", put.error().describe()}});
+    log_.error("-", "queue_failed", {{"queue", name}, {"reason", resumed.error().describe()}});
     return false;
   }
-  log_.info("-", existing != nullptr ? "session_queue_moved" : "queue_created",
-            {{"queue", name}, {"uri", device_uri}});
+  return true;
+}
+
+bool QueueKeeper::stop_session_queue(const std::string& name, const std::string& message) {
+  session_queue_ = name;
+  auto queues = cups_.queues();
+  if (!queues.ok()) {
+    ++failures_;
+    log_.error("-", "queue_failed", {{"queue", name}, {"reason", queues.error().describe()}});
+    return false;
+  }
+  const auto* existing = find_queue(*queues, name);
+  if (existing == nullptr) return true;
+  if (!is_managed(existing->second)) {
+    ++failures_;
+    log_.error("-", "queue_failed",
+               {{"queue", name}, {"reason", "an administrator's queue has that name; left alone"}});
+    return false;
+  }
+  auto paused = cups_.pause(name, message);
+  if (!paused.ok()) {
+    ++failures_;
+    log_.error("-", "queue_failed", {{"queue", name}, {"reason", paused.error().describe()}});
+    return false;
+  }
+  log_.info("-", "session_queue_stopped", {{"queue", name}, {"uri", existing->second.device_uri}});
   return true;
 }
 

@@ -3,6 +3,7 @@
 #include <grp.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -120,6 +121,24 @@ fs::path cups_backend_path() {
 
 fs::path dtu_print_path() {
   return built("services/dtu-print");
+}
+
+bool same_bytes(const std::string& got_hex, const std::string& expected, std::string* why) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  const std::size_t got_size = got_hex.size() / 2;
+  std::size_t i = 0;
+  for (; i < got_size && i < expected.size(); ++i) {
+    const auto byte = static_cast<unsigned char>(expected[i]);
+    const char hi = static_cast<char>(std::tolower(static_cast<unsigned char>(got_hex[2 * i])));
+    const char lo = static_cast<char>(std::tolower(static_cast<unsigned char>(got_hex[2 * i + 1])));
+    if (hi != kDigits[byte >> 4] || lo != kDigits[byte & 0xf]) break;
+  }
+  const bool same = got_hex.size() % 2 == 0 && got_size == expected.size() && i == expected.size();
+  if (!same && why != nullptr) {
+    *why = "got " + std::to_string(got_size) + " bytes, expected " + std::to_string(expected.size()) +
+           "; first difference at byte offset " + std::to_string(i);
+  }
+  return same;
 }
 
 void open_to_lp(const fs::path& dir) {

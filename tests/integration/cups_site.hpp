@@ -41,6 +41,11 @@ inline constexpr std::chrono::milliseconds kCupsDeadline{15000};
 std::filesystem::path cups_backend_path();
 std::filesystem::path dtu_print_path();
 
+// Whether `got_hex` (hex, as `dtu-simctl captured` shows a printer's bytes) is exactly the bytes
+// `expected`. When not, *why says both lengths and the first differing byte offset, never the
+// data (a job is megabytes: a doctest CHECK of the two strings would print all of them).
+bool same_bytes(const std::string& got_hex, const std::string& expected, std::string* why);
+
 // Adds search (x) permission for everyone to `dir`, so the lp user can reach a socket inside it.
 void open_to_lp(const std::filesystem::path& dir);
 

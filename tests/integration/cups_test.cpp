@@ -9,6 +9,7 @@
 #include <csignal>
 #include <cstdint>
 #include <fstream>
+#include <iterator>
 #include <optional>
 #include <regex>
 #include <set>
@@ -20,7 +21,6 @@
 #include <nlohmann/json.hpp>
 
 #include "cups_site.hpp"
-#include "dtu/common/crypto.hpp"
 #include "site.hpp"
 
 using dtu::testing::CommandResult;
@@ -60,9 +60,43 @@ std::string write_job(const std::filesystem::path& path, std::size_t size, std::
   return bytes;
 }
 
-std::string hex(const std::string& bytes) {
-  return dtu::common::to_hex(dtu::common::Bytes(bytes.begin(), bytes.end()));
+// Whether the printer's capture `got` holds exactly `job`; says how it differs otherwise.
+bool printed_exactly(const json& got, const std::string& job) {
+  std::string why;
+  const bool same = dtu::testing::same_bytes(got.at("hex").get<std::string>(), job, &why);
+  if (!same) MESSAGE("the printer's bytes are not the job's: " << why);
+  return same;
 }
+
+// How many lines of `process`'s log match `re`.
+std::size_t log_count(const Process& process, const std::regex& re) {
+  const std::string log = process.log();
+  return static_cast<std::size_t>(
+      std::distance(std::sregex_iterator(log.begin(), log.end(), re), std::sregex_iterator()));
+}
+
+// While armed, the stopped backend `pid` is continued and killed when the test leaves the scope
+// (a failed REQUIRE must not leave it stopped).
+class StoppedBackend {
+ public:
+  explicit StoppedBackend(pid_t pid) : pid_(pid) {}
+  ~StoppedBackend() {
+    if (!armed_) return;
+    ::kill(pid_, SIGCONT);
+    ::kill(pid_, SIGKILL);
+  }
+  StoppedBackend(const StoppedBackend&) = delete;
+  StoppedBackend& operator=(const StoppedBackend&) = delete;
+  // Continues it for good: it finishes its job.
+  void release() {
+    ::kill(pid_, SIGCONT);
+    armed_ = false;
+  }
+
+ private:
+  pid_t pid_;
+  bool armed_ = true;
+};
 
 // What the simulated printer on `port` of agent `a` has received (its OUT endpoint 0x01).
 json captured(Site& site, const Site::Agent& a, const std::string& port) {
@@ -161,7 +195,7 @@ TEST_CASE("a raw queue on a dtu:// URI prints a file byte-exact and the job ends
   CHECK(job_completes(cups, id, kJobDeadline));
   const json got = captured(site, agent, "1-1");
   CHECK(got.at("bytes") == job.size());
-  CHECK(got.at("hex") == hex(job));
+  CHECK(printed_exactly(got, job));
   // The queue stays usable: idle, accepting, and the unit is free again (released at the end).
   CHECK(eventually([&] { return cups.queues()["q"].state == "idle"; }, kSettle));
   CHECK(eventually([&] { return unit_state(site, m, "dtu-a", "1-1") == "free"; }, kSettle));
@@ -200,7 +234,7 @@ TEST_CASE("a job for a printer another service holds waits and says so, then pri
 
   holder.reset();  // SIGTERM: devmgrctl releases its lease
   CHECK(job_completes(cups, id, kJobDeadline));
-  CHECK(captured(site, agent, "1-2").at("hex") == hex(job));
+  CHECK(printed_exactly(captured(site, agent, "1-2"), job));
 }
 
 TEST_CASE(
@@ -233,6 +267,7 @@ TEST_CASE(
   std::vector<pid_t> backend;
   REQUIRE(eventually([&] { return (backend = cups.backend_pids()).size() == 1; }, kSettle));
   REQUIRE(::kill(backend[0], SIGSTOP) == 0);
+  StoppedBackend stopped(backend[0]);
   holder.reset();  // SIGTERM: devmgrctl releases the printer
   std::uint64_t at_kill = 0;
   for (int step = 0; step < kMaxSteps && at_kill == 0; ++step) {
@@ -243,14 +278,14 @@ TEST_CASE(
   }
   REQUIRE_MESSAGE(at_kill > 0, "the backend sent nothing in " << kMaxSteps << " steps");
   site.kill_manager(m1);
-  ::kill(backend[0], SIGCONT);
+  stopped.release();
   MESSAGE("m1 killed with " << at_kill << " of " << kBigJobBytes << " bytes printed");
   CHECK(at_kill < kBigJobBytes);  // the middle of the job, not its end
 
   CHECK(job_completes(cups, id, kBigJobDeadline));
   const json got = captured(site, agent, "1-1");
   CHECK(got.at("bytes") == job.size());
-  CHECK(got.at("hex") == hex(job));
+  CHECK(printed_exactly(got, job));
   // The DTU is at m2 now, and the printer free for the next job.
   CHECK(eventually([&] { return unit_state(site, m2, "dtu-a", "1-1") == "free"; }, kSettle));
 }
@@ -288,9 +323,35 @@ TEST_CASE("dtu-print keeps a queue per printer: removed on unplug, created again
 
   const auto file = site.dir() / "job.bin";
   const std::string job = write_job(file, 128 * 1024 + 5, 4);
-  const int id = print(cups, "dtu-MFP0042", file);
+  const int id = print(cups, "dtu-PRN0001", file);
   CHECK(job_completes(cups, id, kJobDeadline));
-  CHECK(captured(site, agent, "1-2").at("hex") == hex(job));
+  CHECK(printed_exactly(captured(site, agent, "1-1"), job));
+
+  // Reseating a cable keeps the queued jobs: the queue of an unplugged printer that still has
+  // jobs stays (they are not cancelled), and they print when the printer is back.
+  const std::regex left_for_jobs("queue_left_for_jobs.*queue=dtu-MFP0042");
+  REQUIRE(cups.run({"cupsdisable", "dtu-MFP0042"}).exit_code == 0);  // the job waits in the queue
+  const auto queued_file = site.dir() / "queued.bin";
+  const std::string queued = write_job(queued_file, 48 * 1024 + 7, 6);
+  const int queued_id = print(cups, "dtu-MFP0042", queued_file);
+  REQUIRE(site.simctl(agent, {"unplug", "1-2"}).exit_code == 0);
+  CHECK(eventually([&] { return log_count(print_daemon, left_for_jobs) == 1; }, kSettle));
+  CHECK(has_queue(cups, "dtu-MFP0042"));
+  CHECK(cups.job(queued_id).state == "pending");
+  REQUIRE(site.simctl(agent, {"plug", "1-2"}).exit_code == 0);
+  CHECK(job_completes(cups, queued_id, kJobDeadline));  // dtu-print started the queue again
+  CHECK(printed_exactly(captured(site, agent, "1-2"), queued));
+
+  // Such a queue is deleted once its jobs are gone (here cancelled), and made again on plug.
+  REQUIRE(cups.run({"cupsdisable", "dtu-MFP0042"}).exit_code == 0);
+  const int cancelled_id = print(cups, "dtu-MFP0042", queued_file);
+  REQUIRE(site.simctl(agent, {"unplug", "1-2"}).exit_code == 0);
+  CHECK(eventually([&] { return log_count(print_daemon, left_for_jobs) == 2; }, kSettle));
+  CHECK(has_queue(cups, "dtu-MFP0042"));
+  REQUIRE(cups.run({"cancel", std::to_string(cancelled_id)}).exit_code == 0);
+  CHECK(eventually([&] { return !has_queue(cups, "dtu-MFP0042"); }, kSettle));
+  REQUIRE(site.simctl(agent, {"plug", "1-2"}).exit_code == 0);
+  CHECK(eventually([&] { return has_queue(cups, "dtu-MFP0042"); }, kSettle));
 
   // SIGTERM: a clean exit, and the queues stay.
   print_daemon.signal(SIGTERM);
@@ -344,6 +405,34 @@ TEST_CASE("dtu-print's session queue follows the session to the DTU it sits at")
   CHECK(job_completes(cups, id, kJobDeadline));
   const std::string uri = cups.queues()["mine"].device_uri;
   const std::string port = uri.find("PRN0001") != std::string::npos ? "1-1" : "1-2";
-  CHECK(captured(site, b, port).at("hex") == hex(job));
+  CHECK(printed_exactly(captured(site, b, port), job));
   CHECK(captured(site, a, port).at("bytes") == 0);
+
+  // The session leaves its DTU: the queue stops, so a job waits in it instead of printing at
+  // the desk the user left, and prints at the DTU the session sits at next.
+  REQUIRE(site.devmgrctl(m, {"session", "detach", "--session", "s1"}).exit_code == 0);
+  CupsSite::Queue mine;
+  CHECK_MESSAGE(eventually(
+                    [&] {
+                      mine = cups.queues()["mine"];
+                      return mine.state == "stopped";
+                    },
+                    kSettle),
+                "queue mine is " << mine.state << " (" << mine.state_message << ")");
+  CHECK(mine.state_message.find("away") != std::string::npos);
+  const auto away_file = site.dir() / "away.bin";
+  const std::string away = write_job(away_file, 16 * 1024 + 9, 7);
+  const int away_id = print(cups, "mine", away_file);
+  CHECK(cups.job(away_id).state == "pending");
+  CHECK(cups.backend_pids().empty());
+  CHECK(printed_exactly(captured(site, b, port), job));  // nothing more at the old desk
+
+  REQUIRE(site.devmgrctl(m, {"session", "attach", "--session", "s1", "--user", "root", "--dtu", "dtu-a"})
+              .exit_code == 0);
+  CHECK(job_completes(cups, away_id, kJobDeadline));
+  const std::string uri_a = cups.queues()["mine"].device_uri;
+  CHECK(uri_a.starts_with("dtu://dtu-a/"));
+  const std::string port_a = uri_a.find("PRN0001") != std::string::npos ? "1-1" : "1-2";
+  CHECK(printed_exactly(captured(site, a, port_a), away));
+  CHECK(printed_exactly(captured(site, b, port), job));
 }
