@@ -11,6 +11,7 @@
 #include <sstream>
 #include <utility>
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -21,6 +22,7 @@
 #include "dtu/common/crypto.hpp"
 #include "dtu/common/finder.hpp"
 #include "dtu/common/inband_messages.hpp"
+#include "dtu/services/event.hpp"
 
 namespace dtu::services::unit_tool {
 namespace {
@@ -38,30 +40,6 @@ constexpr common::Duration kReleaseTimeout = std::chrono::seconds(10);
 void say(const std::string& line) {
   std::cerr << "dtu-unit: " << line << '\n';
 }
-
-// A flag one coroutine waits on with a deadline; set() wakes it. reset() makes it wait again.
-class Event {
- public:
-  explicit Event(const asio::any_io_executor& ex) : timer_(ex) {}
-  void set() {
-    set_ = true;
-    timer_.cancel();
-  }
-  void reset() { set_ = false; }
-  bool is_set() const { return set_; }
-  // Waits until set() or `timeout`; returns is_set().
-  asio::awaitable<bool> wait(common::Duration timeout) {
-    if (set_) co_return true;
-    timer_.expires_after(timeout);
-    auto sleep = timer_.async_wait(as_tuple(asio::use_awaitable));
-    co_await std::move(sleep);
-    co_return set_;
-  }
-
- private:
-  asio::steady_timer timer_;
-  bool set_ = false;
-};
 
 struct Target {
   std::string dtu;
@@ -164,7 +142,10 @@ asio::awaitable<std::shared_ptr<FinderWatch>> watch(const std::shared_ptr<client
   });
   client::FinderEvents events;
   events.matched = [w](const common::DeviceRecord& d, const std::vector<std::uint32_t>&) {
-    w->order.emplace_back(d.dtu, d.device);
+    // A device that went and came back keeps its first place (and is listed once).
+    std::pair<std::string, std::string> key(d.dtu, d.device);
+    if (std::find(w->order.begin(), w->order.end(), key) == w->order.end())
+      w->order.push_back(std::move(key));
     w->changed.set();
   };
   events.changed = [w](const common::DeviceRecord&, const std::vector<std::uint32_t>&) { w->changed.set(); };
@@ -217,8 +198,10 @@ struct Allocation {
   int code = kExitDone;  // when no lease
 };
 
-// Allocates the unit named by id, waiting in the manager's queue with --wait-ms.
-asio::awaitable<Allocation> allocate_by_id(client::Client& service, const UnitToolOptions& o) {
+// Allocates the unit named by id, waiting in the manager's queue with --wait-ms. A signal closes
+// the client: the allocation then fails quietly (the caller exits 128 + the signal).
+asio::awaitable<Allocation> allocate_by_id(client::Client& service, const UnitToolOptions& o,
+                                           const Interrupt& interrupt) {
   Allocation a;
   a.target = Target{*o.dtu, *o.device, *o.unit};
   client::AllocateOptions how;
@@ -228,7 +211,7 @@ asio::awaitable<Allocation> allocate_by_id(client::Client& service, const UnitTo
   auto lease = co_await std::move(allocate);
   if (lease.ok()) {
     a.lease = std::move(lease.value());
-  } else {
+  } else if (interrupt.signal() == 0) {
     a.code = allocation_failed(service, name_of(a.target), lease.error(), o.wait.has_value());
   }
   co_return a;
@@ -269,6 +252,7 @@ asio::awaitable<Allocation> allocate_by_finder(const std::shared_ptr<client::Cli
         a.target = c.target;
         co_return a;
       }
+      if (interrupt.signal() != 0) co_return a;  // the signal closed the client
       if (lease.error().code != make_error_code(Errc::refused)) {
         a.code = allocation_failed(service, name_of(c.target), lease.error(), false);
         co_return a;
@@ -323,17 +307,35 @@ common::Result<std::uint8_t> pick_endpoint(const common::InbandWelcomeMsg& welco
                                     " endpoint; name one with --endpoint");
 }
 
-// Streams stdin to OUT `endpoint` as it arrives: a pipe is read asynchronously (a slow producer,
-// e.g. a print filter, never stalls the channel's heartbeats), anything else in one go.
+// Puts back stdin's file status flags (asio makes a descriptor non-blocking to wait on it, and a
+// terminal's flags are shared with the shell).
+class RestoreStdinFlags {
+ public:
+  RestoreStdinFlags() : flags_(::fcntl(STDIN_FILENO, F_GETFL)) {}
+  ~RestoreStdinFlags() {
+    if (flags_ >= 0) ::fcntl(STDIN_FILENO, F_SETFL, flags_);
+  }
+  RestoreStdinFlags(const RestoreStdinFlags&) = delete;
+  RestoreStdinFlags& operator=(const RestoreStdinFlags&) = delete;
+
+ private:
+  int flags_;
+};
+
+// Streams stdin to OUT `endpoint` as it arrives: a regular file is read in one go (that never
+// blocks); anything else (a pipe, a socket, a terminal, a device) asynchronously, so a slow
+// producer such as a print filter or a user typing never stalls the channel's heartbeats, the
+// lease's renewal or the signals.
 asio::awaitable<common::Result<std::size_t>> write_stdin(client::InbandChannel& channel,
                                                          std::uint8_t endpoint, Interrupt& interrupt) {
   struct stat st {};
-  if (::fstat(STDIN_FILENO, &st) != 0 || !(S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode))) {
+  if (::fstat(STDIN_FILENO, &st) == 0 && S_ISREG(st.st_mode)) {
     const std::vector<std::uint8_t> data((std::istreambuf_iterator<char>(std::cin)),
                                          std::istreambuf_iterator<char>());
     auto stream = channel.stream(endpoint, data);
     co_return co_await std::move(stream);
   }
+  const RestoreStdinFlags restore;
   const int fd = ::dup(STDIN_FILENO);
   if (fd < 0) co_return Error(Errc::io_error, std::string("reading stdin: ") + std::strerror(errno));
   auto in = std::make_shared<asio::posix::stream_descriptor>(co_await asio::this_coro::executor, fd);
@@ -389,6 +391,7 @@ asio::awaitable<int> transfer(client::InbandChannel& channel, const UnitToolOpti
         say("read: " + in.error().describe());
         co_return kExitFailed;
       }
+      say("reading endpoint " + std::to_string(*in));
       std::size_t total = 0;
       int code = kExitDone;
       while (total < o.bytes && interrupt.signal() == 0) {
@@ -462,7 +465,7 @@ asio::awaitable<int> with_client(std::shared_ptr<client::Client> client, const U
     auto pick = allocate_by_finder(client, o, interrupt);
     a = co_await std::move(pick);
   } else {
-    auto pick = allocate_by_id(service, o);
+    auto pick = allocate_by_id(service, o, interrupt);
     a = co_await std::move(pick);
   }
   if (interrupt.signal() != 0) co_return kExitSignalBase + interrupt.signal();
@@ -475,7 +478,9 @@ asio::awaitable<int> with_client(std::shared_ptr<client::Client> client, const U
   int code = kExitDone;
   auto open = service.open_channel(*a.lease);
   auto channel = co_await std::move(open);
-  if (interrupt.signal() != 0) {
+  // A signal while the channel opened ran the stop action of the allocation: it closed the client.
+  const bool client_closed = interrupt.signal() != 0;
+  if (client_closed) {
     code = kExitSignalBase + interrupt.signal();
   } else if (!channel.ok()) {
     say("in-band connect to " + what + ": " + channel.error().describe());
@@ -492,9 +497,10 @@ asio::awaitable<int> with_client(std::shared_ptr<client::Client> client, const U
   // The release: a second signal, or a manager that stays away, gives up on it (the manager
   // releases our leases when we disconnect; else the lease expires on the DTU).
   interrupt.on_next_request([client] { client->close(); });
+  // A closed client has nothing left to release it with: the manager releases it as we go.
   if (!ended.empty()) {
     say("the lease on " + what + " ended: " + ended);
-  } else {
+  } else if (!client_closed) {
     const auto ex = co_await asio::this_coro::executor;
     std::function<void()> give_up = [client] { client->close(); };
     common::DeadlineGuard guard(ex, kReleaseTimeout, std::move(give_up));

@@ -15,6 +15,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <asio.hpp>
@@ -64,7 +65,7 @@ class Interrupt {
   // Records the signal (the first one counts) and runs the current stop action once.
   void request(int signal) {
     if (signal_ == 0) signal_ = signal;
-    if (auto stop = std::move(stop_)) stop();
+    if (auto stop = std::exchange(stop_, nullptr)) stop();
   }
   // 0 while no signal came.
   int signal() const { return signal_; }

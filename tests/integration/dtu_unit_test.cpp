@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <csignal>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -13,6 +14,9 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include <fcntl.h>
+#include <unistd.h>
 
 #include "dtu/common/crypto.hpp"
 #include "site.hpp"
@@ -70,6 +74,18 @@ std::string captured_hex(Site& site, const Site::Agent& agent, const std::string
   return json::parse(r.out).at("hex");
 }
 
+// Whether the printer at 1-1 received exactly `expected` on OUT 0x01; on a mismatch the message
+// gives both sizes and the first byte that differs, not the (large) bytes themselves.
+void check_captured(Site& site, const Site::Agent& agent, const std::string& expected) {
+  const std::string got = captured_hex(site, agent, "1-1", "0x01");
+  const std::string want = hex_of(expected);
+  const auto differ = std::mismatch(got.begin(), got.end(), want.begin(), want.end());
+  const bool same = got == want;  // a bool: doctest would print both operands of `got == want`
+  CHECK_MESSAGE(same, "the printer received " << got.size() / 2 << " bytes, expected " << want.size() / 2
+                                              << "; first difference at byte "
+                                              << (differ.first - got.begin()) / 2);
+}
+
 std::string unit_state(Site& site, const Site::Manager& m, const std::string& device, std::uint32_t unit) {
   auto u = site.unit(m, "dtu-1", device, unit);
   return u.is_null() ? "absent" : u.at("state").get<std::string>();
@@ -113,7 +129,7 @@ TEST_CASE(
   CHECK_MESSAGE(r.exit_code == 0, r.err);
   CHECK_MESSAGE(r.err.find("chose dtu-1 1-1 unit 0") != std::string::npos, r.err);
   CHECK_MESSAGE(r.err.find("wrote " + std::to_string(job.size()) + " bytes") != std::string::npos, r.err);
-  CHECK(captured_hex(site, agent, "1-1", "0x01") == hex_of(job));
+  check_captured(site, agent, job);
 
   // From a pipe (streamed as it comes), the finder from a file.
   const std::vector<std::string> piped = {"/bin/sh",
@@ -126,7 +142,7 @@ TEST_CASE(
                                           "@" + finder_file};
   r = run_command(piped, kSettle);
   CHECK_MESSAGE(r.exit_code == 0, r.err);
-  CHECK(captured_hex(site, agent, "1-1", "0x01") == hex_of(job + job));
+  check_captured(site, agent, job + job);
 
   // By id, from a pipe, as the demo does it.
   const std::vector<std::string> demo = {
@@ -138,7 +154,7 @@ TEST_CASE(
       m->socket.string()};
   r = run_command(demo, kSettle);
   CHECK_MESSAGE(r.exit_code == 0, r.err);
-  CHECK(captured_hex(site, agent, "1-1", "0x01") == hex_of(job + job + "page\f"));
+  check_captured(site, agent, job + job + "page\f");
   CHECK(eventually([&] { return unit_state(site, *m, "1-1", 0) == "free"; }, kSettle));
 }
 
@@ -234,11 +250,7 @@ TEST_CASE(
   CHECK_MESSAGE(r.err.find("held by " + held_by) != std::string::npos, r.err);
   CHECK(captured_hex(site, agent, "1-1", "0x01").empty());
 
-  // Waiting by finder: queued at the manager, then written when the holder releases.
-  Process waiter(with_stdin(job_file, unit_command(*m, {"--finder", kStylusFinder.dump(), "--wait-ms",
-                                                        "30000", "write"})),
-                 site.dir().path(), {}, "waiter");
-  // The manager queues it (its second allocation_waiting: the first was the wait that ran out).
+  // The manager's allocation_waiting events: each wait it queued.
   auto waits = [&] {
     const std::string log = m->process->log();
     std::size_t n = 0;
@@ -247,12 +259,28 @@ TEST_CASE(
       ++n;
     return n;
   };
-  REQUIRE_MESSAGE(eventually([&] { return waits() == 2; }, kSettle), waiter.log());
+  REQUIRE(waits() == 1);  // the wait that ran out
+
+  // Ctrl-C while queued: exit 130 and nothing else to say (no allocation error).
+  Process queued(with_stdin(job_file, unit_command(*m, {"--dtu", "dtu-1", "--device", "1-1", "--unit", "0",
+                                                        "--wait-ms", "30000", "write"})),
+                 site.dir().path(), {}, "queued");
+  REQUIRE_MESSAGE(eventually([&] { return waits() == 2; }, kSettle), queued.log());
+  queued.signal(SIGINT);
+  CHECK_MESSAGE(queued.wait_exit(kSettle) == 130, queued.log());
+  CHECK_MESSAGE(queued.log().find("allocate ") == std::string::npos, queued.log());
+  CHECK_MESSAGE(queued.log().find("lost the manager") == std::string::npos, queued.log());
+
+  // Waiting by finder: queued at the manager, then written when the holder releases.
+  Process waiter(with_stdin(job_file, unit_command(*m, {"--finder", kStylusFinder.dump(), "--wait-ms",
+                                                        "30000", "write"})),
+                 site.dir().path(), {}, "waiter");
+  REQUIRE_MESSAGE(eventually([&] { return waits() == 3; }, kSettle), waiter.log());
   CHECK_MESSAGE(waiter.log().find("waiting up to ") != std::string::npos, waiter.log());
   holder.signal(SIGTERM);
   CHECK(holder.wait_exit(kSettle) == 0);
   CHECK_MESSAGE(waiter.wait_exit(kSettle) == 0, waiter.log());
-  CHECK(captured_hex(site, agent, "1-1", "0x01") == hex_of(job));
+  check_captured(site, agent, job);
   CHECK(eventually([&] { return unit_state(site, *m, "1-1", 0) == "free"; }, kSettle));
 }
 
@@ -263,29 +291,66 @@ TEST_CASE(
   Site::Manager* m = nullptr;
   auto& agent = start_site(site, m);
 
-  // A 1 s lease and a producer that pauses 3 s: the library's renewals keep it.
+  // A 2 s lease and a producer that pauses 5 s, two and a half lease lengths: only the library's
+  // renewals (every 2/3 s) keep it. (A 1 s lease left a loaded machine 2/3 s for each renewal.)
   const std::vector<std::string> slow = {"/bin/sh",
                                          "-c",
-                                         "(printf 'first '; sleep 3; printf 'second') | \"$1\" --socket "
-                                         "\"$2\" --finder \"$3\" --lease-seconds 1 write",
+                                         "(printf 'first '; sleep 5; printf 'second') | \"$1\" --socket "
+                                         "\"$2\" --finder \"$3\" --lease-seconds 2 write",
                                          "sh",
                                          binary_path("dtu-unit"),
                                          m->socket.string(),
                                          kStylusFinder.dump()};
-  auto r = run_command(slow, kSettle);
+  auto r = run_command(slow, 2 * kSettle);  // the pause and then the usual bound
   CHECK_MESSAGE(r.exit_code == 0, r.err);
-  CHECK(captured_hex(site, agent, "1-1", "0x01") == hex_of("first second"));
+  check_captured(site, agent, "first second");
 
   // A read that would wait a minute on the printer's status endpoint, stopped with SIGTERM.
   Process reader(
       unit_command(*m, {"--dtu", "dtu-1", "--device", "1-2", "--unit", "0", "read", "--timeout-ms", "60000"}),
       site.dir().path(), {}, "reader");
-  REQUIRE(eventually([&] { return unit_state(site, *m, "1-2", 0) == "allocated"; }, kSettle));
+  // Signalled once the read is under way: a signal before the in-band channel is open closes the
+  // connection instead, and the manager releases the lease (lease_holder_gone).
+  REQUIRE_MESSAGE(
+      eventually([&] { return reader.log().find("reading endpoint") != std::string::npos; }, kSettle),
+      reader.log());
+  CHECK(unit_state(site, *m, "1-2", 0) == "allocated");
   reader.signal(SIGTERM);
   CHECK(reader.wait_exit(kSettle) == 143);
   CHECK(eventually([&] { return unit_state(site, *m, "1-2", 0) == "free"; }, kSettle));
   // Released by dtu-unit itself, not by the manager noticing that its connection closed.
   CHECK_MESSAGE(m->process->log().find("lease_holder_gone") == std::string::npos, m->process->log());
+}
+
+TEST_CASE("dtu-unit write from a terminal sends each line as it is typed, and ends at Ctrl-D") {
+  Site site;
+  Site::Manager* m = nullptr;
+  auto& agent = start_site(site, m);
+  // A pseudo-terminal: dtu-unit's stdin is its slave side, the test types on the master side.
+  const int master = ::posix_openpt(O_RDWR | O_NOCTTY);
+  REQUIRE(master >= 0);
+  REQUIRE(::grantpt(master) == 0);
+  REQUIRE(::unlockpt(master) == 0);
+  const std::string terminal = ::ptsname(master);
+  auto type = [&](const std::string& text) {
+    REQUIRE(::write(master, text.data(), text.size()) == static_cast<ssize_t>(text.size()));
+  };
+  Process writer(with_stdin(terminal, unit_command(*m, {"--finder", kStylusFinder.dump(), "write"})),
+                 site.dir().path(), {}, "writer");
+  REQUIRE_MESSAGE(
+      eventually([&] { return writer.log().find("chose dtu-1 1-1 unit 0") != std::string::npos; }, kSettle),
+      writer.log());
+  type("first line\n");
+  // Sent while the terminal stays open: stdin is not read to its end first.
+  CHECK_MESSAGE(
+      eventually([&] { return captured_hex(site, agent, "1-1", "0x01") == hex_of("first line\n"); }, kSettle),
+      writer.log());
+  type("second line\n\x04");  // Ctrl-D at the start of a line: end of input
+  CHECK_MESSAGE(writer.wait_exit(kSettle) == 0, writer.log());
+  CHECK_MESSAGE(writer.log().find("wrote 23 bytes") != std::string::npos, writer.log());
+  check_captured(site, agent, "first line\nsecond line\n");
+  ::close(master);
+  CHECK(eventually([&] { return unit_state(site, *m, "1-1", 0) == "free"; }, kSettle));
 }
 
 TEST_CASE(
@@ -321,7 +386,7 @@ TEST_CASE(
   site.kill_manager(m2);
   CHECK(m1.process->wait_for_log(std::regex("dtu_connected dtu=dtu-1"), kSettle));  // the DTU re-homed
   CHECK_MESSAGE(writer.wait_exit(kSettle) == 0, writer.log());
-  CHECK(captured_hex(site, agent, "1-1", "0x01") == hex_of("before failover after failover"));
+  check_captured(site, agent, "before failover after failover");
   CHECK(eventually(
       [&] {
         return unit(m1, {"list", "--finder", kStylusFinder.dump()}).out == "dtu-1 1-1 0 free -\n";
@@ -352,24 +417,31 @@ TEST_CASE("dtu-unit exits 5 when no unit matches, 3 when no manager answers and 
   CHECK_MESSAGE(r.exit_code == 3, r.err);
   CHECK_MESSAGE(r.err.find("is devmgr running?") != std::string::npos, r.err);
 
-  const std::vector<std::vector<std::string>> bad = {
-      {"read"},                                                            // which unit?
-      {"--dtu", "dtu-1", "--device", "1-1", "--unit", "0"},                // no verb
-      {"--finder", "{not json", "read"},                                   // not JSON
-      {"--finder", R"({"vid": 12})", "read"},                              // a bad field
-      {"--finder", "@" + (site.dir() / "missing.json").string(), "read"},  // no such file
-      {"--dtu", "dtu-1", "--device", "1-1", "--unit", "0", "control", "--request-type", "0xA1", "--request",
-       "0", "--data", "00"},  // data on an IN request
-      {"--dtu", "dtu-1", "--device", "1-1", "--unit", "0", "control", "--request-type", "0x121", "--request",
-       "0"},
-      {"--dtu", "dtu-1", "--device", "1-1", "--unit", "0", "--endpoint", "0x99", "read"},
+  // Each bad command line, and a word of the reason its message must give.
+  struct Bad {
+    std::vector<std::string> args;
+    std::string reason;
   };
-  for (const auto& args : bad) {
-    r = unit(*m, args);
-    CHECK_MESSAGE(r.exit_code == 2, args.back() << ": " << r.err);
-    CHECK_MESSAGE(r.err.find("dtu-unit") != std::string::npos, r.err);
+  const std::vector<Bad> bad = {
+      {{"read"}, "which unit?"},
+      {{"--dtu", "dtu-1", "--device", "1-1", "--unit", "0"}, "A subcommand is required"},
+      {{"--finder", "{not json", "read"}, "is not JSON"},
+      {{"--finder", R"({"vid": 12})", "read"}, "finder field 'vid'"},
+      {{"--finder", "@" + (site.dir() / "missing.json").string(), "read"}, "cannot read "},
+      {{"--dtu", "dtu-1", "--device", "1-1", "--unit", "0", "control", "--request-type", "0xA1", "--request",
+        "0", "--data", "00"},
+       "--data goes with an OUT request"},
+      {{"--dtu", "dtu-1", "--device", "1-1", "--unit", "0", "control", "--request-type", "0x121", "--request",
+        "0"},
+       "--request-type '0x121': expected a byte"},
+      {{"--dtu", "dtu-1", "--device", "1-1", "--unit", "0", "--endpoint", "0x99", "read"},
+       "--endpoint '0x99': expected an endpoint address"},
+  };
+  for (const auto& b : bad) {
+    r = unit(*m, b.args);
+    CHECK_MESSAGE(r.exit_code == 2, b.args.back() << ": " << r.err);
+    CHECK_MESSAGE(r.err.find("dtu-unit: ") == 0, r.err);
+    CHECK_MESSAGE(r.err.find(b.reason) != std::string::npos, "expected \"" << b.reason << "\" in: " << r.err);
   }
-  r = unit(*m, {"--finder", R"({"vid": 12})", "read"});
-  CHECK_MESSAGE(r.err.find("finder field 'vid'") != std::string::npos, r.err);
   CHECK(eventually([&] { return unit_state(site, *m, "1-1", 0) == "free"; }, kSettle));
 }
