@@ -2,7 +2,8 @@
 //   dtu                                             list the group's DTU printers (lpinfo -v)
 //   dtu job-id user title copies options [file]     print a job to the queue's dtu:// printer
 // The device URI comes from $DEVICE_URI (else argv[0]); the manager's socket from
-// $DTUBROKER_SOCKET (cupsd.conf: SetEnv DTUBROKER_SOCKET …), else the default.
+// $DTUBROKER_SOCKET (cups-files.conf: SetEnv DTUBROKER_SOCKET …; CUPS 2.4 ignores it in
+// cupsd.conf), else the default.
 // URI format: services/include/dtu/services/printer_uri.hpp; behaviour: print_job.hpp.
 #include <csignal>
 #include <cstdlib>

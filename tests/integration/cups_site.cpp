@@ -218,7 +218,7 @@ void CupsSite::write_config(const Options& options) const {
   files += "PageLog " + (d / "log" / "page_log").string() + "\n";
   files += "Printcap " + (d / "printcap").string() + "\n";
   files += "User lp\nGroup lp\nSystemGroup root\nFileDevice No\n";
-  // CUPS passes backends no other environment; in cupsd.conf this is deprecated in 2.4.
+  // CUPS passes backends no other environment; CUPS 2.4 ignores SetEnv in cupsd.conf.
   files += "SetEnv DTUBROKER_SOCKET " + options.manager_socket.string() + "\n";
   write_text(d / "cups-files.conf", files);
 
