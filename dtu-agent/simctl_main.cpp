@@ -14,9 +14,6 @@
 
 namespace {
 
-// Long enough for an agent busy with a burst of events; a request itself takes microseconds.
-constexpr auto kAnswerTimeout = std::chrono::seconds(5);
-
 // "0x84" (hex) or "132" (decimal): an endpoint address.
 std::optional<std::uint8_t> parse_endpoint(const std::string& text) {
   const bool hex = text.size() > 2 && text[0] == '0' && (text[1] == 'x' || text[1] == 'X');
@@ -50,6 +47,10 @@ int main(int argc, char** argv) {
   std::string endpoint_text;
   std::string hex;
   app.add_option("--socket", socket_path, "the agent's simulator control socket")->required();
+  // A capture of many megabytes, read back as hex, keeps a slow (sanitizer) build busy for seconds.
+  unsigned timeout_ms = 5000;
+  app.add_option("--timeout-ms", timeout_ms, "how long to wait for the agent's answer (default 5000)")
+      ->check(CLI::Range(1u, 600000u));
   app.require_subcommand(1);
   auto* list = app.add_subcommand("list", "list the simulated devices and whether each is plugged");
   auto* plug = app.add_subcommand("plug", "plug a catalogue device");
@@ -80,11 +81,12 @@ int main(int argc, char** argv) {
     if (feed->parsed()) request["hex"] = hex;
   }
 
-  auto answer = dtu::agent::sim_control_call(socket_path, request, kAnswerTimeout);
+  auto answer = dtu::agent::sim_control_call(socket_path, request, std::chrono::milliseconds(timeout_ms));
   if (!answer) {
     std::cerr << "dtu-simctl: " << answer.error().describe() << "\n"
               << "Is dtu-agent running with the simulated backend and its control socket at " << socket_path
-              << "? Start it with --sim-control " << socket_path << ", or pass the socket it was given with --socket.\n";
+              << "? Start it with --sim-control " << socket_path
+              << ", or pass the socket it was given with --socket.\n";
     return 2;
   }
   std::cout << answer->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";

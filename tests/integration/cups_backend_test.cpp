@@ -71,7 +71,8 @@ std::string hex_of(const std::string& bytes) {
 
 // What the simulated printer on `port` of `agent` has received, as hex.
 std::string captured_hex(Site& site, const Site::Agent& agent, const std::string& port) {
-  auto captured = site.simctl(agent, {"captured", port, "0x01"});
+  auto captured =
+      site.simctl(agent, {"--timeout-ms", "50000", "captured", port, "0x01"});  // MBs of hex: slow under ASan
   REQUIRE(captured.exit_code == 0);
   return json::parse(captured.out).at("hex").get<std::string>();
 }
@@ -83,7 +84,8 @@ std::string unit_state(Site& site, const Site::Manager& m, const std::string& dt
 }
 
 std::uint64_t captured_bytes(Site& site, const Site::Agent& agent, const std::string& port) {
-  auto captured = site.simctl(agent, {"captured", port, "0x01"});
+  auto captured =
+      site.simctl(agent, {"--timeout-ms", "50000", "captured", port, "0x01"});  // MBs of hex: slow under ASan
   REQUIRE(captured.exit_code == 0);
   return json::parse(captured.out).at("bytes").get<std::uint64_t>();
 }
@@ -372,6 +374,10 @@ TEST_CASE("a job for a held printer waits naming the holder and prints when it i
 
 TEST_CASE("a 20 MB job from m3 survives the SIGKILL of m1, the manager of the printer's DTU") {
   Site site;
+  // Long heartbeats: m1's death is seen at once (its sockets close), and reading back up to 20 MB
+  // of capture as hex blocks the simulated DTU's event loop for seconds in a Debug+ASan build —
+  // with the tests' 600 ms timeout its manager declared it lost mid-job (CI, test-asan).
+  site.set_heartbeat(1000, 15);
   auto managers = site.start_group({{"m1", "127.0.0.145"}, {"m2", "127.0.0.146"}, {"m3", "127.0.0.147"}});
   auto& m1 = *managers[0];
   auto& m3 = *managers[2];

@@ -100,7 +100,8 @@ class StoppedBackend {
 
 // What the simulated printer on `port` of agent `a` has received (its OUT endpoint 0x01).
 json captured(Site& site, const Site::Agent& a, const std::string& port) {
-  auto r = site.simctl(a, {"captured", port, "0x01"});
+  // Up to 40 MB of hex: seconds of the simulated DTU's time in a sanitizer build.
+  auto r = site.simctl(a, {"--timeout-ms", "50000", "captured", port, "0x01"});
   REQUIRE_MESSAGE(r.exit_code == 0, "dtu-simctl captured failed: " << r.err);
   return json::parse(r.out);
 }
@@ -240,6 +241,10 @@ TEST_CASE("a job for a printer another service holds waits and says so, then pri
 TEST_CASE(
     "killing the DTU's manager in the middle of a 20 MB job: the job completes and the bytes are exact") {
   Site site;
+  // Long heartbeats: m1's death is seen at once (its sockets close), and reading back up to 20 MB
+  // of capture as hex blocks the simulated DTU's event loop for seconds in a Debug+ASan build —
+  // with the tests' 600 ms timeout its manager declared it lost mid-job (CI, test-asan).
+  site.set_heartbeat(1000, 15);
   auto managers =
       site.start_group({{"m1", "127.0.0.155"}, {"m2", "127.0.0.156"}, {"m3", "127.0.0.157"}}, kLpReachable);
   for (auto* m : managers) REQUIRE(site.wait_peers_up(*m, 2));

@@ -35,25 +35,32 @@ std::filesystem::path Site::dtu_key(const std::string& dtu) {
   auto it = dtu_keys_.find(dtu);
   if (it != dtu_keys_.end()) return it->second;
   const auto path = dir_ / (dtu + ".key");
-  auto r = run_command({binary_path("devmgrctl"), "keygen", "--dtu", dtu, "--site-key", site_key().string(), "--out",
-                        path.string()},
+  auto r = run_command({binary_path("devmgrctl"), "keygen", "--dtu", dtu, "--site-key", site_key().string(),
+                        "--out", path.string()},
                        kToolDeadline);
   if (r.exit_code != 0) throw std::runtime_error("devmgrctl keygen --dtu failed: " + r.err);
   dtu_keys_[dtu] = path;
   return path;
 }
 
-Site::Manager& Site::start_manager(const std::string& id, const std::string& ip, std::vector<std::string> extra) {
+Site::Manager& Site::start_manager(const std::string& id, const std::string& ip,
+                                   std::vector<std::string> extra) {
   auto m = std::make_unique<Manager>();
   m->id = id;
   m->socket = dir_ / (id + ".sock");
   std::vector<std::string> argv = {binary_path("devmgr"),
-                                   "--id", id,
-                                   "--dtu-listen", ip + ":0",
-                                   "--socket", m->socket.string(),
-                                   "--site-dtu-key", site_key().string(),
-                                   "--heartbeat-ms", std::to_string(heartbeat_ms_),
-                                   "--heartbeat-misses", std::to_string(heartbeat_misses_)};
+                                   "--id",
+                                   id,
+                                   "--dtu-listen",
+                                   ip + ":0",
+                                   "--socket",
+                                   m->socket.string(),
+                                   "--site-dtu-key",
+                                   site_key().string(),
+                                   "--heartbeat-ms",
+                                   std::to_string(heartbeat_ms_),
+                                   "--heartbeat-misses",
+                                   std::to_string(heartbeat_misses_)};
   argv.insert(argv.end(), extra.begin(), extra.end());
   m->argv = argv;
   m->process = std::make_unique<Process>(argv, dir_.path(), Environment{}, id);
@@ -72,7 +79,8 @@ std::filesystem::path Site::group_key() {
   return group_key_;
 }
 
-std::vector<Site::Manager*> Site::start_group(const std::vector<Member>& members, const std::vector<std::string>& extra) {
+std::vector<Site::Manager*> Site::start_group(const std::vector<Member>& members,
+                                              const std::vector<std::string>& extra) {
   nlohmann::json list = {{"members", nlohmann::json::array()}};
   for (const auto& member : members) {
     list["members"].push_back({{"id", member.id}, {"address", member.ip + ":" + std::to_string(kMeshPort)}});
@@ -85,14 +93,22 @@ std::vector<Site::Manager*> Site::start_group(const std::vector<Member>& members
     m->id = member.id;
     m->socket = dir_ / (member.id + ".sock");
     std::vector<std::string> argv = {binary_path("devmgr"),
-                                     "--id", member.id,
-                                     "--dtu-listen", member.ip + ":0",
-                                     "--socket", m->socket.string(),
-                                     "--site-dtu-key", site_key().string(),
-                                     "--heartbeat-ms", std::to_string(heartbeat_ms_),
-                                     "--heartbeat-misses", std::to_string(heartbeat_misses_),
-                                     "--group", group_file().string(),
-                                     "--group-key", key.string()};
+                                     "--id",
+                                     member.id,
+                                     "--dtu-listen",
+                                     member.ip + ":0",
+                                     "--socket",
+                                     m->socket.string(),
+                                     "--site-dtu-key",
+                                     site_key().string(),
+                                     "--heartbeat-ms",
+                                     std::to_string(heartbeat_ms_),
+                                     "--heartbeat-misses",
+                                     std::to_string(heartbeat_misses_),
+                                     "--group",
+                                     group_file().string(),
+                                     "--group-key",
+                                     key.string()};
     argv.insert(argv.end(), extra.begin(), extra.end());
     m->argv = argv;
     m->env = member.env;
@@ -133,7 +149,8 @@ bool Site::wait_peers_up(const Manager& m, std::size_t peers, std::chrono::milli
         return up == peers;
       },
       deadline);
-  if (!all_up) MESSAGE(m.id << " does not see " << peers << " peers up; devmgrctl group --json said:\n" << last);
+  if (!all_up)
+    MESSAGE(m.id << " does not see " << peers << " peers up; devmgrctl group --json said:\n" << last);
   return all_up;
 }
 
@@ -171,11 +188,13 @@ Site::Agent& Site::start_agent(const std::string& id, const std::vector<std::str
   a->sim_socket = dir_ / (id + "-sim.sock");
   // A second process of one DTU (a reboot while the first is frozen) needs a socket of its own.
   const auto sim_control = std::find(extra.begin(), extra.end(), "--sim-control");
-  if (sim_control != extra.end() && std::next(sim_control) != extra.end()) a->sim_socket = *std::next(sim_control);
+  if (sim_control != extra.end() && std::next(sim_control) != extra.end())
+    a->sim_socket = *std::next(sim_control);
   std::vector<std::string> argv = {binary_path("dtu-agent"), "--id", id};
   // The simulated backend unless the test chose another (--backend libusb under umockdev).
   if (std::find(extra.begin(), extra.end(), "--backend") == extra.end()) {
-    argv.insert(argv.end(), {"--backend", "sim", "--sim-devices", source_path("demo/sim-devices.json").string()});
+    argv.insert(argv.end(),
+                {"--backend", "sim", "--sim-devices", source_path("demo/sim-devices.json").string()});
     if (sim_control == extra.end()) argv.insert(argv.end(), {"--sim-control", a->sim_socket.string()});
   }
   // Every agent of a test listens in-band on a port of its own.
@@ -228,7 +247,8 @@ nlohmann::json Site::unit(const Manager& m, const std::string& dtu, const std::s
 CommandResult Site::simctl(const Agent& a, std::vector<std::string> args) {
   std::vector<std::string> argv = {binary_path("dtu-simctl"), "--socket", a.sim_socket.string()};
   argv.insert(argv.end(), args.begin(), args.end());
-  return run_command(argv, kToolDeadline);
+  // Longer than kToolDeadline: a test may read back megabytes of capture with a long --timeout-ms.
+  return run_command(argv, std::chrono::seconds(60));
 }
 
 }  // namespace dtu::testing
