@@ -392,8 +392,10 @@ TEST_CASE("a 20 MB job from m3 survives the SIGKILL of m1, the manager of the pr
   job.feed(data.substr(0, half), false);
   // The first half is through (the pipe holds back the second until we write it).
   REQUIRE(job.wait_fed(kJobDeadline));
-  REQUIRE(eventually([&] { return captured_bytes(site, agent, "1-1") > 0; }, kJobDeadline));
-  CHECK(job.err().find("DEBUG: dtu: sent ") != std::string::npos);
+  // Some bytes are through: the backend reports what the DTU acknowledged. (Not by reading the
+  // capture back: megabytes of hex keep the simulated DTU busy for seconds in a sanitizer build,
+  // long enough for the job's in-band channel to declare it silent.)
+  REQUIRE(job.wait_for_err(std::regex("DEBUG: dtu: sent [0-9]+ bytes"), kJobDeadline));
 
   site.kill_manager(m1);
   // The DTU re-homes to m2; the job's channel to the DTU never depended on m1.
