@@ -16,9 +16,13 @@
 #include "dtu/common/clock.hpp"
 #include "dtu/common/crypto.hpp"
 #include "dtu/common/log.hpp"
+#include "dtu/common/systemd_notify.hpp"
 #include "dtu/common/version.hpp"
 
 namespace {
+
+// A command line CLI11 cannot parse (dtu-agent(8), EXIT STATUS).
+constexpr int kExitUsage = 2;
 
 int fail(const dtu::common::Logger& log, const std::string& event, const dtu::common::Error& error) {
   log.error("", event, {{"reason", error.describe()}});
@@ -34,20 +38,25 @@ int main(int argc, char** argv) {
   std::string config_path;
   std::optional<std::string> id, key_file, backend_name, sim_devices, sim_control, pick, log_level, inband;
   std::vector<std::string> managers;
-  app.add_option("-c,--config", config_path, "JSON config file (flags override it)");
-  app.add_option("--id", id, "this DTU's id");
-  app.add_option("-m,--manager", managers, "a manager's address:port (repeat; order is preference)");
+  app.add_option("-c,--config", config_path, "JSON config file (flags override it; default: none)");
+  app.add_option("--id", id, "this DTU's id (required, here or in the config)");
+  app.add_option("-m,--manager", managers, "a manager's address:port (repeat; order is preference; at least one, here or in the config)");
   app.add_option("--pick", pick,
                  "how to order the managers: first (the list as given, default) | least-loaded (probe each, "
                  "reachable and not draining first, then fewest DTUs)");
-  app.add_option("--key", key_file, "file with this DTU's derived key (devmgrctl keygen --dtu)");
+  app.add_option("--key", key_file, "file with this DTU's derived key (devmgrctl keygen --dtu; default /etc/dtubroker/dtu.key)");
   app.add_option("--usb,--backend", backend_name, "USB backend: libusb (default: real USB) | sim (a JSON catalogue)");
   app.add_option("--inband", inband, "address:port of the in-band listener (default 0.0.0.0:4712)");
-  app.add_option("--sim-devices", sim_devices, "device catalogue for the sim backend (JSON)");
-  app.add_option("--sim-control", sim_control, "Unix socket to plug/unplug simulated devices (dtu-simctl)");
-  app.add_option("--log-level", log_level, "debug | info | warn | error");
+  app.add_option("--sim-devices", sim_devices, "device catalogue for the sim backend (JSON; default: none)");
+  app.add_option("--sim-control", sim_control, "Unix socket to plug/unplug simulated devices (dtu-simctl; default: none)");
+  app.add_option("--log-level", log_level, "debug | info | warn | error (default info)");
   app.set_version_flag("--version", common::kVersion);
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // CLI11 prints the reason; a usage error is 2 whatever its kind (CLI11 would use 100–127).
+    return app.exit(e) == 0 ? 0 : kExitUsage;
+  }
 
   agent::AgentOptions options;
   if (!config_path.empty()) {
@@ -109,10 +118,12 @@ int main(int argc, char** argv) {
   signals.async_wait([&](std::error_code ec, int signo) {
     if (ec) return;
     log.info("", "stopping", {{"signal", signo}});
+    common::systemd::notify_stopping();
     dtu_agent.stop();
     if (control) control->stop();
     io.stop();
   });
+  common::systemd::notify_ready();  // Type=notify (docs/systemd.md), once signals are handled
   io.run();
   return 0;
 }

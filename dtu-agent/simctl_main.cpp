@@ -37,16 +37,20 @@ std::optional<std::uint8_t> parse_endpoint(const std::string& text) {
   return static_cast<std::uint8_t>(value);
 }
 
+// Exit codes (the footer and dtu-simctl(1) list them).
+constexpr int kExitUsage = 2;
+constexpr int kExitUnreachable = 3;
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"Drive the simulated USB devices of a running dtu-agent."};
-  app.footer("Exit status: 0 ok, 1 the agent answered with an error, 2 no answer.");
+  app.footer("Exit status: 0 ok, 1 the agent answered with an error, 2 bad usage, 3 no answer.");
   std::string socket_path;
   std::string port;
   std::string endpoint_text;
   std::string hex;
-  app.add_option("--socket", socket_path, "the agent's simulator control socket")->required();
+  app.add_option("--socket", socket_path, "the agent's simulator control socket (required; no default)")->required();
   // A capture of many megabytes, read back as hex, keeps a slow (sanitizer) build busy for seconds.
   unsigned timeout_ms = 5000;
   app.add_option("--timeout-ms", timeout_ms, "how long to wait for the agent's answer (default 5000)")
@@ -68,7 +72,12 @@ int main(int argc, char** argv) {
         ->check(endpoint_address);
   }
   feed->add_option("HEX", hex, "bytes to queue, e.g. 0a0b0c")->required();
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // CLI11 prints the reason; a usage error is 2 whatever its kind (CLI11 would use 100–127).
+    return app.exit(e) == 0 ? 0 : kExitUsage;
+  }
 
   nlohmann::json request;
   if (list->parsed()) request = {{"op", "list"}};
@@ -87,7 +96,7 @@ int main(int argc, char** argv) {
               << "Is dtu-agent running with the simulated backend and its control socket at " << socket_path
               << "? Start it with --sim-control " << socket_path
               << ", or pass the socket it was given with --socket.\n";
-    return 2;
+    return kExitUnreachable;
   }
   std::cout << answer->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   return answer->value("ok", false) ? 0 : 1;

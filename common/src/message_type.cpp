@@ -52,6 +52,12 @@ std::string_view message_type_name(MessageType type) {
     case MessageType::drain: return "drain";
     case MessageType::undrain: return "undrain";
     case MessageType::drain_status: return "drain_status";
+    case MessageType::group_exec: return "group_exec";
+    case MessageType::group_exec_queued: return "group_exec_queued";
+    case MessageType::group_exec_event: return "group_exec_event";
+    case MessageType::group_exec_done: return "group_exec_done";
+    case MessageType::list_dtus: return "list_dtus";
+    case MessageType::dtu_list: return "dtu_list";
     case MessageType::peer_auth_init: return "peer_auth_init";
     case MessageType::peer_auth_challenge: return "peer_auth_challenge";
     case MessageType::peer_auth_proof: return "peer_auth_proof";
@@ -63,6 +69,9 @@ std::string_view message_type_name(MessageType type) {
     case MessageType::peer_resume: return "peer_resume";
     case MessageType::peer_status: return "peer_status";
     case MessageType::peer_status_reply: return "peer_status_reply";
+    case MessageType::peer_command: return "peer_command";
+    case MessageType::peer_command_queued: return "peer_command_queued";
+    case MessageType::peer_command_done: return "peer_command_done";
     case MessageType::inband_hello: return "inband_hello";
     case MessageType::inband_welcome: return "inband_welcome";
     case MessageType::usb_control: return "usb_control";

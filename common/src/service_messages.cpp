@@ -255,4 +255,48 @@ void from_json(const json& j, DrainStatusMsg& m) {
   m.dtus = field<std::uint32_t>(j, "dtus");
 }
 
+void to_json(json& j, const ListDtusMsg& m) {
+  j = json::object();
+  if (m.group) j["group"] = true;
+}
+void from_json(const json& j, ListDtusMsg& m) {
+  require_object(j);
+  m.group = field_or(j, "group", false);
+}
+
+void to_json(json& j, const DtuInfo& m) {
+  j = json{{"dtu", m.dtu},
+           {"owner", m.owner},
+           {"state", m.state},
+           {"devices", m.devices},
+           {"units_free", m.units_free},
+           {"units_allocated", m.units_allocated},
+           {"units_unavailable", m.units_unavailable}};
+  // Absent, not null, when unknown (as group_info's members).
+  if (m.address) j["address"] = *m.address;
+  if (m.agent_version) j["agent_version"] = *m.agent_version;
+  if (m.boot_epoch) j["boot_epoch"] = *m.boot_epoch;
+  if (m.connected_ms_ago) j["connected_ms_ago"] = *m.connected_ms_ago;
+}
+void from_json(const json& j, DtuInfo& m) {
+  require_object(j);
+  m.dtu = field<std::string>(j, "dtu");
+  m.owner = field<std::string>(j, "owner");
+  m.state = field<std::string>(j, "state");
+  m.address = optional_field<std::string>(j, "address");
+  m.agent_version = optional_field<std::string>(j, "agent_version");
+  m.boot_epoch = optional_field<std::int64_t>(j, "boot_epoch");
+  m.connected_ms_ago = optional_field<std::uint64_t>(j, "connected_ms_ago");
+  m.devices = field<std::uint32_t>(j, "devices");
+  m.units_free = field<std::uint32_t>(j, "units_free");
+  m.units_allocated = field<std::uint32_t>(j, "units_allocated");
+  m.units_unavailable = field<std::uint32_t>(j, "units_unavailable");
+}
+
+void to_json(json& j, const DtuListMsg& m) { j = json{{"dtus", m.dtus}}; }
+void from_json(const json& j, DtuListMsg& m) {
+  require_object(j);
+  m.dtus = field<std::vector<DtuInfo>>(j, "dtus");
+}
+
 }  // namespace dtu::common

@@ -37,6 +37,7 @@ bool ClientSession::is_legal(State state, MessageType type) {
         case MessageType::list_finders:
         case MessageType::list_leases:
         case MessageType::list_sessions:
+        case MessageType::list_dtus:
         case MessageType::session_attach:
         case MessageType::session_detach:
         case MessageType::get_policy:
@@ -44,6 +45,7 @@ bool ClientSession::is_legal(State state, MessageType type) {
         case MessageType::group_status:
         case MessageType::reload_group:
         case MessageType::drain:
+        case MessageType::group_exec:
         case MessageType::undrain: return true;
         default: return false;
       }
@@ -279,6 +281,16 @@ void ClientSession::on_request(const Frame& frame) {
       answer(frame, services_.reload_policy());
       return;
     }
+    case MessageType::list_dtus: {
+      auto request = decode<common::ListDtusMsg>(frame);
+      if (!request) return;
+      services_.list_dtus(request->group, [weak, frame](common::DtuListMsg list) {
+        if (auto self = weak.lock(); self && self->state_ != State::closed) {
+          self->link_->reply(frame, common::to_frame(std::move(list)));
+        }
+      });
+      return;
+    }
     case MessageType::group_status: {
       auto request = decode<common::GroupStatusMsg>(frame);
       if (!request) return;
@@ -308,6 +320,20 @@ void ClientSession::on_request(const Frame& frame) {
       if (!request) return;
       if (!require_admin(frame, "undrain the manager")) return;
       link_->reply(frame, common::to_frame(services_.undrain()));
+      return;
+    }
+    case MessageType::group_exec: {
+      auto request = decode<common::GroupExecMsg>(frame);
+      if (!request) return;
+      if (!require_admin(frame, "run group commands")) return;
+      GroupCommands::Sink sink;
+      sink.event = [weak](const common::GroupExecEventMsg& event) {
+        if (auto self = weak.lock(); self && self->state_ != State::closed) self->notify(common::to_frame(event));
+      };
+      sink.done = [weak](const common::GroupExecDoneMsg& done) {
+        if (auto self = weak.lock(); self && self->state_ != State::closed) self->notify(common::to_frame(done));
+      };
+      answer(frame, services_.group_exec(*request, std::move(sink)));
       return;
     }
     default: return protocol_error("unexpected message");

@@ -11,6 +11,7 @@
 #include "dtu/common/group_messages.hpp"
 #include "dtu/common/records.hpp"
 #include "dtu/common/tls.hpp"
+#include "dtu/common/version.hpp"
 
 namespace dtu::devmgr {
 
@@ -25,6 +26,10 @@ bool same_device(const common::DeviceRecord& a, const common::DeviceRecord& b) {
   common::DeviceRecord unstamped = a;
   unstamped.stamp = b.stamp;
   return unstamped == b;
+}
+
+double seconds(common::Duration d) {
+  return std::chrono::duration<double>(d).count();
 }
 
 }  // namespace
@@ -66,6 +71,7 @@ DeviceManager::DeviceManager(const asio::any_io_executor& ex, const common::Cloc
                                   }},
              log_) {
   leases_.set_universal_time([this] { return universal_.now().wall_us; });
+  leases_.set_metrics(&metrics_);
   // A lease adopted from a token of this manager goes at once to its client if still connected.
   leases_.set_local_holders([this] {
     std::vector<std::shared_ptr<LeaseHolder>> open;
@@ -79,7 +85,12 @@ DeviceManager::DeviceManager(const asio::any_io_executor& ex, const common::Cloc
   devices_.set_listener(DeviceList::Listener{
       [this](const common::DeviceRecord* before, const common::DeviceRecord& now) {
         if (before != nullptr && same_device(*before, now)) return;  // a snapshot repeating it
+        const common::MonoTime arrived = clock_.now();
+        const std::uint64_t matches = group_.matches_sent();
         finders_.device_updated(now);
+        if (group_.matches_sent() != matches) {
+          metrics_.match_latency.with().observe(seconds(clock_.now() - arrived));
+        }
         leases_.device_updated(now);
       },
       [this](const common::DeviceRecord& gone, std::string_view reason) { finders_.device_removed(gone, reason); }});
@@ -119,6 +130,7 @@ common::Result<void> DeviceManager::start() {
 
   auto group = load_group();
   if (!group.ok()) return group.error();
+  make_group_commands();
   if (group->address) {
     if (auto mesh = start_mesh(*group); !mesh.ok()) return mesh.error();
   } else {
@@ -126,6 +138,12 @@ common::Result<void> DeviceManager::start() {
                                                       ? std::string("no group configured")
                                                       : "no mesh address: no peer_listen and no entry for " +
                                                             options_.id + " in the group list"}});
+  }
+
+  if (options_.metrics_listen) {
+    metrics_server_ = std::make_unique<MetricsServer>(
+        executor_, *options_.metrics_listen, [this] { return render_metrics(); }, log_);
+    if (auto serving = metrics_server_->start(); !serving.ok()) return serving.error();
   }
 
   arm_offset_timer();
@@ -148,7 +166,9 @@ void DeviceManager::stop() {
     client_acceptor_->close(ignored);
     ::unlink(options_.socket_path.c_str());
   }
+  if (commands_) commands_->stop();
   if (mesh_) mesh_->stop();
+  if (metrics_server_) metrics_server_->stop();
   const Error reason(Errc::closed, "manager stopping");
   auto pending = hello_pending_;
   for (auto& s : pending) s->close(reason);
@@ -179,12 +199,14 @@ asio::awaitable<void> DeviceManager::admit_dtu(asio::ip::tcp::socket socket) {
   auto transport = co_await std::move(handshake);
   if (!transport.ok()) {
     log_.warn(peer, "handshake_failed", {{"role", "dtu"}, {"reason", transport.error().describe()}});
+    if (!stopped_) metrics_.handshake_failures.with({{"side", "dtu"}}).inc();
     co_return;
   }
   if (stopped_) co_return;
   auto identity = common::accepted_psk_identity((*transport)->ssl());
   if (!identity) {
     log_.warn(peer, "handshake_failed", {{"role", "dtu"}, {"reason", "no PSK identity after handshake"}});
+    metrics_.handshake_failures.with({{"side", "dtu"}}).inc();
     co_return;
   }
   auto link = common::Link::create(executor_, std::move(transport.value()), common::FilamentMux::Side::acceptor,
@@ -265,6 +287,11 @@ void DeviceManager::peer_frame(const std::shared_ptr<PeerLink>& link, common::Fr
       }
     }
   }
+  if (commands_ && commands_->peer_frame(link->id(), frame, [link, frame](common::Frame reply) {
+        link->reply(frame, std::move(reply));
+      })) {
+    return;
+  }
   group_.peer_frame(link, std::move(frame));
 }
 
@@ -278,7 +305,9 @@ void DeviceManager::on_dtu_active(const std::shared_ptr<DtuSession>& session) {
     log_.info(old->peer(), "dtu_replaced", {{"dtu", session->dtu()}, {"new_peer", session->peer()}});
     old->close(Error(Errc::closed, "replaced by a newer connection from the same DTU"));
   }
+  session->set_active_since(clock_.now());
   dtus_[session->dtu()] = session;
+  metrics_.dtu_connects.with().inc();
 }
 
 void DeviceManager::on_dtu_claim(const std::shared_ptr<DtuSession>& session) {
@@ -308,6 +337,7 @@ void DeviceManager::on_dtu_closed(const std::shared_ptr<DtuSession>& session, co
   auto it = dtus_.find(session->dtu());
   if (it == dtus_.end() || it->second != session) return;
   dtus_.erase(it);
+  if (reason.code == Errc::timeout) metrics_.heartbeat_timeouts.with({{"side", "dtu"}}).inc();
   const std::size_t removed = devices_.drop_dtu(session->dtu());
   log_.warn(session->peer(), "dtu_lost", {{"dtu", session->dtu()}, {"reason", reason.describe()},
                                           {"devices_removed", removed}});
@@ -430,8 +460,10 @@ common::Result<void> DeviceManager::start_mesh(const GroupSettings& group) {
   hooks.up = [this](const std::shared_ptr<PeerLink>& link) {
     group_.peer_up(link);
     update_universal_offset();
+    if (commands_) commands_->peer_up(link->id());
   };
   hooks.down = [this](const std::shared_ptr<PeerLink>& link, const Error& reason) {
+    if (reason.code == Errc::timeout) metrics_.heartbeat_timeouts.with({{"side", "peer"}}).inc();
     group_.peer_down(link, reason);
     update_universal_offset();
   };
@@ -439,8 +471,53 @@ common::Result<void> DeviceManager::start_mesh(const GroupSettings& group) {
     peer_frame(link, std::move(frame));
   };
   leases_.set_group_keys(group.keys);
+  members_ = group.members;
+  keys_ = group.keys;
   mesh_ = std::make_unique<PeerMesh>(executor_, clock_, std::move(o), std::move(hooks), log_);
+  mesh_->on_handshake_failed([this] { metrics_.handshake_failures.with({{"side", "peer"}}).inc(); });
   return mesh_->start();
+}
+
+std::string DeviceManager::render_metrics() {
+  metrics_.info.clear();
+  metrics_.info.with({{"id", options_.id}, {"version", common::kVersion}}).set(1);
+  metrics_.start_time.with().set(static_cast<double>(incarnation_) / 1e6);
+  metrics_.incarnation.with().set(static_cast<double>(incarnation_));
+  // Every state and peer is written, 0 included, so a series never vanishes while it matters.
+  metrics_.peer_links.clear();
+  metrics_.peer_up.clear();
+  for (const char* state : {"up", "connecting", "down"}) metrics_.peer_links.with({{"state", state}}).set(0);
+  if (mesh_) {
+    for (const auto& member : mesh_->status()) {
+      auto& links = metrics_.peer_links.with({{"state", member.state}});
+      links.set(links.value() + 1);
+      metrics_.peer_up.with({{"peer", member.id}}).set(member.state == "up" ? 1 : 0);
+    }
+  }
+  metrics_.dtus.with().set(static_cast<double>(dtus_.size()));
+  metrics_.devices.with().set(static_cast<double>(devices_.device_count()));
+  std::map<std::string, double> units;
+  for (auto state : {common::UnitState::free, common::UnitState::allocated, common::UnitState::unavailable}) {
+    units[common::unit_state_name(state)] = 0;
+  }
+  for (const auto& record : devices_.list()) {
+    for (const auto& unit : record.units) units[common::unit_state_name(unit.state)] += 1;
+  }
+  for (const auto& [state, count] : units) metrics_.units.with({{"state", state}}).set(count);
+  metrics_.finders.with({{"scope", "local"}}).set(static_cast<double>(group_.local_finders()));
+  metrics_.finders.with({{"scope", "held"}}).set(static_cast<double>(group_.finders_held_total()));
+  metrics_.leases.with().set(static_cast<double>(leases_.size()));
+  metrics_.allocations_waiting.with().set(static_cast<double>(leases_.waiting()));
+  metrics_.sessions.with().set(static_cast<double>(sessions_.size()));
+  metrics_.clients.with().set(static_cast<double>(clients_.size()));
+  metrics_.draining.with().set(draining_ ? 1 : 0);
+  metrics_.finder_matches.with().advance_to(static_cast<double>(group_.matches_sent()));
+  return metrics_.render();
+}
+
+std::optional<common::Endpoint> DeviceManager::metrics_endpoint() const {
+  if (!metrics_server_) return std::nullopt;
+  return metrics_server_->endpoint();
 }
 
 common::GroupInfoMsg DeviceManager::group_info() const {
@@ -470,6 +547,16 @@ common::GroupInfoMsg DeviceManager::group_info() const {
   return info;
 }
 
+DeviceManager::PeerCount DeviceManager::peer_count() const {
+  PeerCount count;
+  if (!mesh_) return count;
+  for (const auto& member : mesh_->status()) {
+    ++count.known;
+    if (member.state == "up") ++count.up;
+  }
+  return count;
+}
+
 void DeviceManager::group_status(std::function<void(common::GroupInfoMsg)> done) {
   struct Gather {
     common::GroupInfoMsg info;
@@ -493,6 +580,83 @@ void DeviceManager::group_status(std::function<void(common::GroupInfoMsg)> done)
     });
   }
   gather->finish_one();
+}
+
+namespace {
+
+// Adds the devices and units of `records` (one DTU's) to `info`.
+void count_devices(const std::vector<common::DeviceRecord>& records, common::DtuInfo& info) {
+  for (const auto& record : records) {
+    ++info.devices;
+    for (const auto& unit : record.units) {
+      switch (unit.state) {
+        case common::UnitState::free: ++info.units_free; break;
+        case common::UnitState::allocated: ++info.units_allocated; break;
+        case common::UnitState::unavailable: ++info.units_unavailable; break;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void DeviceManager::list_dtus(bool group, std::function<void(common::DtuListMsg)> done) {
+  const auto now = clock_.now();
+  std::map<std::string, common::DtuInfo> dtus;
+  for (const auto& [id, session] : dtus_) {
+    common::DtuInfo info;
+    info.dtu = id;
+    info.owner = options_.id;
+    info.state = session->moving() ? "moving" : "active";
+    info.address = session->peer();
+    info.agent_version = session->agent_version();
+    // The hello of a DTU's first connection since it started has none yet: its claim has it.
+    const std::int64_t boot_epoch = session->claim() ? session->claim()->boot_epoch : session->boot_epoch();
+    if (boot_epoch > 0) info.boot_epoch = boot_epoch;
+    if (session->active_since() != common::kNever && session->active_since() <= now) {
+      info.connected_ms_ago = static_cast<std::uint64_t>(
+          std::chrono::duration_cast<std::chrono::milliseconds>(now - session->active_since()).count());
+    }
+    count_devices(devices_.list(id), info);
+    dtus.emplace(id, std::move(info));
+  }
+  if (!group) {
+    common::DtuListMsg list;
+    for (auto& entry : dtus) list.dtus.push_back(std::move(entry.second));
+    done(std::move(list));
+    return;
+  }
+  for (const auto& [id, owner] : group_.owners()) {
+    if (dtus.count(id) != 0) continue;
+    common::DtuInfo info;
+    info.dtu = id;
+    info.owner = owner;
+    info.state = "remote";
+    if (const auto claim = group_.claim_of(id); claim && claim->boot_epoch > 0) info.boot_epoch = claim->boot_epoch;
+    dtus.emplace(id, std::move(info));
+  }
+  group_.list_group_devices(std::nullopt, [dtus = std::move(dtus), done = std::move(done)](
+                                              std::vector<common::DeviceRecord> records) mutable {
+    std::map<std::string, std::vector<common::DeviceRecord>> by_dtu;
+    for (auto& record : records) by_dtu[record.dtu].push_back(std::move(record));
+    for (const auto& [id, held] : by_dtu) {
+      if (dtus.count(id) != 0) continue;
+      // Records a member still holds for a DTU whose owner died (the grace window).
+      common::DtuInfo info;
+      info.dtu = id;
+      info.owner = held.front().owner;
+      info.state = held.front().orphaned ? "orphaned" : "remote";
+      dtus.emplace(id, std::move(info));
+    }
+    common::DtuListMsg list;
+    for (auto& [id, info] : dtus) {
+      if (info.state != "active" && info.state != "moving") {
+        if (auto it = by_dtu.find(id); it != by_dtu.end()) count_devices(it->second, info);
+      }
+      list.dtus.push_back(std::move(info));
+    }
+    done(std::move(list));
+  });
 }
 
 common::Result<common::GroupInfoMsg> DeviceManager::reload_group() {
@@ -522,6 +686,8 @@ common::Result<common::GroupInfoMsg> DeviceManager::reload_group() {
     }
     mesh_->reload(group->members, group->keys);
     leases_.set_group_keys(group->keys);
+    members_ = group->members;
+    keys_ = group->keys;
   }
   return group_info();
 }
@@ -580,6 +746,12 @@ asio::awaitable<void> DeviceManager::accept_clients() {
       drain(wait_ms, std::move(done));
     };
     services.undrain = [this] { return undrain(); };
+    services.group_exec = [this](const common::GroupExecMsg& request, GroupCommands::Sink sink) {
+      return commands_->start(request, std::move(sink));
+    };
+    services.list_dtus = [this](bool group, std::function<void(common::DtuListMsg)> done) {
+      list_dtus(group, std::move(done));
+    };
     auto session = std::make_shared<ClientSession>(link, *credentials, options_.id, std::move(services), log_,
                                                    options_.handshake_timeout);
     clients_.insert(session);

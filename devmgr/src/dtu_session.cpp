@@ -70,6 +70,7 @@ void DtuSession::close(const Error& reason) { link_->close(reason); }
 void DtuSession::move(const std::string& reason) {
   if (state_ != State::active) return;
   link_->notify(common::FilamentMux::kControlFilament, common::to_frame(common::DtuMoveMsg{reason}));
+  moving_ = true;
   log_.info(link_->peer(), "dtu_move_sent", {{"dtu", identity_}, {"reason", reason}});
 }
 
@@ -119,6 +120,7 @@ void DtuSession::on_hello(const Frame& frame) {
   if (!frame.wants_reply()) return protocol_error("dtu_hello must be a request");
   hello_deadline_.reset();
   boot_epoch_ = hello->boot_epoch;
+  agent_version_ = hello->agent_version;
   const Admission admission = hooks_.admit ? hooks_.admit(*hello) : Admission{};
   common::DtuWelcomeMsg welcome;
   welcome.manager = manager_id_;

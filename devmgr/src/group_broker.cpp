@@ -400,6 +400,7 @@ void GroupBroker::show_match(ClientEntry& entry, const std::string& source, cons
   auto it = entry.shown.find(key);
   if (it == entry.shown.end()) {
     entry.shown.emplace(key, Shown{source, units, record.orphaned, record, false});
+    ++matches_sent_;
     entry.sink(common::to_frame(common::FinderMatchedMsg{entry.finder_id, record, units}));
     return;
   }
@@ -728,6 +729,12 @@ std::optional<std::string> GroupBroker::owner_of(const std::string& dtu) const {
   auto it = ownership_.find(dtu);
   if (it == ownership_.end()) return std::nullopt;
   return it->second.manager;
+}
+
+std::map<std::string, std::string> GroupBroker::owners() const {
+  std::map<std::string, std::string> owners;
+  for (const auto& [dtu, claim] : ownership_) owners[dtu] = claim.manager;
+  return owners;
 }
 
 std::optional<common::Stamp> GroupBroker::claim_of(const std::string& dtu) const {

@@ -18,6 +18,34 @@ using common::Frame;
 
 namespace {
 
+// Counts the answer to an allocate (granted, or refused by error code) and how long it took.
+LeaseBroker::Done<common::LeaseGrantedMsg> counted(Metrics& metrics, const common::Clock& clock,
+                                                   LeaseBroker::Done<common::LeaseGrantedMsg> done) {
+  return [&metrics, &clock, start = clock.now(),
+          done = std::move(done)](common::Result<common::LeaseGrantedMsg> r) {
+    if (r.ok()) {
+      metrics.allocations.with().inc();
+    } else {
+      const std::error_code code = r.error().code;
+      const std::string error = code.category() == common::dtu_category()
+                                    ? common::errc_name(static_cast<Errc>(code.value()))
+                                    : "other";
+      metrics.allocation_refusals.with({{"error", error}}).inc();
+    }
+    metrics.allocation_latency.with().observe(std::chrono::duration<double>(clock.now() - start).count());
+    done(std::move(r));
+  };
+}
+
+// A lease_ended reason as a metric label: the documented ones, else "other" (a DTU's text
+// must not mint series without bound).
+std::string ended_label(const std::string& reason) {
+  for (const char* known : {"released", "expired", "device_gone", "agent_stopping", "dtu_lost"}) {
+    if (reason == known) return reason;
+  }
+  return "other";
+}
+
 // The error a DTU answered with, or the transport's.
 Error error_of(const common::Result<Frame>& answer) {
   if (!answer.ok()) return answer.error();
@@ -147,6 +175,7 @@ LeaseBroker::~LeaseBroker() {
 
 void LeaseBroker::allocate(const std::shared_ptr<LeaseHolder>& client, common::AllocateMsg request,
                            Done<common::LeaseGrantedMsg> done) {
+  if (metrics_ != nullptr) done = counted(*metrics_, *context_.clock, std::move(done));
   const unsigned uid = client->uid();
   if (request.keep && !is_admin(uid)) {
     return done(Error(Errc::denied, "only root or the devmgr user may keep a lease beyond its connection"));
@@ -552,6 +581,7 @@ void LeaseBroker::lease_ended(const common::LeaseEndedMsg& ended) {
   auto client = it->second.client.lock();
   leases_.erase(it);
   log_.info("", "lease_ended", {{"lease", ended.lease}, {"dtu", ended.dtu}, {"reason", ended.reason}});
+  if (metrics_ != nullptr) metrics_->leases_ended.with({{"reason", ended_label(ended.reason)}}).inc();
   if (client) client->notify(common::to_frame(ended));
 }
 

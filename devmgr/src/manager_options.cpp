@@ -26,6 +26,7 @@ common::Result<void> apply_config(common::ConfigReader& config, ManagerOptions& 
   config.read("policy_file", options.policy_file);
   std::string mode;  // absent: keep the default
   config.read("socket_mode", mode);
+  config.read("socket_group", options.socket_group);
   config.read("heartbeat_interval", options.heartbeat_interval);
   std::int64_t misses = options.heartbeat_misses;
   config.read_int("heartbeat_misses", misses, 1, 100);
@@ -40,6 +41,8 @@ common::Result<void> apply_config(common::ConfigReader& config, ManagerOptions& 
   config.read("group_key_file", options.group_key_file);
   config.read("group_key_next_file", options.group_key_next_file);
   config.read("orphan_grace", options.orphan_grace);
+  std::string metrics_listen = options.metrics_listen ? options.metrics_listen->to_string() : std::string();
+  config.read("metrics_listen", metrics_listen);
   config.reject_unknown_keys();
   if (!config.ok()) return config.error();
   auto endpoint = common::parse_endpoint(listen);
@@ -51,6 +54,15 @@ common::Result<void> apply_config(common::ConfigReader& config, ManagerOptions& 
     auto mesh = common::parse_endpoint(peer_listen);
     if (!mesh.ok()) return Error(Errc::config_error, config.origin() + ": key 'peer_listen': " + mesh.error().detail);
     options.peer_listen = *mesh;
+  }
+  if (metrics_listen.empty()) {
+    options.metrics_listen.reset();
+  } else {
+    auto metrics = common::parse_endpoint(metrics_listen);
+    if (!metrics.ok()) {
+      return Error(Errc::config_error, config.origin() + ": key 'metrics_listen': " + metrics.error().detail);
+    }
+    options.metrics_listen = *metrics;
   }
   options.heartbeat_misses = static_cast<std::uint32_t>(misses);
   if (!mode.empty()) {

@@ -96,6 +96,7 @@ class PeerMesh::Impl : public std::enable_shared_from_this<Impl> {
   std::vector<common::GroupMemberInfo> status() const;
   common::Endpoint endpoint() const { return bound_; }
   std::uint64_t links_established() const { return links_established_; }
+  void on_handshake_failed(std::function<void()> hook) { handshake_failed_ = std::move(hook); }
 
  private:
   static asio::awaitable<void> accept_loop(std::shared_ptr<Impl> self);
@@ -122,6 +123,9 @@ class PeerMesh::Impl : public std::enable_shared_from_this<Impl> {
   }
   common::Duration next_backoff(Peer& peer);
   static void wake(Peer& peer);
+  void handshake_failed() const {
+    if (handshake_failed_) handshake_failed_();
+  }
 
   // Starts `link` with our close handler; the link is tracked until its handshake ends.
   void start_link(const std::shared_ptr<common::Link>& link, const std::string& peer_id);
@@ -139,6 +143,7 @@ class PeerMesh::Impl : public std::enable_shared_from_this<Impl> {
   const common::Clock& clock_;
   Options options_;
   Hooks hooks_;
+  std::function<void()> handshake_failed_;
   common::Logger log_;
   common::GroupKeys keys_;
   std::mt19937 rng_;
@@ -412,7 +417,10 @@ asio::awaitable<common::Result<void>> PeerMesh::Impl::dial(std::shared_ptr<Impl>
     if (key != &keys.current) failure.detail += " (with the next group key too)";
     if (failure.code != Errc::auth_failed) co_return failure;
   }
-  if (!transport) co_return failure;
+  if (!transport) {  // every key was refused
+    self->handshake_failed();
+    co_return failure;
+  }
 
   auto exporter = common::peer_auth_exporter(transport->ssl());
   if (!exporter.ok()) co_return exporter.error();
@@ -429,7 +437,10 @@ asio::awaitable<common::Result<void>> PeerMesh::Impl::dial(std::shared_ptr<Impl>
     link->close(stopping);
     co_return stopping;
   }
-  if (!authed.ok()) co_return authed.error();  // logged (peer_auth_failed), link closed
+  if (!authed.ok()) {  // logged (peer_auth_failed), link closed
+    self->handshake_failed();
+    co_return authed.error();
+  }
   if (!for_link) {
     link->close(Error(Errc::closed, "please_initiate delivered"));
     self->log_.info(peer->address, "please_initiate_sent", {{"peer", peer_id}});
@@ -467,6 +478,7 @@ asio::awaitable<void> PeerMesh::Impl::admit(std::shared_ptr<Impl> self, tcp::soc
   if (self->stopped_) co_return;
   if (!transport.ok()) {
     self->log_.warn(from, "peer_auth_failed", {{"reason", transport.error().describe()}});
+    self->handshake_failed();
     co_return;
   }
   // The resolver accepted the identity, so it parses and names a member; the keys or the
@@ -479,6 +491,7 @@ asio::awaitable<void> PeerMesh::Impl::admit(std::shared_ptr<Impl> self, tcp::soc
                       : std::nullopt;
   if (!parsed || !pair_key) {
     self->log_.warn(from, "peer_auth_failed", {{"reason", "PSK identity no longer valid (group reloaded?)"}});
+    self->handshake_failed();
     co_return;
   }
   auto peer = self->peers_.find(parsed->dialer)->second;
@@ -488,6 +501,7 @@ asio::awaitable<void> PeerMesh::Impl::admit(std::shared_ptr<Impl> self, tcp::soc
     --peer->connecting;
     self->log_.warn(from, "peer_auth_failed",
                     {{"peer", peer->member.id}, {"reason", exporter.error().describe()}});
+    self->handshake_failed();
     co_return;
   }
   auto link =
@@ -512,6 +526,7 @@ asio::awaitable<void> PeerMesh::Impl::admit(std::shared_ptr<Impl> self, tcp::soc
   if (!authed.ok()) {  // logged (peer_auth_failed), link closed
     self->handshaking_.erase(link);
     peer->last_error = authed.error().describe();
+    self->handshake_failed();
     co_return;
   }
   if (peer->removed) {
@@ -712,6 +727,9 @@ PeerMesh::~PeerMesh() {
 
 common::Result<void> PeerMesh::start() {
   return impl_->start();
+}
+void PeerMesh::on_handshake_failed(std::function<void()> hook) {
+  impl_->on_handshake_failed(std::move(hook));
 }
 void PeerMesh::stop() {
   impl_->stop();

@@ -82,10 +82,17 @@ int run_job(JobRequest request) {
 int main(int argc, char** argv) {
   std::signal(SIGPIPE, SIG_IGN);  // cupsd closing fd 3 or 4 must not kill the job
   if (argc == 1) return run_listing();
-  if (argc != 6 && argc != 7) {
-    std::cerr << "Usage: " << argv[0] << " job-id user title copies options [file]\n"
-              << "       " << argv[0] << "   (no arguments: list the DTU printers of the group)\n";
-    return CUPS_BACKEND_FAILED;
+  // backend(7): cupsd passes no arguments (list) or 5–6 (a job), never one; a lone --help or -h
+  // comes from an operator, who gets the usage on stdout and status 0.
+  const bool help = argc == 2 && (std::string_view(argv[1]) == "--help" || std::string_view(argv[1]) == "-h");
+  if (help || (argc != 6 && argc != 7)) {
+    std::ostream& out = help ? std::cout : std::cerr;
+    out << "Usage: " << argv[0] << " job-id user title copies options [file]\n"
+        << "       " << argv[0] << "   (no arguments: list the DTU printers of the group)\n"
+        << "The CUPS backend for printers on DTUs (dtu-cups-backend(7)): cupsd runs it with DEVICE_URI\n"
+        << "set to dtu://DTU/DEVICE/UNIT; DTUBROKER_SOCKET names the manager's socket (default\n"
+        << "/run/dtubroker/devmgr.sock).\n";
+    return help ? CUPS_BACKEND_OK : CUPS_BACKEND_FAILED;
   }
   JobRequest request;
   request.socket = dtu::services::default_socket_path();

@@ -1,8 +1,9 @@
 // devmgrctl: the administrator's command line for a devmgr (docs/devmgrctl.md).
-// Verbs: devices [--group], group [reload], drain, undrain, finders, leases, sessions, policy
-// [reload], session attach|detach, allocate, release, keygen. Each listing prints a table for people or, with --json, the manager's records
-// under the message's field names.
-// Exit codes: 0 done, 1 the operation failed, 2 bad usage, 3 the manager is unreachable.
+// Verbs: status, dtus [--group], devices [--group], group [reload], drain, undrain, finders, leases,
+// sessions, policy [reload], session attach|detach, allocate, release, keygen. Each listing prints a
+// table for people or, with --json, the manager's records under the message's field names.
+// Exit codes: 0 done, 1 the operation failed, 2 bad usage, 3 the manager is unreachable, 4 (status)
+// degraded.
 #include <algorithm>
 #include <csignal>
 #include <cstdint>
@@ -29,6 +30,7 @@
 #include "dtu/common/version.hpp"
 #include "dtu/services/manager_client.hpp"
 #include "dtu/services/table.hpp"
+#include "group_exec.hpp"
 
 namespace {
 
@@ -40,6 +42,8 @@ constexpr int kExitDone = 0;
 constexpr int kExitFailed = 1;
 constexpr int kExitUsage = 2;
 constexpr int kExitUnreachable = 3;
+// `status` only: the manager answers, but a group member is not up or the manager drains.
+constexpr int kExitDegraded = 4;
 
 // `allocate --hold` never renews more often than this, whatever length the manager grants.
 constexpr std::chrono::milliseconds kMinRenewInterval{100};
@@ -287,6 +291,172 @@ int run_group_reload(const Target& target, bool json) {
     services::group_table(answer.result->value().members).print(std::cout);
   }
   return kExitDone;
+}
+
+// --- dtus and status ------------------------------------------------------------------------------
+
+std::string optional_text(const std::optional<std::string>& value) {
+  return value && !value->empty() ? *value : std::string("-");
+}
+
+void print_dtu_table(const std::vector<common::DtuInfo>& dtus, bool group) {
+  std::vector<std::string> headers{"DTU"};
+  if (group) headers.push_back("OWNER");
+  for (const char* h : {"STATE", "ADDRESS", "AGENT", "CONNECTED", "DEVICES", "UNITS HELD/FREE"}) headers.push_back(h);
+  services::Table table(std::move(headers));
+  for (const auto& d : dtus) {
+    std::vector<std::string> row{d.dtu};
+    if (group) row.push_back(d.owner);
+    row.push_back(d.state);
+    row.push_back(optional_text(d.address));
+    row.push_back(optional_text(d.agent_version));
+    row.push_back(d.connected_ms_ago ? services::format_duration_ms(*d.connected_ms_ago) + " ago" : std::string("-"));
+    row.push_back(std::to_string(d.devices));
+    std::string units = std::to_string(d.units_allocated) + "/" + std::to_string(d.units_free);
+    if (d.units_unavailable != 0) units += " (" + std::to_string(d.units_unavailable) + " unavailable)";
+    row.push_back(std::move(units));
+    table.add_row(std::move(row));
+  }
+  if (table.rows() == 0) {
+    std::cout << (group ? "no DTU is connected to any member of the group\n" : "no DTU is connected to this manager\n");
+    return;
+  }
+  table.print(std::cout);
+}
+
+int run_dtus(const Target& target, bool group, bool json) {
+  auto answer = ask<common::DtuListMsg>(target, common::ListDtusMsg{group});
+  if (!answer.result->ok()) return fail(answer, target);
+  const auto& dtus = answer.result->value().dtus;
+  if (json) {
+    print_json(dtus);
+  } else {
+    print_dtu_table(dtus, group);
+  }
+  return kExitDone;
+}
+
+// The operator's one screen, composed from the listings. `healthy` is false (exit code 4) when a
+// group member is not up or the manager drains; `problems` says which.
+struct StatusReport {
+  common::GroupInfoMsg group;
+  std::vector<common::DtuInfo> dtus;
+  std::vector<common::DeviceRecord> devices;
+  std::size_t leases = 0;
+  std::size_t finders = 0;
+  std::size_t sessions = 0;
+  std::string policy_source;
+
+  std::vector<std::string> down_members() const {
+    std::vector<std::string> down;
+    for (const auto& m : group.members) {
+      if (m.state != "self" && m.state != "up") down.push_back(m.id + " (" + m.state + ")");
+    }
+    return down;
+  }
+  std::vector<std::string> problems() const {
+    std::vector<std::string> problems;
+    for (const auto& member : down_members()) problems.push_back("group member " + member + " is not up");
+    if (group.draining) problems.push_back("this manager is draining: it refuses DTUs (devmgrctl undrain)");
+    return problems;
+  }
+  // Seconds since the manager started, from its incarnation (wall µs at its start); none when the
+  // clocks disagree.
+  std::optional<std::uint64_t> uptime_s() const {
+    const auto now_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                            std::chrono::system_clock::now().time_since_epoch())
+                            .count();
+    if (group.incarnation == 0 || now_us < static_cast<std::int64_t>(group.incarnation)) return std::nullopt;
+    return (static_cast<std::uint64_t>(now_us) - group.incarnation) / 1000000;
+  }
+  std::map<std::string, std::uint32_t> units() const {
+    std::map<std::string, std::uint32_t> units{{"free", 0}, {"allocated", 0}, {"unavailable", 0}};
+    for (const auto& d : devices) {
+      for (const auto& u : d.units) ++units[common::unit_state_name(u.state)];
+    }
+    return units;
+  }
+
+  nlohmann::json to_json() const {
+    std::size_t up = 0;
+    for (const auto& m : group.members) if (m.state == "self" || m.state == "up") ++up;
+    nlohmann::json down = nlohmann::json::array();
+    for (const auto& m : group.members) {
+      if (m.state != "self" && m.state != "up") down.push_back(m.id);
+    }
+    nlohmann::json j{{"manager", group.manager},
+                     {"incarnation", group.incarnation},
+                     {"draining", group.draining},
+                     {"healthy", problems().empty()},
+                     {"problems", problems()},
+                     {"members", {{"up", up}, {"total", group.members.size()}, {"down", down}}},
+                     {"dtus", dtus.size()},
+                     {"devices", devices.size()},
+                     {"units", units()},
+                     {"leases", leases},
+                     {"finders", finders},
+                     {"sessions", sessions},
+                     {"policy_source", policy_source}};
+    if (const auto uptime = uptime_s()) j["uptime_s"] = *uptime;
+    return j;
+  }
+
+  void print(std::ostream& out) const {
+    const auto j = to_json();
+    out << "manager      " << group.manager << " (incarnation " << group.incarnation;
+    if (const auto uptime = uptime_s()) out << ", up " << services::format_duration_ms(*uptime * 1000);
+    out << ")" << (group.draining ? ", DRAINING" : "") << '\n';
+    out << "group        " << j["members"]["up"].get<std::size_t>() << "/" << group.members.size() << " members up";
+    const auto down = down_members();
+    for (std::size_t i = 0; i < down.size(); ++i) out << (i == 0 ? "; not up: " : ", ") << down[i];
+    out << '\n';
+    out << "dtus         " << dtus.size() << '\n';
+    out << "devices      " << devices.size() << '\n';
+    const auto u = units();
+    out << "units        " << u.at("allocated") << " allocated, " << u.at("free") << " free, " << u.at("unavailable")
+        << " unavailable\n";
+    out << "leases       " << leases << '\n';
+    out << "finders      " << finders << '\n';
+    out << "sessions     " << sessions << '\n';
+    out << "policy       " << policy_source << '\n';
+    const auto issues = problems();
+    if (issues.empty()) {
+      out << "health       ok\n";
+    } else {
+      for (const auto& p : issues) out << "DEGRADED     " << p << '\n';
+    }
+  }
+};
+
+int run_status(const Target& target, bool json) {
+  StatusReport report;
+  auto group = ask<common::GroupInfoMsg>(target, common::GroupStatusMsg{});
+  if (!group.result->ok()) return fail(group, target);
+  report.group = group.result->value();
+  auto dtus = ask<common::DtuListMsg>(target, common::ListDtusMsg{false});
+  if (!dtus.result->ok()) return fail(dtus, target);
+  report.dtus = dtus.result->value().dtus;
+  auto devices = ask<common::DeviceListMsg>(target, common::ListDevicesMsg{std::nullopt, false});
+  if (!devices.result->ok()) return fail(devices, target);
+  report.devices = devices.result->value().devices;
+  auto leases = ask<common::LeaseListMsg>(target, common::ListLeasesMsg{});
+  if (!leases.result->ok()) return fail(leases, target);
+  report.leases = leases.result->value().leases.size();
+  auto finders = ask<common::FinderListMsg>(target, common::ListFindersMsg{});
+  if (!finders.result->ok()) return fail(finders, target);
+  report.finders = finders.result->value().finders.size();
+  auto sessions = ask<common::SessionListMsg>(target, common::ListSessionsMsg{});
+  if (!sessions.result->ok()) return fail(sessions, target);
+  report.sessions = sessions.result->value().sessions.size();
+  auto policy = ask<common::PolicyInfoMsg>(target, common::GetPolicyMsg{});
+  if (!policy.result->ok()) return fail(policy, target);
+  report.policy_source = policy.result->value().source;
+  if (json) {
+    print_json(report.to_json());
+  } else {
+    report.print(std::cout);
+  }
+  return report.problems().empty() ? kExitDone : kExitDegraded;
 }
 
 // --- drain ----------------------------------------------------------------------------------------
@@ -606,7 +776,8 @@ const char* const kAllocateNeedsMode =
 int main(int argc, char** argv) {
   CLI::App app{"devmgrctl: inspect and operate a dtubroker device manager"};
   app.footer(
-      "Exit status: 0 done, 1 the operation failed, 2 bad usage, 3 the manager is unreachable.\n"
+      "Exit status: 0 done, 1 the operation failed, 2 bad usage, 3 the manager is unreachable,\n"
+      "4 (status only) degraded: a group member is not up, or the manager drains.\n"
       "Each verb has --help; docs/devmgrctl.md describes them all.");
   app.require_subcommand(1);
   app.fallthrough();  // --socket and --timeout-ms may follow the verb
@@ -615,19 +786,31 @@ int main(int argc, char** argv) {
   bool json = false;
   app.add_option("--socket", socket,
                  "the manager's Unix socket (default: $DTUBROKER_SOCKET or /run/dtubroker/devmgr.sock)");
-  app.add_option("--timeout-ms", timeout_ms, "how long to wait for the manager")
+  app.add_option("--timeout-ms", timeout_ms, "how long to wait for the manager to connect and to answer, in ms (default 5000)")
       ->check(CLI::Range(1, 600000));
   app.set_version_flag("--version", dtu::common::kVersion);
   const auto add_json = [&json](CLI::App* verb, const std::string& what) {
     verb->add_flag("--json", json, "print " + what + " as JSON (stable field names: the message's)");
   };
 
+  auto* status = app.add_subcommand(
+      "status", "one screen: the manager, the group's members up, DTUs, devices, units, leases, policy; exit 4 "
+                "when degraded (a member not up, or draining)");
+  add_json(status, "{manager, incarnation, uptime_s, draining, healthy, problems, members: {up, total, down}, dtus, "
+                   "devices, units: {free, allocated, unavailable}, leases, finders, sessions, policy_source}");
+
+  auto* dtus = app.add_subcommand("dtus", "list the DTUs connected to this manager (--group: to every member)");
+  bool group_dtus = false;
+  dtus->add_flag("--group", group_dtus, "also the DTUs the other members serve, with their owner (default: off)");
+  add_json(dtus, "an array of DTUs (dtu, owner, state, address, agent_version, boot_epoch, connected_ms_ago, "
+                 "devices, units_free, units_allocated, units_unavailable)");
+
   auto* devices = app.add_subcommand("devices", "list the devices the manager knows, with their units");
   std::optional<std::string> dtu_filter;
   add_json(devices, "an array of device records");
-  devices->add_option("--dtu", dtu_filter, "only this DTU's devices");
+  devices->add_option("--dtu", dtu_filter, "only this DTU's devices (default: every DTU)");
   bool group_devices = false;
-  devices->add_flag("--group", group_devices, "the devices of the whole group (each member answers for its DTUs)");
+  devices->add_flag("--group", group_devices, "the devices of the whole group, each member answering for its DTUs (default: off)");
 
   auto* group = app.add_subcommand("group", "list the members of the group: links, incarnations, clocks, counts");
   group->require_subcommand(0, 1);
@@ -637,6 +820,7 @@ int main(int argc, char** argv) {
   auto* group_reload = group->add_subcommand(
       "reload", "read the group list and keys again (administrators): new peers are dialed, removed ones dropped");
   add_json(group_reload, "the group after the reload, as `group --json`");
+  const dtu::devmgrctl::GroupExecVerb group_exec(*group);  // group exec VERB (group_exec.cpp)
 
   auto* drain = app.add_subcommand(
       "drain", "(administrators) move every DTU to another manager and refuse new ones; waits until none is left");
@@ -691,7 +875,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(std::uint32_t{1}, kMaxLeaseMs));
   allocate
       ->add_option("--wait-ms", wait_ms,
-                   "if the unit is held, wait this long for it (first come, first served)")
+                   "if the unit is held, wait this long for it, first come first served (default: do not wait)")
       ->check(CLI::Range(std::uint32_t{0}, kMaxLeaseMs));
   auto* keep_flag = allocate->add_flag("--keep", allocate_request.keep,
                                        "(administrators) the lease outlives devmgrctl; print it and exit");
@@ -715,7 +899,7 @@ int main(int argc, char** argv) {
   std::string site_key_file = "/etc/dtubroker/site-dtu.key";
   keygen->add_option("--out", out, "file to write (mode 0600)")->required();
   keygen->add_option("--dtu", keygen_dtu, "derive the key of this DTU id instead of generating one");
-  keygen->add_option("--site-key", site_key_file, "the site DTU key to derive from (with --dtu)");
+  keygen->add_option("--site-key", site_key_file, "the site DTU key to derive from, with --dtu (default /etc/dtubroker/site-dtu.key)");
 
   for (auto* verb : app.get_subcommands({})) verb->fallthrough();
 
@@ -726,7 +910,10 @@ int main(int argc, char** argv) {
     return code == 0 ? kExitDone : kExitUsage;
   }
   const Target target{socket, std::chrono::milliseconds(timeout_ms)};
+  if (status->parsed()) return run_status(target, json);
+  if (dtus->parsed()) return run_dtus(target, group_dtus, json);
   if (devices->parsed()) return run_devices(target, dtu_filter, group_devices, json);
+  if (group_exec.parsed()) return group_exec.run(socket, std::chrono::milliseconds(timeout_ms));
   if (group_reload->parsed()) return run_group_reload(target, json);
   if (group->parsed()) return run_group(target, json);
   if (drain->parsed()) return run_drain(target, drain_wait_ms, json);

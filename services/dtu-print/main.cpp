@@ -29,6 +29,7 @@
 #include "dtu/common/clock.hpp"
 #include "dtu/common/log.hpp"
 #include "dtu/common/version.hpp"
+#include "dtu/services/exit_codes.hpp"
 #include "dtu/services/event.hpp"
 #include "dtu/services/printer_uri.hpp"
 #include "queue_keeper.hpp"
@@ -40,9 +41,9 @@ using common::Errc;
 using common::Error;
 using services::print::QueueKeeper;
 
-constexpr int kExitFailed = 1;
-constexpr int kExitUsage = 2;
-constexpr int kExitUnreachable = 3;
+using services::kExitFailed;
+using services::kExitUnreachable;
+using services::kExitUsage;
 
 // How long --once waits for the manager's initial matches (it sends them at once).
 constexpr common::Duration kSyncTimeout = std::chrono::seconds(10);

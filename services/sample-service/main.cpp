@@ -25,6 +25,7 @@
 #include "dtu/common/async.hpp"
 #include "dtu/common/clock.hpp"
 #include "dtu/common/version.hpp"
+#include "dtu/services/exit_codes.hpp"
 #include "dtu/services/event.hpp"
 
 namespace {
@@ -34,9 +35,9 @@ using asio::experimental::as_tuple;
 using common::Errc;
 using common::Error;
 
-constexpr int kExitFailed = 1;
-constexpr int kExitUsage = 2;
-constexpr int kExitUnreachable = 3;
+using services::kExitFailed;
+using services::kExitUnreachable;
+using services::kExitUsage;
 
 // How long to wait for the manager's initial matches (it sends them at once).
 constexpr common::Duration kSyncTimeout = std::chrono::seconds(10);

@@ -12,6 +12,7 @@
 
 #include "dtu/common/errors.hpp"
 #include "dtu/common/frame.hpp"
+#include "dtu/common/command_messages.hpp"
 #include "dtu/common/group_messages.hpp"
 #include "dtu/common/inband_messages.hpp"
 #include "dtu/common/messages.hpp"
@@ -257,6 +258,12 @@ inline void check_own_message(const common::Frame& frame) {
     case common::MessageType::drain_status:
       check_message<common::DrainStatusMsg>(frame);
       break;
+    case common::MessageType::list_dtus:
+      check_message<common::ListDtusMsg>(frame);
+      break;
+    case common::MessageType::dtu_list:
+      check_message<common::DtuListMsg>(frame);
+      break;
     case common::MessageType::peer_auth_init:
       check_message<common::PeerAuthInitMsg>(frame);
       break;
@@ -290,6 +297,28 @@ inline void check_own_message(const common::Frame& frame) {
       break;
     case common::MessageType::peer_status_reply:
       check_message<common::PeerStatusReplyMsg>(frame);
+      break;
+    // group commands: helper H1
+    case common::MessageType::group_exec:
+      check_message<common::GroupExecMsg>(frame);
+      break;
+    case common::MessageType::group_exec_queued:
+      check_message<common::GroupExecQueuedMsg>(frame);
+      break;
+    case common::MessageType::group_exec_event:
+      check_message<common::GroupExecEventMsg>(frame);
+      break;
+    case common::MessageType::group_exec_done:
+      check_message<common::GroupExecDoneMsg>(frame);
+      break;
+    case common::MessageType::peer_command:
+      check_message<common::PeerCommandMsg>(frame);
+      break;
+    case common::MessageType::peer_command_queued:
+      check_message<common::PeerCommandQueuedMsg>(frame);
+      break;
+    case common::MessageType::peer_command_done:
+      check_message<common::PeerCommandDoneMsg>(frame);
       break;
     case common::MessageType::inband_hello:
       check_message<common::InbandHelloMsg>(frame);
@@ -350,6 +379,10 @@ inline void check_every_message(const common::Frame& frame) {
                    common::PeerWelcomeMsg>(frame);
   check_all_refuse<common::PeerOwnershipMsg, common::PeerAllocateMsg, common::PeerRenewMsg, common::PeerReleaseMsg,
                    common::PeerResumeMsg, common::PeerStatusMsg, common::PeerStatusReplyMsg>(frame);
+  check_all_refuse<common::ListDtusMsg, common::DtuListMsg>(frame);
+  check_all_refuse<common::GroupExecMsg, common::GroupExecQueuedMsg, common::GroupExecEventMsg,
+                   common::GroupExecDoneMsg, common::PeerCommandMsg, common::PeerCommandQueuedMsg,
+                   common::PeerCommandDoneMsg>(frame);
 }
 
 }  // namespace dtu::fuzz

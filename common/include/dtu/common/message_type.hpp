@@ -61,6 +61,12 @@ enum class MessageType : std::uint16_t {
   drain = 92,              // admin -> manager: move every DTU away, refuse new ones
   undrain = 93,            // admin -> manager: take DTUs again
   drain_status = 94,       // manager -> admin: draining or not, DTUs still held (reply)
+  group_exec = 95,         // admin -> manager: run a verb on several managers (group exec)
+  group_exec_queued = 96,  // manager -> admin: the command's id and nodes (reply)
+  group_exec_event = 97,   // manager -> admin: one node's outcome of a group command
+  group_exec_done = 98,    // manager -> admin: the group command ended; every node's outcome
+  list_dtus = 99,          // client -> manager: request the DTUs it serves (or the group's)
+  dtu_list = 100,          // manager -> client: the DTUs (reply)
   // Manager <-> manager (peer mesh). The peer link also carries, with the same bodies:
   // register_finder / unregister_finder (a forwarded finder), finder_matched / changed / gone /
   // synced (its answers), list_devices / device_list and lease_ended (docs/protocol.md §6).
@@ -75,6 +81,10 @@ enum class MessageType : std::uint16_t {
   peer_resume = 140,          // origin -> owner: resume a lease for a service of the origin
   peer_status = 141,          // manager -> peer: request its counts
   peer_status_reply = 142,    // peer -> manager: DTUs, devices, finders it holds (reply)
+  peer_command = 143,         // origin -> node: run a group command's verb
+  peer_command_queued = 144,  // node -> origin: queued (reply; an error: refused)
+  peer_command_done = 145,    // node -> origin: the command's completion (request, answered ack)
+  // 146: reserved for group commands.
   // In-band (service <-> DTU, over the lease's TLS channel).
   inband_hello = 192,     // service -> DTU: first request; names the lease
   inband_welcome = 193,   // DTU -> service: the leased unit, its endpoints, the expiry

@@ -1,5 +1,5 @@
 #pragma once
-// Service API messages (types 71–88): finders and their events, the listings devmgrctl shows,
+// Service API messages (types 71–94, 99–100): finders and their events, the listings devmgrctl shows,
 // sessions (hot-desking), the policy, and lease resumption. One plain struct per message with
 // to_json/from_json beside it, like messages.hpp (which holds allocate / renew / release).
 // docs/protocol.md §13 documents each. Values; not thread-safe.
@@ -241,6 +241,37 @@ struct DrainStatusMsg {
   std::uint32_t dtus = 0;  // DTUs connected to this manager now
 };
 
+// Client -> manager (request): the DTUs this manager serves, or with `group` also those every
+// other member serves (from the group's ownership table; their devices and units as each member
+// answers `list_devices`). Answered with dtu_list.
+struct ListDtusMsg {
+  static constexpr MessageType kType = MessageType::list_dtus;
+  bool group = false;
+};
+
+// One DTU as the answering manager knows it. Fields only the serving manager knows (address,
+// agent_version, connected_ms_ago) are absent for a DTU another member serves.
+struct DtuInfo {
+  std::string dtu;
+  std::string owner;                           // the manager that serves it
+  std::string state;                           // "active", "moving" (told to leave: drain), "remote"
+  std::optional<std::string> address;          // the DTU's connection, host:port
+  std::optional<std::string> agent_version;    // as its hello said
+  std::optional<std::int64_t> boot_epoch;      // universal µs; absent before its first snapshot
+  std::optional<std::uint64_t> connected_ms_ago;
+  std::uint32_t devices = 0;
+  std::uint32_t units_free = 0;
+  std::uint32_t units_allocated = 0;
+  std::uint32_t units_unavailable = 0;
+
+  friend bool operator==(const DtuInfo&, const DtuInfo&) = default;
+};
+
+struct DtuListMsg {
+  static constexpr MessageType kType = MessageType::dtu_list;
+  std::vector<DtuInfo> dtus;  // sorted by DTU id
+};
+
 void to_json(nlohmann::json& j, const RegisterFinderMsg& m);
 void from_json(const nlohmann::json& j, RegisterFinderMsg& m);
 void to_json(nlohmann::json& j, const UnregisterFinderMsg& m);
@@ -299,5 +330,11 @@ void to_json(nlohmann::json& j, const UndrainMsg& m);
 void from_json(const nlohmann::json& j, UndrainMsg& m);
 void to_json(nlohmann::json& j, const DrainStatusMsg& m);
 void from_json(const nlohmann::json& j, DrainStatusMsg& m);
+void to_json(nlohmann::json& j, const ListDtusMsg& m);
+void from_json(const nlohmann::json& j, ListDtusMsg& m);
+void to_json(nlohmann::json& j, const DtuInfo& m);
+void from_json(const nlohmann::json& j, DtuInfo& m);
+void to_json(nlohmann::json& j, const DtuListMsg& m);
+void from_json(const nlohmann::json& j, DtuListMsg& m);
 
 }  // namespace dtu::common

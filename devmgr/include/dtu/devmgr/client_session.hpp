@@ -8,9 +8,10 @@
 // Legal messages (all requests): awaiting_hello: client_hello. ready: list_devices (with group:
 // every manager's), allocate, renew, release, resume_lease, register_finder, unregister_finder,
 // list_finders (all through the GroupBroker, which serves local DTUs from the LeaseBroker and
-// FinderRegistry and forwards the rest), list_leases, list_sessions, get_policy, and the
-// administrators' session_attach, session_detach, reload_policy, reload_group, drain, undrain
-// (others get Errc::denied). The manager sends lease_ended and finder_* notifies. Anything else,
+// FinderRegistry and forwards the rest), list_leases, list_sessions, list_dtus, get_policy, and the
+// administrators' session_attach, session_detach, reload_policy, reload_group, drain, undrain,
+// group_exec (others get Errc::denied). The manager sends lease_ended, finder_* and
+// group_exec_event / group_exec_done notifies. Anything else,
 // a filament opened by the client, or no hello within the timeout closes this connection with a
 // logged reason. When the connection closes its finders are dropped and its leases released
 // (after the current handler, never inside it). A ClientSession is the LeaseHolder of the leases
@@ -30,6 +31,7 @@
 #include "dtu/devmgr/device_list.hpp"
 #include "dtu/devmgr/finder_registry.hpp"
 #include "dtu/devmgr/group_broker.hpp"
+#include "dtu/devmgr/group_commands.hpp"
 #include "dtu/devmgr/lease_broker.hpp"
 
 namespace dtu::devmgr {
@@ -52,6 +54,11 @@ struct ClientServices {
   using DrainDone = std::function<void(common::Result<common::DrainStatusMsg>)>;
   std::function<void(std::optional<std::uint32_t> wait_ms, DrainDone done)> drain;
   std::function<common::DrainStatusMsg()> undrain;
+  // group_exec (administrators): GroupCommands::start; the events go to the sink.
+  std::function<common::Result<common::GroupExecQueuedMsg>(const common::GroupExecMsg&, GroupCommands::Sink)>
+      group_exec;
+  // list_dtus: `done` runs once with the DTUs (with `group`: every member's); DeviceManager::list_dtus.
+  std::function<void(bool group, std::function<void(common::DtuListMsg)> done)> list_dtus;
 };
 
 class ClientSession : public LeaseHolder, public std::enable_shared_from_this<ClientSession> {

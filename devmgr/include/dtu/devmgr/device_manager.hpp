@@ -34,10 +34,13 @@
 #include "dtu/devmgr/dtu_session.hpp"
 #include "dtu/devmgr/finder_registry.hpp"
 #include "dtu/devmgr/group_broker.hpp"
+#include "dtu/devmgr/group_commands.hpp"
 #include "dtu/devmgr/group_config.hpp"
 #include "dtu/devmgr/peer_mesh.hpp"
 #include "dtu/devmgr/lease_broker.hpp"
 #include "dtu/devmgr/manager_options.hpp"
+#include "dtu/devmgr/metrics.hpp"
+#include "dtu/devmgr/metrics_server.hpp"
 #include "dtu/devmgr/policy.hpp"
 #include "dtu/devmgr/session_table.hpp"
 
@@ -74,6 +77,10 @@ class DeviceManager {
   // Every member of the group as this manager sees it, itself first; the peers' device counts
   // are asked for (a peer that does not answer within a second shows none).
   void group_status(std::function<void(common::GroupInfoMsg)> done);
+  // The DTUs connected here (state active, or moving once told to leave), sorted by id; with
+  // `group` also every other member's DTU from the ownership table, with the devices and units
+  // its member reports (list_group_devices: a silent member's DTUs show none).
+  void list_dtus(bool group, std::function<void(common::DtuListMsg)> done);
   // Stops accepting and closes every session and peer link. Idempotent.
   void stop();
   // Starts draining (logged drain_started): every active DTU gets dtu_move{"drain"} and every new
@@ -90,6 +97,10 @@ class DeviceManager {
   const DeviceList& devices() const { return devices_; }
   const LeaseBroker& leases() const { return leases_; }
   const FinderRegistry& finders() const { return finders_; }
+  // The Prometheus text (docs/metrics.md): the counters, and the gauges read now.
+  std::string render_metrics();
+  // The bound metrics address (the real port for port 0); nullopt without metrics_listen.
+  std::optional<common::Endpoint> metrics_endpoint() const;
   // The group layer: the mesh's hooks (peer_up / peer_down / peer_frame) go here.
   GroupBroker& group() { return group_; }
   const GroupBroker& group() const { return group_; }
@@ -99,6 +110,13 @@ class DeviceManager {
   const SessionTable& sessions() const { return sessions_; }
   const Policy& policy() const { return policy_; }
   std::size_t dtu_count() const { return dtus_.size(); }
+  // The group's other members this manager knows of, and how many of them have a live link
+  // (both 0 without a mesh).
+  struct PeerCount {
+    std::size_t up = 0;
+    std::size_t known = 0;
+  };
+  PeerCount peer_count() const;
   // The group's universal clock as this manager keeps it (offset: the median of the live peer
   // links' estimates and zero).
   common::HybridLogicalClock& universal() { return universal_; }
@@ -134,6 +152,14 @@ class DeviceManager {
   };
   common::Result<GroupSettings> load_group() const;
   common::Result<void> start_mesh(const GroupSettings& group);
+  // Group commands (device_manager_commands.cpp): builds commands_; runs, refuses and
+  // describes the verbs of `devmgrctl group exec` on this manager.
+  void make_group_commands();
+  void run_group_verb(const std::string& verb, const nlohmann::json& args, GroupCommands::VerbDone done);
+  std::optional<std::string> refuse_group_verb(const std::string& verb, const nlohmann::json& args) const;
+  // Builds the diag dump from copies of the state taken now: safe to call on any thread.
+  std::function<nlohmann::json()> diag_snapshot() const;
+  common::Result<nlohmann::json> rotate_group_key();
   // The members without the peers' device counts.
   common::GroupInfoMsg group_info() const;
 
@@ -142,6 +168,7 @@ class DeviceManager {
   ManagerOptions options_;
   common::SecretKey site_dtu_key_;
   common::Logger log_{"devmgr"};
+  Metrics metrics_;  // before everything that counts into it
   common::HybridLogicalClock universal_;
   std::shared_ptr<asio::ssl::context> tls_;
   std::optional<asio::ip::tcp::acceptor> dtu_acceptor_;
@@ -159,6 +186,12 @@ class DeviceManager {
   std::set<std::shared_ptr<ClientSession>> clients_;
   // Declared after group_: destroyed first, so no hook reaches a destroyed GroupBroker.
   std::unique_ptr<PeerMesh> mesh_;
+  // Group commands (device_manager_commands.cpp); after mesh_: destroyed before it.
+  std::unique_ptr<GroupCommands> commands_;
+  // The group list and keys in force (rotate-key swaps the keys in memory).
+  std::vector<GroupMember> members_;
+  common::GroupKeys keys_;
+  std::unique_ptr<MetricsServer> metrics_server_;
   std::unique_ptr<common::DeadlineGuard> offset_timer_;
   bool draining_ = false;
   struct DrainWaiter {

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "dtu/common/async.hpp"
+#include "dtu/common/clock.hpp"
 #include "dtu/common/link.hpp"
 #include "dtu/common/log.hpp"
 #include "dtu/common/messages.hpp"
@@ -78,6 +79,13 @@ class DtuSession : public std::enable_shared_from_this<DtuSession> {
   const std::string& dtu() const { return identity_; }
   const std::string& peer() const { return link_->peer(); }
   std::int64_t boot_epoch() const { return boot_epoch_; }
+  // The agent's version as its hello said; empty before the hello.
+  const std::string& agent_version() const { return agent_version_; }
+  // Whether this manager told the DTU to leave (move()); it stays listed until its link closes.
+  bool moving() const { return moving_; }
+  // When the DTU became active here, as the manager recorded it (set_active_since); kNever before.
+  common::MonoTime active_since() const { return active_since_; }
+  void set_active_since(common::MonoTime when) { active_since_ = when; }
   // The DTU's ownership claim for this link: the stamp of its first device_snapshot here. It
   // orders this connection against the DTU's connections to other managers and is the fence
   // every lease operation sent on this link carries. Empty until the snapshot arrives.
@@ -105,6 +113,9 @@ class DtuSession : public std::enable_shared_from_this<DtuSession> {
   std::unique_ptr<common::DeadlineGuard> hello_deadline_;
   State state_ = State::awaiting_hello;
   std::int64_t boot_epoch_ = 0;
+  std::string agent_version_;
+  bool moving_ = false;
+  common::MonoTime active_since_ = common::kNever;
   std::optional<common::Stamp> claim_;
   Hooks hooks_;
 };

@@ -162,12 +162,18 @@ class GroupBroker {
   void peer_devices(const std::shared_ptr<PeerLink>& link, std::function<void(std::optional<std::uint32_t>)> done);
   // The manager that serves `dtu`, as far as this manager knows.
   std::optional<std::string> owner_of(const std::string& dtu) const;
+  // Every DTU of the group with the manager that serves it, as far as this manager knows.
+  std::map<std::string, std::string> owners() const;
   // The claim stamp of that manager on `dtu`, as far as this manager knows.
   std::optional<common::Stamp> claim_of(const std::string& dtu) const;
   // Forwarded finders held here for every peer together.
   std::uint32_t finders_held_total() const;
   // Leases this manager's clients hold on DTUs of other managers.
   std::size_t remote_leases() const { return remote_leases_.size(); }
+  // Finders this manager's clients registered (each counted once, wherever it matches).
+  std::size_t local_finders() const { return clients_.size(); }
+  // finder_matched events sent to this manager's clients since the start (metrics).
+  std::uint64_t matches_sent() const { return matches_sent_; }
 
  private:
   using DeviceKey = std::pair<std::string, std::string>;  // (dtu, device)
@@ -295,6 +301,7 @@ class GroupBroker {
   std::uint64_t next_entry_ = 1;
   std::uint64_t next_distinct_ = 1;
   std::uint64_t next_wire_ = 1;
+  std::uint64_t matches_sent_ = 0;
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);
 };
 

@@ -42,6 +42,7 @@
 #include "dtu/common/service_messages.hpp"
 #include "dtu/common/state_token.hpp"
 #include "dtu/devmgr/device_list.hpp"
+#include "dtu/devmgr/metrics.hpp"
 #include "dtu/devmgr/policy.hpp"
 #include "dtu/devmgr/session_table.hpp"
 
@@ -111,6 +112,9 @@ class LeaseBroker {
   // (uid, and pid and program when the token has them); unset: such leases wait for the
   // client's renew or resume.
   void set_local_holders(LocalHolders list);
+  // Where allocations (granted, refused by error, latency) and ended leases are counted; null
+  // (the default): nowhere. REQUIRES: outlives the broker
+  void set_metrics(Metrics* metrics) { metrics_ = metrics; }
 
   // Asks the DTU for the unit on behalf of `client`, after the policy allowed it. The grant
   // carries the token and the in-band endpoint. Errors: Errc::not_found (DTU not connected here,
@@ -220,6 +224,7 @@ class LeaseBroker {
   std::function<std::int64_t()> universal_us_;
   RemoteHolders remote_holders_;
   LocalHolders local_holders_;
+  Metrics* metrics_ = nullptr;
   std::map<std::string, Held> leases_;  // by lease id
   std::map<UnitKey, std::deque<std::shared_ptr<Waiter>>> waiting_;
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);

@@ -21,6 +21,8 @@ struct ManagerOptions {
   std::string socket_path = "/run/dtubroker/devmgr.sock";  // services and devmgrctl
   // Owner and group may connect; services run in the socket's group (docs/operations.md).
   unsigned socket_mode = 0660;
+  // The socket's group (chowned after bind; devmgr must be a member); empty: devmgr's own group.
+  std::string socket_group;
   std::string site_dtu_key_file = "/etc/dtubroker/site-dtu.key";
   // The allocation policy (docs/policy.md); empty: the built-in policy (allow all, 60 s leases).
   std::string policy_file;
@@ -38,6 +40,9 @@ struct ManagerOptions {
   std::string group_key_next_file;  // during a key rotation: the next group key (docs/group.md)
   // How long a dead peer's devices stay `orphaned` (their DTUs may re-home) before they are gone.
   std::chrono::milliseconds orphan_grace{10000};
+  // Where the Prometheus endpoint listens (docs/metrics.md); none: no endpoint. Meant for
+  // loopback; another address works but is logged metrics_not_loopback (firewall it).
+  std::optional<common::Endpoint> metrics_listen;
 };
 
 // Reads a socket mode written in octal ("0660"). Errc::config_error otherwise.

@@ -92,6 +92,9 @@ class PeerMesh {
   // Errc::config_error for a bad id or listen address, Errc::io_error when binding fails.
   // REQUIRES: called once
   common::Result<void> start();
+  // `hook` runs each time a connection fails the handshake (TLS or the peer handshake), at
+  // either end; it is already logged (metrics count it). REQUIRES: called before start()
+  void on_handshake_failed(std::function<void()> hook);
   // Closes the listener, every link and every connection in progress. Idempotent. No hook runs
   // from the call on (not even down for the links it closes).
   void stop();

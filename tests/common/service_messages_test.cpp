@@ -1,0 +1,79 @@
+// Service messages: list_dtus (99) and dtu_list (100) round-trip through the wire encoding, keep
+// the fields only the serving manager knows optional, and the decoder refuses a DTU entry
+// without its counts, naming the field.
+#include "dtu/common/service_messages.hpp"
+
+#include <doctest/doctest.h>
+
+#include <ostream>  // doctest prints std::error_code
+#include <string>
+
+#include "dtu/common/frame_decoder.hpp"
+#include "support/message_checks.hpp"
+
+namespace dtu::common {
+namespace {
+
+using nlohmann::json;
+
+using dtu::testing::object_frame;
+using dtu::testing::round_trip;
+
+DtuInfo connected_here() {
+  DtuInfo d;
+  d.dtu = "dtu-7";
+  d.owner = "m1";
+  d.state = "active";
+  d.address = "10.0.3.17:51234";
+  d.agent_version = "0.8.0";
+  d.boot_epoch = 1795294179140706;
+  d.connected_ms_ago = 81234;
+  d.devices = 2;
+  d.units_free = 3;
+  d.units_allocated = 1;
+  return d;
+}
+
+TEST_CASE("list_dtus round-trips, and its group flag defaults to false") {
+  CHECK(round_trip(ListDtusMsg{true}).group);
+  CHECK_FALSE(round_trip(ListDtusMsg{}).group);
+  auto empty = from_frame<ListDtusMsg>(object_frame(MessageType::list_dtus, json::object()));
+  REQUIRE(empty.ok());
+  CHECK_FALSE(empty->group);
+}
+
+TEST_CASE("dtu_list round-trips a DTU connected here and one another member serves") {
+  DtuInfo remote;
+  remote.dtu = "dtu-9";
+  remote.owner = "m2";
+  remote.state = "remote";
+  remote.boot_epoch = 1795294170000000;
+  remote.devices = 1;
+  remote.units_free = 1;
+  DtuListMsg list;
+  list.dtus = {connected_here(), remote};
+  const DtuListMsg out = round_trip(list);
+  REQUIRE(out.dtus.size() == 2);
+  CHECK(out.dtus[0] == connected_here());
+  CHECK(out.dtus[1] == remote);
+
+  // What the serving manager alone knows is absent for a remote DTU, not empty.
+  const json j = remote;
+  CHECK_FALSE(j.contains("address"));
+  CHECK_FALSE(j.contains("agent_version"));
+  CHECK_FALSE(j.contains("connected_ms_ago"));
+  CHECK(j.at("units_unavailable") == 0);
+}
+
+TEST_CASE("dtu_list refuses a DTU entry without its device count, naming the field") {
+  json entry = connected_here();
+  entry.erase("devices");
+  auto result =
+      from_frame<DtuListMsg>(object_frame(MessageType::dtu_list, json{{"dtus", json::array({entry})}}));
+  REQUIRE_FALSE(result.ok());
+  CHECK(result.error().code == make_error_code(Errc::bad_payload));
+  CHECK(result.error().detail.find("devices") != std::string::npos);
+}
+
+}  // namespace
+}  // namespace dtu::common
