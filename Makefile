@@ -10,6 +10,8 @@
 #   make fuzz         run each fuzz target for FUZZ_SECONDS (default 600) s, one after the other
 #   make bench        Release build in build-bench/, then every benchmark (tests/bench/); prints, never fails on a number
 #   make demo         build, then demo/run.sh (ONCE=1 make demo: one pass, then exit)
+#   make package      build, then the Debian packages dtubroker-{devmgr,agent,services} (CPack) in
+#                     build/packages/ (docs/packages.md)
 #   make format       clang-format the sources in place; format-check only reports
 #   make clean        remove every build tree
 
@@ -32,7 +34,7 @@ SANITIZER_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=prin
 # A failed configure drops its cache, so the next run configures again.
 configure = test -f $(1)/CMakeCache.txt || $(3) cmake -S . -B $(1) $(2) || { rm -f $(1)/CMakeCache.txt; exit 1; }
 
-.PHONY: deps build test test-asan fuzz-build fuzz-smoke fuzz bench demo clean format format-check
+.PHONY: deps build test test-asan fuzz-build fuzz-smoke fuzz bench demo package clean format format-check
 
 deps:
 	scripts/deps.sh
@@ -88,6 +90,12 @@ bench: deps
 
 demo: build
 	ONCE=$(ONCE) demo/run.sh
+
+# cpack installs each component of build/ into build/packages/_CPack_Packages/ and packs it; it
+# builds nothing itself (cmake/Packaging.cmake), hence `build` first.
+package: build
+	cpack --config build/CPackConfig.cmake -B build/packages
+	@ls -1 build/packages/*.deb
 
 clean:
 	rm -rf build*/
