@@ -100,15 +100,40 @@ common::Result<json> DeviceManager::rotate_group_key() {
                       " (in memory: swap the contents of the current and next key files to keep it)"}};
 }
 
+namespace {
+
+// diag lists at most this many DTUs, devices, leases and finders (with the totals), so that the
+// dump of a large manager stays under kMaxCommandResultBytes.
+constexpr std::size_t kDiagListMax = 100;
+
+template <typename T>
+void keep_first(std::vector<T>& list) {
+  if (list.size() > kDiagListMax) list.erase(list.begin() + static_cast<std::ptrdiff_t>(kDiagListMax), list.end());
+}
+
+}  // namespace
+
 std::function<json()> DeviceManager::diag_snapshot() const {
   std::vector<std::string> dtus;
   for (const auto& [id, session] : dtus_) dtus.push_back(id);
+  auto devices = devices_.list();
+  auto leases = leases_.list();
+  auto finders = finders_.list();
+  const json totals = {{"dtus", dtus.size()},
+                       {"devices", devices.size()},
+                       {"leases", leases.size()},
+                       {"finders", finders.size()},
+                       {"listed_at_most", kDiagListMax}};
+  keep_first(dtus);
+  keep_first(devices);
+  keep_first(leases);
+  keep_first(finders);
   std::vector<common::GroupMemberInfo> peers;
   if (mesh_) peers = mesh_->status();
   const auto uptime = std::chrono::duration_cast<std::chrono::milliseconds>(
       clock_.wall_now().time_since_epoch() - std::chrono::microseconds(incarnation_));
   return [id = options_.id, incarnation = incarnation_, draining = draining_, dtus = std::move(dtus),
-          devices = devices_.list(), leases = leases_.list(), finders = finders_.list(),
+          devices = std::move(devices), leases = std::move(leases), finders = std::move(finders), totals,
           peers = std::move(peers), policy_source = policy_.source(), policy_rules = policy_.rule_count(),
           key_id = mesh_ ? common::group_key_id(keys_.current) : std::string(),
           next_key_id = key_id_or_empty(keys_.next), uptime_ms = uptime.count(),
@@ -118,6 +143,7 @@ std::function<json()> DeviceManager::diag_snapshot() const {
         {"incarnation", incarnation},
         {"uptime_ms", uptime_ms},
         {"draining", draining},
+        {"totals", totals},
         {"dtus", dtus},
         {"devices", devices},
         {"leases", leases},
@@ -127,9 +153,8 @@ std::function<json()> DeviceManager::diag_snapshot() const {
         {"policy", {{"source", policy_source}, {"rules", policy_rules}}},
         {"key_id", key_id},
         {"next_key_id", next_key_id},
-        {"summary", "diag: " + std::to_string(dtus.size()) + " DTUs, " + std::to_string(devices.size()) +
-                        " devices, " + std::to_string(leases.size()) + " leases, " +
-                        std::to_string(peers.size()) + " peers"}};
+        {"summary", "diag: " + totals["dtus"].dump() + " DTUs, " + totals["devices"].dump() + " devices, " +
+                        totals["leases"].dump() + " leases, " + std::to_string(peers.size()) + " peers"}};
   };
 }
 

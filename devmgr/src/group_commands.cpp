@@ -150,8 +150,14 @@ void GroupCommands::send_to_node(const std::string& id, const std::string& node,
   auto answered = [this, alive = alive_, id, node](common::Result<Frame> reply) {
     if (!*alive) return;
     if (!reply.ok()) {
-      node_outcome(id, node, "unreachable", "no answer from " + node + ": " + reply.error().describe(),
-                   nullptr);
+      // The link hands the node's error reply over as a failed result: refused and
+      // invalid_argument are the node's own answer; anything else (timeout, link lost) is none.
+      const common::Error& error = reply.error();
+      if (error.code == Errc::refused || error.code == Errc::invalid_argument) {
+        node_outcome(id, node, "refused", error.detail, nullptr);
+      } else {
+        node_outcome(id, node, "unreachable", "no answer from " + node + ": " + error.describe(), nullptr);
+      }
     } else if (reply->type == MessageType::error) {
       auto error = common::from_frame<common::ErrorMsg>(*reply);
       node_outcome(id, node, "refused", error.ok() ? error->reason : "refused", nullptr);
@@ -236,6 +242,13 @@ void GroupCommands::on_peer_command(const std::string& from, const Frame& frame,
     log_.warn(from, "bad_peer_message", {{"reason", msg.error().describe()}});
     return reply(error_frame(Errc::invalid_argument, msg.error().describe()));
   }
+  // Completions go to the origin the request names: only the sender may name itself, or a
+  // member could aim them at a third manager, or at this one's own pending commands.
+  if (msg->origin != from) {
+    log_.warn(from, "bad_peer_message",
+              {{"reason", "command " + msg->command + " names origin " + msg->origin + ", not its sender"}});
+    return reply(error_frame(Errc::invalid_argument, "a command's origin must be its sender " + from));
+  }
   if (stopped_) return reply(error_frame(Errc::refused, self_ + " is stopping"));
   const CompletionKey key{msg->origin, msg->command};
   // The same request again (the origin's answer was lost): queued once, run once.
@@ -270,7 +283,15 @@ void GroupCommands::execute(const std::string& origin, const common::PeerCommand
         common::PeerCommandDoneMsg done;
         done.command = command;
         done.node = self_;
-        if (result.ok()) {
+        const std::size_t size =
+            result.ok() ? result->dump(-1, ' ', false, json::error_handler_t::replace).size() : 0;
+        if (result.ok() && size > kMaxCommandResultBytes) {
+          // A result that would not fit in one frame would close the link to the origin at
+          // every re-send: report its size instead.
+          done.outcome = "failed";
+          done.detail = verb + ": the result of " + std::to_string(size) + " bytes is above the " +
+                        std::to_string(kMaxCommandResultBytes) + "-byte limit of a group command";
+        } else if (result.ok()) {
           done.outcome = "done";
           done.result = std::move(result.value());
         } else {

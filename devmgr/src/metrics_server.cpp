@@ -202,11 +202,23 @@ asio::awaitable<void> accept_loop(std::shared_ptr<MetricsServerState> state) {
     if (state->stopped) co_return;
     if (ec) {
       state->log.warn("", "accept_failed", {{"listener", "metrics"}, {"reason", ec.message()}});
+      // Out of descriptors (or the like): pause instead of spinning on the same error.
+      asio::steady_timer pause(state->executor, kAcceptRetryPause);
+      auto [waited] = co_await pause.async_wait(as_tuple(asio::use_awaitable));
+      (void)waited;
       continue;
     }
     std::error_code ignored;
     const auto remote = socket.remote_endpoint(ignored);
     std::string peer = ignored ? std::string("unknown") : common::to_string(remote);
+    if (state->open.size() >= kMaxMetricsConnections) {
+      // A scraper needs one connection: many at once are a client gone wrong, and must not
+      // take the descriptors the DTUs and peers need.
+      state->log.debug(peer, "metrics_client_refused",
+                       {{"reason", "already " + std::to_string(state->open.size()) + " connections"}});
+      close_socket(socket);
+      continue;
+    }
     auto shared = std::make_shared<tcp::socket>(std::move(socket));
     state->open.insert(shared);
     common::spawn(state->executor, serve(state, shared, std::move(peer)), state->log, "metrics client");

@@ -1,5 +1,6 @@
 #include "group_exec.hpp"
 
+#include <algorithm>
 #include <iomanip>
 #include <iostream>
 #include <map>
@@ -150,7 +151,6 @@ asio::awaitable<void> exchange(Request request, Run& run) {
     std::cerr << "devmgrctl: "
               << (*lost ? "the manager closed the connection" : "no summary from the manager")
               << " before the command ended\n";
-    run.code = kExitUnreachable;
   }
 }
 
@@ -165,7 +165,7 @@ GroupExecVerb::GroupExecVerb(CLI::App& group) {
   exec_->add_option("--nodes", nodes_,
                     "only these members, comma-separated (default: every member, this one too)");
   exec_
-      ->add_option("--timeout-ms", timeout_ms_, "how long the command may take on every node (default 30000)")
+      ->add_option("--timeout-ms", timeout_ms_, "how long the command may take on every node (default 30000; drain: its --wait-ms + 5000)")
       ->check(CLI::Range(std::uint32_t{1}, std::uint32_t{24 * 60 * 60 * 1000}));
   exec_->add_flag("--json", json_,
                   "one JSON object per line: {event: queued|outcome|summary, ...} (docs/devmgrctl.md)");
@@ -191,6 +191,15 @@ int GroupExecVerb::run(const std::string& socket, std::chrono::milliseconds conn
   if (drain_->parsed()) {
     request.msg.verb = "drain";
     if (wait_ms_) request.msg.args["wait_ms"] = *wait_ms_;
+    // A node's drain may take its whole wait: the command's own bound must outlast it, or a
+    // drain still going well would be reported timeout.
+    const std::uint64_t wait = wait_ms_ ? *wait_ms_ : 30000;
+    if (exec_->count("--timeout-ms") == 0) {
+      request.msg.timeout_ms = static_cast<std::uint32_t>(std::min<std::uint64_t>(wait + 5000, 24 * 60 * 60 * 1000));
+    } else if (request.msg.timeout_ms <= wait) {
+      std::cerr << "devmgrctl: warning: --timeout-ms is not above --wait-ms: nodes still draining then are "
+                   "reported timeout\n";
+    }
   }
   if (undrain_->parsed()) request.msg.verb = "undrain";
   if (diag_->parsed()) request.msg.verb = "diag";

@@ -187,6 +187,13 @@ TEST_CASE("The origin reports one outcome per node: a duplicate completion is ac
   CHECK(origin.summaries.size() == 1);
 }
 
+TEST_CASE("A command naming another origin than its sender is refused and not run") {
+  FakeGroup node("m2");
+  const Frame reply = node.deliver("m3", peer_command("7-1", "m1", "diag"));
+  REQUIRE(reply.type == MessageType::error);
+  CHECK(node.running.empty());
+}
+
 TEST_CASE("A completion naming another node than its sender is refused") {
   FakeGroup origin("m1");
   auto queued = origin.commands->start(exec("diag"), origin.sink());
@@ -213,7 +220,8 @@ TEST_CASE("A node that refuses rotate-key is reported refused with its reason") 
   auto queued = origin.commands->start(request, origin.sink());
   REQUIRE(queued.ok());
   REQUIRE(origin.sent.size() == 1);
-  origin.sent[0].done(reply);
+  // The link hands an error reply over as a failed result with the node's code and reason.
+  origin.sent[0].done(Error(Errc::refused, error->reason));
   REQUIRE(origin.events.size() == 1);
   CHECK(origin.events[0].outcome == "refused");
   CHECK(origin.events[0].detail.find("no next group key") != std::string::npos);

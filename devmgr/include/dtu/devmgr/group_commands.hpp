@@ -52,6 +52,9 @@ inline constexpr std::chrono::milliseconds kCompletionRetry{2000};
 // oldest are dropped beyond 1000 entries.
 inline constexpr std::chrono::minutes kOutboxMaxAge{10};
 inline constexpr std::size_t kOutboxMaxEntries = 1000;
+// The largest result a node sends back (its JSON, compact): well under a frame's payload limit,
+// so a completion never closes the link it travels on; a larger one is reported as failed.
+inline constexpr std::size_t kMaxCommandResultBytes = 256 * 1024;
 // How long the origin remembers a finished command's id, to acknowledge late duplicates
 // quietly.
 inline constexpr std::chrono::minutes kFinishedMemory{10};

@@ -31,6 +31,10 @@ struct MetricsServerState;
 inline constexpr std::size_t kMaxHttpHead = 8 * 1024;
 // How long a connection may take from accept to the end of the answer.
 inline constexpr std::chrono::seconds kHttpDeadline{5};
+// At most this many scrape connections at once; more are closed at accept (logged at debug).
+inline constexpr std::size_t kMaxMetricsConnections = 16;
+// After a failed accept (e.g. out of descriptors), wait this long before the next.
+inline constexpr std::chrono::milliseconds kAcceptRetryPause{100};
 
 struct HttpRequest {
   std::string method;   // "GET", …
