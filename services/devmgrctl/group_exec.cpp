@@ -16,6 +16,7 @@
 #include "dtu/common/command_messages.hpp"
 #include "dtu/common/messages.hpp"
 #include "dtu/common/records.hpp"
+#include "dtu/services/exit_codes.hpp"
 #include "dtu/services/manager_client.hpp"
 
 namespace dtu::devmgrctl {
@@ -26,10 +27,10 @@ using common::Errc;
 using common::Error;
 using nlohmann::json;
 
-constexpr int kExitDone = 0;
-constexpr int kExitFailed = 1;
-constexpr int kExitUsage = 2;
-constexpr int kExitUnreachable = 3;
+using services::kExitDone;
+using services::kExitFailed;
+using services::kExitUnreachable;
+using services::kExitUsage;
 // How long devmgrctl waits past the command's timeout for the manager's final summary (the
 // manager itself reports every node by then).
 constexpr std::chrono::milliseconds kSummaryGrace{5000};

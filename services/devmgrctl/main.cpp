@@ -28,6 +28,7 @@
 #include "dtu/common/records.hpp"
 #include "dtu/common/service_messages.hpp"
 #include "dtu/common/version.hpp"
+#include "dtu/services/exit_codes.hpp"
 #include "dtu/services/manager_client.hpp"
 #include "dtu/services/table.hpp"
 #include "group_exec.hpp"
@@ -38,10 +39,10 @@ using namespace dtu;
 using common::Errc;
 using common::Error;
 
-constexpr int kExitDone = 0;
-constexpr int kExitFailed = 1;
-constexpr int kExitUsage = 2;
-constexpr int kExitUnreachable = 3;
+using services::kExitDone;
+using services::kExitFailed;
+using services::kExitUnreachable;
+using services::kExitUsage;
 // `status` only: the manager answers, but a group member is not up or the manager drains.
 constexpr int kExitDegraded = 4;
 
