@@ -186,13 +186,25 @@ echo "the printer received all 4,000,000 bytes, byte-exact; the lease was releas
   jq -r --arg t "$DTU" '.[] | select(.dtu == $t and .device == "1-1") | "\(.dtu) \(.device) unit 0: \(.units[0].state), owner \(.owner)"'
 
 step "m1 restarts and rejoins the group ($DTU stays with m2: nothing moves back on its own)"
-setsid "$devmgr" --id m1 --dtu-listen "$address" --socket "$run/m1.sock" \
+setsid "$devmgr" --id m1 --dtu-listen "$address" --socket "$run/m1.sock" --metrics-listen 127.0.0.2:0 \
   --site-dtu-key "$run/site-dtu.key" --group "$run/group.json" --group-key "$run/group.key" 2>"$run/m1.log" &
 pids[0]=$!
 for m in m1 m2 m3; do
   wait_until "$SETTLE_SECONDS" peers_up "$m" || fail "devmgr $m did not link up with both peers after m1's restart"
 done
 "$ctl" --socket "$run/m1.sock" group
+
+step "operations at m1: devmgrctl status, then group exec runs a verb on every manager at once"
+"$ctl" --socket "$run/m1.sock" status || fail "devmgrctl status says the group is degraded"
+"$ctl" --socket "$run/m1.sock" group exec reload || fail "group exec reload was not done on every manager"
+"$ctl" --socket "$run/m1.sock" group exec diag --json |
+  jq -r 'select(.event == "outcome" and .outcome == "done") | "\(.node): \(.result.summary)"'
+metrics=$(grep -o 'metrics_listening.*listen=[0-9.]*:[0-9]*' "$run/m1.log" | grep -o '[0-9.]*:[0-9]*$' | head -n1)
+echo "m1's Prometheus endpoint, http://$metrics/metrics (a few lines):"
+exec 3<>"/dev/tcp/${metrics%:*}/${metrics#*:}"
+printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
+grep -E '^dtubroker_(dtus|devices|peer_up)[ {]' <&3 || fail "m1's metrics endpoint did not answer"
+exec 3<&-
 
 step "print through CUPS at m3: a private cupsd (own config dir and socket) with the dtu backend"
 # cupsd runs the backend as lp: lp must reach m3's socket (mode 0666 above) through $run.
