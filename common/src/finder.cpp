@@ -463,14 +463,37 @@ std::vector<std::uint32_t> matching_units(const Finder& finder, const DeviceReco
 
 // ---- FinderIndex --------------------------------------------------------------------------------
 
+namespace {
+
+// The characters up to the first one fnmatch(3) treats specially (without flags): every string
+// the pattern matches starts with them. The whole pattern when it has none (it matches exactly
+// itself).
+std::string_view literal_prefix(std::string_view pattern) {
+  return pattern.substr(0, std::min(pattern.size(), pattern.find_first_of("*?[\\")));
+}
+
+bool is_literal(std::string_view pattern) { return literal_prefix(pattern).size() == pattern.size(); }
+
+}  // namespace
+
 FinderIndex::Keys FinderIndex::keys_of(const Finder& f) {
-  // A finder with many vid × pid combinations goes into the vid buckets instead.
+  // A finder with many vid × pid combinations goes into a later bucket instead.
   constexpr std::size_t kMaxVidPidKeys = 64;
   Keys keys;
-  if (f.vid && f.pid && f.vid->size() * f.pid->size() <= kMaxVidPidKeys) {
+  if (f.serial && is_literal(*f.serial)) {
+    keys.serial = *f.serial;
+  } else if (f.scope == FinderScope::dtu && f.scope_dtu) {
+    keys.dtu = *f.scope_dtu;
+  } else if (f.dtu && is_literal(*f.dtu)) {
+    keys.dtu = *f.dtu;
+  } else if (f.vid && f.pid && f.vid->size() * f.pid->size() <= kMaxVidPidKeys) {
     for (std::uint16_t vid : *f.vid) {
       for (std::uint16_t pid : *f.pid) keys.vid_pid.push_back((std::uint32_t{vid} << 16) | pid);
     }
+  } else if (f.serial && !literal_prefix(*f.serial).empty()) {
+    keys.serial_prefix = std::string(literal_prefix(*f.serial));
+  } else if (f.dtu && !literal_prefix(*f.dtu).empty()) {
+    keys.dtu_prefix = std::string(literal_prefix(*f.dtu));
   } else if (f.vid) {
     keys.vid.assign(f.vid->begin(), f.vid->end());
   } else if (f.unit_class) {
@@ -483,6 +506,31 @@ FinderIndex::Keys FinderIndex::keys_of(const Finder& f) {
   return keys;
 }
 
+void FinderIndex::link_prefix(PrefixBuckets& index, FinderId id, const std::string& prefix) {
+  auto& bucket = index.buckets[prefix];
+  if (bucket.empty()) ++index.lengths[prefix.size()];
+  bucket.insert(id);
+}
+
+void FinderIndex::unlink_prefix(PrefixBuckets& index, FinderId id, const std::string& prefix) {
+  const auto it = index.buckets.find(prefix);
+  if (it == index.buckets.end()) return;
+  it->second.erase(id);
+  if (!it->second.empty()) return;
+  index.buckets.erase(it);
+  const auto length = index.lengths.find(prefix.size());
+  if (length != index.lengths.end() && --length->second == 0) index.lengths.erase(length);
+}
+
+void FinderIndex::take_prefixes(const PrefixBuckets& index, std::string_view text, std::vector<FinderId>& out) {
+  for (const auto& in_use : index.lengths) {
+    const std::size_t length = in_use.first;
+    if (length > text.size()) break;
+    const auto it = index.buckets.find(text.substr(0, length));
+    if (it != index.buckets.end()) out.insert(out.end(), it->second.begin(), it->second.end());
+  }
+}
+
 void FinderIndex::unlink(FinderId id, const Keys& keys) {
   const auto erase_from = [id](auto& buckets, const auto& key) {
     const auto it = buckets.find(key);
@@ -490,7 +538,11 @@ void FinderIndex::unlink(FinderId id, const Keys& keys) {
     it->second.erase(id);
     if (it->second.empty()) buckets.erase(it);
   };
+  if (keys.serial) erase_from(by_serial_, *keys.serial);
+  if (keys.dtu) erase_from(by_dtu_, *keys.dtu);
   for (auto k : keys.vid_pid) erase_from(by_vid_pid_, k);
+  if (keys.serial_prefix) unlink_prefix(by_serial_prefix_, id, *keys.serial_prefix);
+  if (keys.dtu_prefix) unlink_prefix(by_dtu_prefix_, id, *keys.dtu_prefix);
   for (auto k : keys.vid) erase_from(by_vid_, k);
   for (auto k : keys.unit_class) erase_from(by_unit_class_, k);
   for (const auto& k : keys.function) erase_from(by_function_, k);
@@ -500,7 +552,11 @@ void FinderIndex::unlink(FinderId id, const Keys& keys) {
 void FinderIndex::add(FinderId id, Finder finder) {
   remove(id);
   const Keys keys = keys_of(finder);
+  if (keys.serial) by_serial_[*keys.serial].insert(id);
+  if (keys.dtu) by_dtu_[*keys.dtu].insert(id);
   for (auto k : keys.vid_pid) by_vid_pid_[k].insert(id);
+  if (keys.serial_prefix) link_prefix(by_serial_prefix_, id, *keys.serial_prefix);
+  if (keys.dtu_prefix) link_prefix(by_dtu_prefix_, id, *keys.dtu_prefix);
   for (auto k : keys.vid) by_vid_[k].insert(id);
   for (auto k : keys.unit_class) by_unit_class_[k].insert(id);
   for (const auto& k : keys.function) by_function_[k].insert(id);
@@ -527,6 +583,13 @@ std::vector<FinderId> FinderIndex::candidates(const DeviceRecord& device) const 
     const auto it = buckets.find(key);
     if (it != buckets.end()) out.insert(out.end(), it->second.begin(), it->second.end());
   };
+  // A device without a serial matches no finder that constrains it.
+  if (device.serial) {
+    take(by_serial_, *device.serial);
+    take_prefixes(by_serial_prefix_, *device.serial, out);
+  }
+  take(by_dtu_, device.dtu);
+  take_prefixes(by_dtu_prefix_, device.dtu, out);
   take(by_vid_pid_, (std::uint32_t{device.vid} << 16) | device.pid);
   take(by_vid_, device.vid);
   for (const UnitRecord& u : device.units) {

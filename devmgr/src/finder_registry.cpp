@@ -1,6 +1,8 @@
 #include "dtu/devmgr/finder_registry.hpp"
 
 #include <algorithm>
+#include <utility>
+#include <variant>
 
 namespace dtu::devmgr {
 
@@ -13,17 +15,25 @@ using common::FinderScope;
 
 common::Result<void> FinderRegistry::add(ClientKey client, const Owner& owner, const Sink& sink,
                                          std::uint64_t finder_id, Finder finder) {
+  EventSink framed = [sink](const Event& event) {
+    std::visit([&sink](const auto& msg) { sink(common::to_frame(msg)); }, event);
+  };
+  return add_typed(client, owner, std::move(framed), finder_id, std::move(finder));
+}
+
+common::Result<void> FinderRegistry::add_typed(ClientKey client, const Owner& owner, EventSink sink,
+                                               std::uint64_t finder_id, Finder finder) {
   if (by_client_.contains({client, finder_id})) {
     return Error(Errc::invalid_argument, "finder " + std::to_string(finder_id) + " is already registered");
   }
   const FinderId id = next_id_++;
-  index_.add(id, finder);
+  if (finder.scope != FinderScope::session) index_.add(id, finder);
   by_client_[{client, finder_id}] = id;
   if (finder.scope == FinderScope::session) by_session_[*finder.session].insert(id);
   Entry& entry = entries_[id];
   entry.client = client;
   entry.owner = owner;
-  entry.sink = sink;
+  entry.sink = std::move(sink);
   entry.finder_id = finder_id;
   entry.finder = std::move(finder);
 
@@ -32,12 +42,13 @@ common::Result<void> FinderRegistry::add(ClientKey client, const Owner& owner, c
   if (entry.finder.scope == FinderScope::dtu) only = entry.finder.scope_dtu;
   if (entry.finder.scope == FinderScope::session) {
     only = sessions_.where(*entry.finder.session);
+    locate(id, entry, only);
     if (!only) only = std::string();  // not attached anywhere: nothing matches
   }
   if (!only || !only->empty()) {
     for (const DeviceRecord& record : devices_.list(only)) refresh(id, entry, record, evaluate(entry.finder, record));
   }
-  entry.sink(common::to_frame(common::FinderSyncedMsg{finder_id}));
+  entry.sink(Event(common::FinderSyncedMsg{finder_id}));
   return {};
 }
 
@@ -59,6 +70,7 @@ common::Result<void> FinderRegistry::remove(ClientKey client, std::uint64_t find
       refs->second.erase(id);
       if (refs->second.empty()) by_session_.erase(refs);
     }
+    locate(id, entry, std::nullopt);
   }
   index_.remove(id);
   entries_.erase(id);
@@ -93,11 +105,11 @@ void FinderRegistry::refresh(FinderId id, Entry& entry, const DeviceRecord& reco
   if (cached == entry.matches.end()) {
     entry.matches.emplace(key, units);
     by_device_[key].insert(id);
-    entry.sink(common::to_frame(common::FinderMatchedMsg{entry.finder_id, record, std::move(units)}));
+    entry.sink(Event(common::FinderMatchedMsg{entry.finder_id, record, std::move(units)}));
     return;
   }
   cached->second = units;
-  entry.sink(common::to_frame(common::FinderChangedMsg{entry.finder_id, record, std::move(units)}));
+  entry.sink(Event(common::FinderChangedMsg{entry.finder_id, record, std::move(units)}));
 }
 
 void FinderRegistry::forget_match(FinderId id, Entry& entry, const DeviceKey& key, std::string_view reason) {
@@ -107,14 +119,36 @@ void FinderRegistry::forget_match(FinderId id, Entry& entry, const DeviceKey& ke
     refs->second.erase(id);
     if (refs->second.empty()) by_device_.erase(refs);
   }
-  entry.sink(common::to_frame(common::FinderGoneMsg{entry.finder_id, key.first, key.second, std::string(reason)}));
+  entry.sink(Event(common::FinderGoneMsg{entry.finder_id, key.first, key.second, std::string(reason)}));
+}
+
+void FinderRegistry::locate(FinderId id, Entry& entry, const std::optional<std::string>& where) {
+  if (entry.located == where) return;
+  if (entry.located) {
+    auto refs = session_finders_at_.find(*entry.located);
+    if (refs != session_finders_at_.end()) {
+      refs->second.erase(id);
+      if (refs->second.empty()) session_finders_at_.erase(refs);
+    }
+  }
+  entry.located = where;
+  if (where) session_finders_at_[*where].insert(id);
 }
 
 void FinderRegistry::device_updated(const DeviceRecord& record) {
-  // The index's candidates, plus every finder that matched the device before (it may no longer).
+  // The index's candidates, the session finders whose session is at the device's DTU, and every
+  // finder that matched the device before (it may no longer); in id order.
   std::vector<FinderId> ids = index_.candidates(record);
+  bool merged = false;
+  if (auto here = session_finders_at_.find(record.dtu); here != session_finders_at_.end()) {
+    ids.insert(ids.end(), here->second.begin(), here->second.end());
+    merged = true;
+  }
   if (auto refs = by_device_.find({record.dtu, record.device}); refs != by_device_.end()) {
     ids.insert(ids.end(), refs->second.begin(), refs->second.end());
+    merged = true;
+  }
+  if (merged) {
     std::sort(ids.begin(), ids.end());
     ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
   }
@@ -145,6 +179,7 @@ void FinderRegistry::session_moved(const std::string& session, const SessionTabl
     auto it = entries_.find(id);
     if (it == entries_.end()) continue;
     Entry& entry = it->second;
+    locate(id, entry, move.to);
     std::vector<DeviceKey> left;
     for (const auto& [key, units] : entry.matches) {
       if (move.from && key.first == *move.from) left.push_back(key);

@@ -319,10 +319,10 @@ common::Result<void> GroupBroker::add_finder(ClientKey client, const FinderRegis
     }
   }
 
-  auto local_sink = [this, alive = std::weak_ptr<int>(alive_), id](Frame frame) {
-    if (!alive.expired()) on_local_event(id, frame);
+  auto local_sink = [this, alive = std::weak_ptr<int>(alive_), id](const FinderRegistry::Event& event) {
+    if (!alive.expired()) on_local_event(id, event);
   };
-  auto added = context_.finders->add(client, owner, local_sink, finder_id, std::move(finder));
+  auto added = context_.finders->add_typed(client, owner, std::move(local_sink), finder_id, std::move(finder));
   if (!added.ok()) {
     (void)remove_finder(client, finder_id);
     return added.error();
@@ -366,31 +366,19 @@ void GroupBroker::remove_client(ClientKey client) {
   for (std::uint64_t finder_id : ids) (void)remove_finder(client, finder_id);
 }
 
-void GroupBroker::on_local_event(std::uint64_t id, const Frame& frame) {
+void GroupBroker::on_local_event(std::uint64_t id, const FinderRegistry::Event& event) {
   auto it = clients_.find(id);
   if (it == clients_.end()) return;
   ClientEntry& entry = it->second;
-  switch (frame.type) {
-    case MessageType::finder_matched: {
-      auto msg = common::from_frame<common::FinderMatchedMsg>(frame);
-      if (msg.ok()) show_match(entry, "", msg->device, msg->units);
-      return;
-    }
-    case MessageType::finder_changed: {
-      auto msg = common::from_frame<common::FinderChangedMsg>(frame);
-      if (msg.ok()) show_match(entry, "", msg->device, msg->units);
-      return;
-    }
-    case MessageType::finder_gone: {
-      auto msg = common::from_frame<common::FinderGoneMsg>(frame);
-      if (msg.ok()) show_gone(entry, "", msg->dtu, msg->device, msg->reason);
-      return;
-    }
-    case MessageType::finder_synced:
-      entry.local_synced = true;
-      maybe_synced(entry);
-      return;
-    default: entry.sink(frame);
+  if (const auto* matched = std::get_if<common::FinderMatchedMsg>(&event)) {
+    show_match(entry, "", matched->device, matched->units);
+  } else if (const auto* changed = std::get_if<common::FinderChangedMsg>(&event)) {
+    show_match(entry, "", changed->device, changed->units);
+  } else if (const auto* gone = std::get_if<common::FinderGoneMsg>(&event)) {
+    show_gone(entry, "", gone->dtu, gone->device, gone->reason);
+  } else {  // finder_synced
+    entry.local_synced = true;
+    maybe_synced(entry);
   }
 }
 

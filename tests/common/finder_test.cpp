@@ -455,13 +455,13 @@ TEST_CASE("FinderIndex narrows to candidates and forgets removed finders") {
   index.add(2, parsed(json{{"vid", "076b"}}));
   index.add(3, parsed(json{{"unit_class", 0x0e}}));
   index.add(4, parsed(json{{"function", "printer"}}));
-  index.add(5, parsed(json{{"serial", "X2XN*"}}));  // unindexed
+  index.add(5, parsed(json{{"serial", "X2XN*"}}));  // by its literal prefix "X2XN"
   index.add(6, parsed(json{{"vid", "04b8"}, {"pid", "9999"}}));
   CHECK(index.size() == 6);
 
   CHECK(index.candidates(epson_mfd()) == std::vector<FinderId>{1, 4, 5});
-  CHECK(index.candidates(smartcard_reader()) == std::vector<FinderId>{2, 5});
-  CHECK(index.candidates(webcam()) == std::vector<FinderId>{3, 5});
+  CHECK(index.candidates(smartcard_reader()) == std::vector<FinderId>{2});
+  CHECK(index.candidates(webcam()) == std::vector<FinderId>{3});
   CHECK(index.match(epson_mfd()) == std::map<FinderId, Units>{{1, {0, 1, 2}}, {4, {1}}, {5, {0, 1, 2}}});
   CHECK(index.match(webcam()) == std::map<FinderId, Units>{{3, {0}}});
 
@@ -477,6 +477,35 @@ TEST_CASE("FinderIndex narrows to candidates and forgets removed finders") {
   CHECK(index.match(webcam()) == std::map<FinderId, Units>{{1, {0}}, {3, {0}}});
   REQUIRE(index.find(1) != nullptr);
   CHECK(*index.find(1) == parsed(json{{"function", "video"}}));
+}
+
+TEST_CASE("FinderIndex files finders by serial, by DTU and by the literal prefix of their globs") {
+  FinderIndex index;
+  index.add(1, parsed(json{{"serial", "X2XN012345"}, {"function", "printer"}}));  // exact serial
+  index.add(2, parsed(json{{"scope", "dtu"}, {"scope_dtu", "dtu-12"}}));          // exact DTU
+  index.add(3, parsed(json{{"dtu", "dtu-07"}, {"vid", "04b8"}}));                  // exact DTU
+  index.add(4, parsed(json{{"dtu", "dtu-0*"}}));                                   // prefix "dtu-0"
+  index.add(5, parsed(json{{"serial", "4F2A?1*"}}));                               // prefix "4F2A"
+  index.add(6, parsed(json{{"serial", "*2345"}}));                                 // no prefix
+  index.add(7, parsed(json{{"dtu", "\\dtu-07"}}));  // an escape: no literal prefix, unindexed
+  index.add(8, parsed(json{{"serial", "[X]2XN*"}}));                               // no prefix
+  index.add(9, parsed(json{{"dtu", "dtu-1"}, {"scope", "dtu"}, {"scope_dtu", "dtu-12"}}));
+
+  CHECK(index.candidates(epson_mfd()) == std::vector<FinderId>{1, 3, 4, 6, 7, 8});
+  CHECK(index.candidates(smartcard_reader()) == std::vector<FinderId>{2, 6, 7, 8, 9});
+  CHECK(index.candidates(webcam()) == std::vector<FinderId>{3, 4, 5, 6, 7, 8});
+  // Candidates are only a superset: the matches are the finders' own verdicts.
+  CHECK(index.match(epson_mfd()).size() == 6);
+  CHECK(index.match(epson_mfd()).at(1) == Units{1});  // its printer unit
+  CHECK(index.match(smartcard_reader()) == std::map<FinderId, Units>{{2, {0}}});
+  CHECK(index.match(webcam()).contains(4));
+  CHECK_FALSE(index.match(webcam()).contains(5));  // "4F2A1B3C": no '?' then '1'
+
+  CHECK(index.remove(4));
+  CHECK(index.remove(5));
+  CHECK(index.candidates(webcam()) == std::vector<FinderId>{3, 6, 7, 8});
+  index.add(4, parsed(json{{"dtu", "dtu-07*"}}));  // a new prefix length
+  CHECK(index.candidates(webcam()) == std::vector<FinderId>{3, 4, 6, 7, 8});
 }
 
 // Random values from small pools, so that random finders and devices often meet.
@@ -505,7 +534,7 @@ struct Generator {
   const std::vector<std::string> functions{"printer", "scanner", "storage", "video", "audio", "hid"};
   const std::vector<std::string> dtus{"dtu-1", "dtu-2", "dtu-10"};
   const std::vector<std::string> serials{"A1", "A2", "B1"};
-  const std::vector<std::string> serial_globs{"A1", "A*", "?1", "[AB]2", "*"};
+  const std::vector<std::string> serial_globs{"A1", "A*", "?1", "[AB]2", "*", "B1", "A1*", "A\\1", "B"};
   const std::vector<std::string> products{"Printer X", "Cam", "Reader"};
   const std::vector<std::string> product_globs{"Printer*", "C?m", "*er*", "Reader"};
 
@@ -557,10 +586,10 @@ struct Generator {
     if (chance(10)) f.unit_subclass = some(small);
     if (chance(10)) f.unit_protocol = some(small);
     if (chance(30)) f.function = some(functions);
-    if (chance(10)) f.serial = pick(serial_globs);
+    if (chance(20)) f.serial = pick(serial_globs);
     if (chance(10)) f.manufacturer = pick(product_globs);
     if (chance(10)) f.product = pick(product_globs);
-    if (chance(10)) f.dtu = pick(std::vector<std::string>{"dtu-1", "dtu-?", "dtu-1*"});
+    if (chance(15)) f.dtu = pick(std::vector<std::string>{"dtu-1", "dtu-?", "dtu-1*", "dtu-10", "dtu-", "d*", "dtu-2"});
     if (chance(10)) {
       f.scope = FinderScope::dtu;
       f.scope_dtu = pick(dtus);

@@ -3,6 +3,10 @@
 // finders the index cannot rule out.
 #include "dtu/devmgr/finder_registry.hpp"
 
+#include <iterator>
+#include <map>
+#include <random>
+
 #include <doctest/doctest.h>
 
 #include <nlohmann/json.hpp>
@@ -240,4 +244,198 @@ TEST_CASE("a device change evaluates only the finders its index keys allow") {
   f.devices.upsert(printer("d1", "1-1"));
   CHECK(f.take() == std::vector<std::string>{"matched 1 d1/1-1", "matched 2 d1/1-1"});
   CHECK(f.registry.evaluations() - before == 2);
+}
+
+TEST_CASE("session finders are evaluated only at the DTU where their session is") {
+  Fixture f;
+  f.add(1, R"({"function": "printer", "scope": "session", "session": "S"})");
+  f.add(2, R"({"function": "printer", "scope": "session", "session": "T"})");
+  f.registry.session_moved("S", f.sessions.attach("S", "alice", "d1", {}));
+  f.take();
+  const auto before = f.registry.evaluations();
+  f.devices.upsert(printer("d1", "1-1"));
+  f.devices.upsert(printer("d2", "1-1"));  // no session there: nothing evaluated
+  CHECK(f.take() == std::vector<std::string>{"matched 1 d1/1-1"});
+  CHECK(f.registry.evaluations() - before == 1);
+  // The finder follows its session, and leaves no trace where the session was.
+  f.registry.session_moved("S", f.sessions.attach("S", "alice", "d2", {}));
+  CHECK(f.take() == std::vector<std::string>{"gone 1 d1/1-1 session_moved", "matched 1 d2/1-1"});
+  f.devices.upsert(printer("d1", "1-2"));
+  CHECK(f.take().empty());
+  REQUIRE(f.registry.remove(&f.client, 1).ok());
+  f.devices.upsert(printer("d2", "1-2"));
+  CHECK(f.take().empty());
+}
+
+namespace {
+
+// A reference for the registry: every finder evaluated against every change, scopes applied by
+// asking the SessionTable at each evaluation — what the index and the session filing must equal.
+struct BruteForce {
+  using Key = std::pair<std::string, std::string>;
+  const SessionTable& sessions;
+  std::map<std::uint64_t, dtu::common::Finder> finders;  // by client finder id (= registration order)
+  std::map<std::uint64_t, std::map<Key, std::vector<std::uint32_t>>> cache;
+  std::vector<std::string> events;
+
+  std::vector<std::uint32_t> evaluate(const dtu::common::Finder& f, const DeviceRecord& r) const {
+    if (f.scope == dtu::common::FinderScope::session && sessions.where(*f.session) != r.dtu) return {};
+    if (f.scope == dtu::common::FinderScope::bus && r.owner != "m1") return {};
+    return dtu::common::matching_units(f, r);
+  }
+  static std::string event(const char* type, std::uint64_t id, const DeviceRecord& r,
+                           const std::vector<std::uint32_t>& units) {
+    std::string out = std::string(type) + " " + std::to_string(id) + " " + r.dtu + "/" + r.device + " [";
+    for (auto u : units) out += std::to_string(u) + ",";
+    return out + "]";
+  }
+  void refresh(std::uint64_t id, const DeviceRecord& r) {
+    auto units = evaluate(finders.at(id), r);
+    auto& mine = cache[id];
+    const Key key{r.dtu, r.device};
+    const bool had = mine.contains(key);
+    if (units.empty()) {
+      if (had) {
+        mine.erase(key);
+        events.push_back("gone " + std::to_string(id) + " " + r.dtu + "/" + r.device + " no_longer_matches");
+      }
+      return;
+    }
+    events.push_back(event(had ? "changed" : "matched", id, r, units));
+    mine[key] = units;
+  }
+  void updated(const DeviceRecord& r) {
+    for (const auto& [id, f] : finders) refresh(id, r);
+  }
+  void removed(const std::string& dtu, const std::string& device) {
+    for (auto& [id, mine] : cache) {
+      if (mine.erase({dtu, device}) > 0) events.push_back("gone " + std::to_string(id) + " " + dtu + "/" + device + " detached");
+    }
+  }
+};
+
+// The registry's events with the matching units, in the reference's format.
+std::string describe_units(const Frame& frame) {
+  if (frame.type == MessageType::finder_matched) {
+    auto m = dtu::common::from_frame<dtu::common::FinderMatchedMsg>(frame);
+    REQUIRE(m.ok());
+    return BruteForce::event("matched", m->finder_id, m->device, m->units);
+  }
+  if (frame.type == MessageType::finder_changed) {
+    auto m = dtu::common::from_frame<dtu::common::FinderChangedMsg>(frame);
+    REQUIRE(m.ok());
+    return BruteForce::event("changed", m->finder_id, m->device, m->units);
+  }
+  return describe(frame);
+}
+
+}  // namespace
+
+TEST_CASE("the registry's events equal evaluating every finder against every change") {
+  std::mt19937_64 rng(20261122);
+  const auto below = [&rng](std::size_t n) { return std::uniform_int_distribution<std::size_t>(0, n - 1)(rng); };
+  const std::vector<std::string> dtus{"d1", "d2", "d3", "d10"};
+  const std::vector<std::string> ports{"1-1", "1-2", "1-3"};
+  const std::vector<std::string> sessions{"S1", "S2", "S3"};
+  const std::vector<const char*> finders{
+      R"({"function": "printer"})",
+      R"({"vid": "04b8", "pid": "0202"})",
+      R"({"vid": "046d"})",
+      R"({"serial": "SN1"})",
+      R"({"serial": "SN*"})",
+      R"({"serial": "S?2"})",
+      R"({"dtu": "d1"})",
+      R"({"dtu": "d1*", "function": "hid"})",
+      R"({"scope": "dtu", "scope_dtu": "d2"})",
+      R"({"scope": "bus", "unit_class": 7})",
+      R"({"product": "Sty*"})",
+      R"({})",
+      R"({"function": "printer", "scope": "session", "session": "S1"})",
+      R"({"scope": "session", "session": "S2"})",
+      R"({"serial": "SN2", "scope": "session", "session": "S3"})",
+      R"({"usbredir": "0x03,-1,-1,-1,1|-1,-1,-1,-1,0", "scope": "session", "session": "S1"})",
+  };
+
+  DeviceList devices;
+  SessionTable table;
+  FinderRegistry registry{"m1", devices, table};
+  BruteForce reference{table, {}, {}, {}};
+  std::vector<std::string> events;
+  int client = 0;
+  FinderRegistry::Sink sink = [&events](Frame frame) { events.push_back(describe_units(frame)); };
+  devices.set_listener(DeviceList::Listener{
+      [&](const DeviceRecord*, const DeviceRecord& now) {
+        registry.device_updated(now);
+        reference.updated(now);
+      },
+      [&](const DeviceRecord& gone, std::string_view) {
+        registry.device_removed(gone, "detached");
+        reference.removed(gone.dtu, gone.device);
+      }});
+
+  std::uint64_t next_finder = 1;
+  std::uint64_t stamp = 0;
+  std::size_t matched = 0;
+  for (int step = 0; step < 3000; ++step) {
+    const std::size_t op = below(100);
+    if (op < 50) {
+      DeviceRecord r = below(2) == 0 ? printer(dtus[below(dtus.size())], ports[below(ports.size())],
+                                              below(3) == 0 ? UnitState::allocated : UnitState::free)
+                                      : keyboard(dtus[below(dtus.size())], ports[below(ports.size())]);
+      const std::size_t serial = below(4);
+      if (serial < 3) r.serial = "SN" + std::to_string(serial);
+      r.owner = below(2) == 0 ? "m1" : "m2";
+      r.stamp = Stamp{100, ++stamp, 0};
+      devices.upsert(std::move(r));
+    } else if (op < 60) {
+      devices.remove(dtus[below(dtus.size())], ports[below(ports.size())], Stamp{100, ++stamp, 0});
+    } else if (op < 75) {
+      // The reference sees the session at its new DTU as soon as the table does; the registry's
+      // events for the move are its own (session_moved), so both sides are brought level first.
+      const std::string& session = sessions[below(sessions.size())];
+      const auto move = below(4) == 0 ? table.detach(session)
+                                      : std::optional(table.attach(session, "u", dtus[below(dtus.size())], {}));
+      if (move) registry.session_moved(session, *move);
+      for (const auto& [id, f] : reference.finders) {
+        if (f.scope != dtu::common::FinderScope::session || *f.session != session) continue;
+        auto& mine = reference.cache[id];
+        for (auto it = mine.begin(); it != mine.end();) {
+          it = move && move->from && it->first.first == *move->from ? mine.erase(it) : std::next(it);
+        }
+        for (const DeviceRecord& r : devices.list()) {
+          auto units = reference.evaluate(f, r);
+          if (!units.empty()) mine[{r.dtu, r.device}] = units;
+        }
+      }
+      events.clear();
+      reference.events.clear();
+      continue;
+    } else if (op < 90 || reference.finders.empty()) {
+      const std::uint64_t id = next_finder++;
+      auto f = finder(finders[below(finders.size())]);
+      REQUIRE(registry.add(&client, {"svc", 1, 1}, sink, id, f).ok());
+      reference.finders.emplace(id, f);
+      for (const DeviceRecord& r : devices.list()) reference.refresh(id, r);
+      reference.events.push_back("synced " + std::to_string(id));
+    } else {
+      auto it = reference.finders.begin();
+      std::advance(it, static_cast<std::ptrdiff_t>(below(reference.finders.size())));
+      REQUIRE(registry.remove(&client, it->first).ok());
+      reference.cache.erase(it->first);
+      reference.finders.erase(it);
+    }
+    CAPTURE(step);
+    REQUIRE(events == reference.events);
+    matched += events.size();
+    events.clear();
+    reference.events.clear();
+  }
+  // The caches agree too (what listings show).
+  for (const auto& info : registry.list()) {
+    std::map<BruteForce::Key, std::vector<std::uint32_t>> cached;
+    for (const auto& m : info.matches) cached[{m.dtu, m.device}] = m.units;
+    CHECK(cached == reference.cache[info.finder_id]);
+  }
+  CHECK(matched > 1000);  // the comparison means something only if events happen
+  MESSAGE("events compared: " << matched);
 }

@@ -24,6 +24,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -149,9 +150,11 @@ std::vector<std::uint32_t> matching_units(const Finder& finder, const DeviceReco
 using FinderId = std::uint64_t;
 
 // The finders a manager evaluates, indexed so that a device change evaluates only the finders
-// that could match it. Each finder sits in the buckets of its most selective indexed constraint:
-// vid:pid (when both are constrained and they combine to few keys), else vid, else unit class,
-// else function, else the unindexed bucket (which every device consults).
+// that could match it. Each finder sits in the buckets of its most selective indexed constraint,
+// in this order: an exact serial; an exact DTU (scope "dtu", or a `dtu` pattern without glob
+// characters); vid:pid (when both are constrained and they combine to few keys); the literal
+// prefix of a serial glob ("PRN00*" → "PRN00"); the literal prefix of a `dtu` glob; vid; unit
+// class; function; else the unindexed bucket (which every device consults).
 // Not thread-safe: owned by one thread.
 class FinderIndex {
  public:
@@ -173,21 +176,41 @@ class FinderIndex {
   std::map<FinderId, std::vector<std::uint32_t>> match(const DeviceRecord& device) const;
 
  private:
+  // A finder's bucket: one kind of key, one or more values of it.
   struct Keys {
-    std::vector<std::uint32_t> vid_pid;  // (vid << 16) | pid
+    std::optional<std::string> serial;        // exact
+    std::optional<std::string> dtu;           // exact
+    std::vector<std::uint32_t> vid_pid;       // (vid << 16) | pid
+    std::optional<std::string> serial_prefix;  // non-empty literal prefix of a glob
+    std::optional<std::string> dtu_prefix;     // non-empty literal prefix of a glob
     std::vector<std::uint16_t> vid;
     std::vector<std::uint8_t> unit_class;
     std::vector<std::string> function;
     bool unindexed = false;
   };
+  // Buckets keyed by strings, looked up by string_view.
+  using StringBuckets = std::map<std::string, std::set<FinderId>, std::less<>>;
+  // Prefix buckets with the count of buckets of each prefix length (a device's string is looked
+  // up once per length in use).
+  struct PrefixBuckets {
+    StringBuckets buckets;
+    std::map<std::size_t, std::size_t> lengths;
+  };
   static Keys keys_of(const Finder& finder);
   void unlink(FinderId id, const Keys& keys);
+  static void link_prefix(PrefixBuckets& index, FinderId id, const std::string& prefix);
+  static void unlink_prefix(PrefixBuckets& index, FinderId id, const std::string& prefix);
+  static void take_prefixes(const PrefixBuckets& index, std::string_view text, std::vector<FinderId>& out);
 
   std::map<FinderId, Finder> finders_;
+  StringBuckets by_serial_;
+  StringBuckets by_dtu_;
   std::map<std::uint32_t, std::set<FinderId>> by_vid_pid_;
+  PrefixBuckets by_serial_prefix_;
+  PrefixBuckets by_dtu_prefix_;
   std::map<std::uint16_t, std::set<FinderId>> by_vid_;
   std::map<std::uint8_t, std::set<FinderId>> by_unit_class_;
-  std::map<std::string, std::set<FinderId>> by_function_;
+  StringBuckets by_function_;
   std::set<FinderId> unindexed_;
 };
 

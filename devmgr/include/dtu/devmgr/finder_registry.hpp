@@ -8,7 +8,10 @@
 //
 // Scopes are applied here, on top of the record-only `matches`: `session` finders match only the
 // devices of the DTU where their session is (SessionTable), `bus` finders only the devices this
-// manager owns; `dtu` and `interconnect` are decided by the records.
+// manager owns; `dtu` and `interconnect` are decided by the records. Session finders are not in
+// the index: they are filed under the DTU where their session is, which follows session_moved.
+// REQUIRES: every change of the SessionTable is reported through session_moved (DeviceManager
+// does, on attach and detach).
 //
 // A finder is stored under (client, the client's finder id); a client is an opaque key plus a
 // sink that sends it frames. Keep local concerns here: the group mesh forwards distinct finders to
@@ -23,6 +26,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "dtu/common/finder.hpp"
@@ -38,6 +42,11 @@ class FinderRegistry {
  public:
   using ClientKey = const void*;  // identity only, never dereferenced
   using Sink = std::function<void(common::Frame)>;
+  // What a client is told, before it becomes a frame. A typed sink spares a consumer in this
+  // process (the group broker) encoding and decoding every event.
+  using Event = std::variant<common::FinderMatchedMsg, common::FinderChangedMsg, common::FinderGoneMsg,
+                             common::FinderSyncedMsg>;
+  using EventSink = std::function<void(const Event&)>;
   // Who registered a finder, for listings.
   struct Owner {
     std::string client;
@@ -52,6 +61,9 @@ class FinderRegistry {
   // finder_synced. Errc::invalid_argument when the client already has a live finder with this id.
   common::Result<void> add(ClientKey client, const Owner& owner, const Sink& sink, std::uint64_t finder_id,
                            common::Finder finder);
+  // As add, the events handed over as messages (same events, same order).
+  common::Result<void> add_typed(ClientKey client, const Owner& owner, EventSink sink, std::uint64_t finder_id,
+                                 common::Finder finder);
   bool has(ClientKey client, std::uint64_t finder_id) const { return by_client_.contains({client, finder_id}); }
   // Errc::not_found when the client has no such finder. No events follow.
   common::Result<void> remove(ClientKey client, std::uint64_t finder_id);
@@ -76,10 +88,11 @@ class FinderRegistry {
   struct Entry {
     ClientKey client = nullptr;
     Owner owner;
-    Sink sink;
+    EventSink sink;
     std::uint64_t finder_id = 0;
     common::Finder finder;
     std::map<DeviceKey, std::vector<std::uint32_t>> matches;  // the cache
+    std::optional<std::string> located;  // a session finder: the DTU it is filed under
   };
 
   // The units `finder` matches on `record`, scopes included.
@@ -88,6 +101,8 @@ class FinderRegistry {
   void refresh(common::FinderId id, Entry& entry, const common::DeviceRecord& record,
                std::vector<std::uint32_t> units);
   void forget_match(common::FinderId id, Entry& entry, const DeviceKey& key, std::string_view reason);
+  // Files a session finder under the DTU `where` (none: its session is not attached).
+  void locate(common::FinderId id, Entry& entry, const std::optional<std::string>& where);
 
   std::string manager_id_;
   const DeviceList& devices_;
@@ -97,6 +112,7 @@ class FinderRegistry {
   std::map<std::pair<ClientKey, std::uint64_t>, common::FinderId> by_client_;
   std::map<DeviceKey, std::set<common::FinderId>> by_device_;        // which entries cache a device
   std::map<std::string, std::set<common::FinderId>> by_session_;     // session-scoped finders
+  std::map<std::string, std::set<common::FinderId>> session_finders_at_;  // by the DTU of their session
   common::FinderId next_id_ = 1;
   std::uint64_t evaluations_ = 0;
 };

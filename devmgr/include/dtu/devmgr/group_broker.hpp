@@ -240,7 +240,7 @@ class GroupBroker {
   // Finders (origin side).
   void forward(Distinct& distinct, const std::shared_ptr<PeerLink>& link);
   void unforward(Distinct& distinct);
-  void on_local_event(std::uint64_t entry, const common::Frame& frame);
+  void on_local_event(std::uint64_t entry, const FinderRegistry::Event& event);
   void show_match(ClientEntry& entry, const std::string& source, const common::DeviceRecord& record,
                   const std::vector<std::uint32_t>& units);
   void show_gone(ClientEntry& entry, const std::string& source, const std::string& dtu, const std::string& device,
