@@ -10,8 +10,11 @@ namespace dtu::common {
 using asio::experimental::as_tuple;
 
 namespace {
-// Read buffer per link: 64 KiB keeps syscalls few without holding much per idle link.
-constexpr std::size_t kReadChunk = 64 * 1024;
+// Read buffer per link: it starts small, because a manager holds thousands of links that only
+// ever carry heartbeats and small messages, and doubles each time a read fills it, up to 64 KiB
+// (a stream keeps syscalls few).
+constexpr std::size_t kFirstReadChunk = 2 * 1024;
+constexpr std::size_t kMaxReadChunk = 64 * 1024;
 
 std::string millis(Duration d) {
   return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + "ms";
@@ -118,7 +121,7 @@ void Link::drain_output() {
 
 asio::awaitable<void> Link::read_loop() {
   auto self = shared_from_this();
-  std::vector<std::uint8_t> buffer(kReadChunk);
+  std::vector<std::uint8_t> buffer(kFirstReadChunk);
   while (!closed_) {
     const IoResult r = co_await transport_->read_some(asio::buffer(buffer));
     if (closed_) co_return;
@@ -141,6 +144,7 @@ asio::awaitable<void> Link::read_loop() {
     }
     heartbeat_.on_receive(clock_.now());
     decoder_.feed({buffer.data(), r.bytes});
+    if (r.bytes == buffer.size() && buffer.size() < kMaxReadChunk) buffer.resize(buffer.size() * 2);
     for (;;) {
       Frame frame;
       const auto status = decoder_.next(frame);
@@ -211,11 +215,17 @@ asio::awaitable<void> Link::write_loop() {
       co_await writer_wake_.async_wait(as_tuple(asio::use_awaitable));
       continue;
     }
-    std::vector<std::uint8_t> chunk;
+    // The two buffers trade places: frames queue into the one just written (cleared, its capacity
+    // kept) while this one goes out, so a stream does not allocate and fault in a new buffer at
+    // every write (docs/performance.md).
+    std::vector<std::uint8_t>& chunk = writing_buffer_;
+    chunk.clear();
     chunk.swap(write_buffer_);
     writing_ = true;
     write_started_ = clock_.now();
-    rearm();
+    // Wake the watchdog only when it would sleep past this write's deadline: most writes (every
+    // heartbeat) end long before the deadline it already sleeps towards.
+    if (write_started_ + options_.write_timeout < watchdog_timer_.expiry()) rearm();
     const IoResult r = co_await transport_->write_all(asio::buffer(chunk));
     writing_ = false;
     if (closed_) co_return;
@@ -223,6 +233,12 @@ asio::awaitable<void> Link::write_loop() {
     if (r.ec) {
       close(shutting_down_ ? shutdown_reason_ : Error(Errc::link_lost, "write failed: " + r.ec.message()));
       co_return;
+    }
+    if (write_buffer_.empty()) {
+      // Idle: a link keeps no large buffer between bursts (10,000 DTU links would hold their
+      // snapshot's size each).
+      if (chunk.capacity() > kIdleBufferBytes) std::vector<std::uint8_t>().swap(chunk);
+      if (write_buffer_.capacity() > kIdleBufferBytes) std::vector<std::uint8_t>().swap(write_buffer_);
     }
     if (shutting_down_ && write_buffer_.empty()) finish_send();
   }

@@ -166,6 +166,9 @@ void configure_common(SSL_CTX* ctx) {
   DTU_CHECK(SSL_CTX_set_max_early_data(ctx, 0) == 1);
   DTU_CHECK(SSL_CTX_set_recv_max_early_data(ctx, 0) == 1);
   DTU_CHECK((SSL_CTX_get_options(ctx) & SSL_OP_ALLOW_NO_DHE_KEX) == 0);
+  // An idle link (a DTU between heartbeats) gives back OpenSSL's record buffers (~34 KB a
+  // connection): a manager holds thousands of such links (docs/performance.md, scale).
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
 }
 
 const char* hint_for(int reason) {

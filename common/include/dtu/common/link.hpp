@@ -116,7 +116,9 @@ class Link : public std::enable_shared_from_this<Link> {
   ClockOffsetEstimator offset_;
   asio::steady_timer writer_wake_;
   asio::steady_timer watchdog_timer_;
-  std::vector<std::uint8_t> write_buffer_;
+  std::vector<std::uint8_t> write_buffer_;    // frames queued while writing_buffer_ goes out
+  std::vector<std::uint8_t> writing_buffer_;  // the chunk being written
+  static constexpr std::size_t kIdleBufferBytes = 4096;  // what an idle link keeps of each
   std::size_t queued_bytes_ = 0;  // write_buffer_ plus the chunk being written
   bool writing_ = false;
   MonoTime write_started_{};
