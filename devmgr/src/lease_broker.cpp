@@ -200,7 +200,9 @@ void LeaseBroker::allocate(const std::shared_ptr<LeaseHolder>& client, common::A
   ask.unit = &*unit;
   ask.session = context_.sessions->at(request.dtu);
   ask.uid = uid;
-  describe_user(uid, ask.user, ask.groups);
+  const UserInfo& user = user_info(uid);
+  ask.user = user.user;
+  ask.groups = user.groups;
   ask.service = client->client_name();
   const PolicyVerdict verdict = context_.policy().evaluate(ask);
   if (!verdict.allow) {
@@ -230,6 +232,19 @@ void LeaseBroker::allocate(const std::shared_ptr<LeaseHolder>& client, common::A
             if (r.ok() || !self || r.error().code != make_error_code(Errc::refused)) return done(std::move(r));
             enqueue(self, request, verdict, r.error(), std::move(done));
           });
+}
+
+const LeaseBroker::UserInfo& LeaseBroker::user_info(unsigned uid) {
+  const common::MonoTime now = context_.clock->now();
+  auto [it, fresh] = users_.try_emplace(uid);
+  UserInfo& info = it->second;
+  if (fresh || now - info.fetched >= kUserCacheTtl) {
+    info.user.clear();
+    info.groups.clear();
+    describe_user(uid, info.user, info.groups);
+    info.fetched = now;
+  }
+  return info;
 }
 
 void LeaseBroker::ask_dtu(const std::shared_ptr<LeaseHolder>& client, const common::AllocateMsg& request,

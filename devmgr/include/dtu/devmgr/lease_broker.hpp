@@ -218,8 +218,21 @@ class LeaseBroker {
   static std::optional<common::Stamp> fence_of(const DtuSession& dtu);
   void adopt_one(const std::string& dtu, const common::LeaseReport& report);
 
+  // A uid's user name and groups for the policy, from NSS (getpwuid_r, getgrouplist), kept for
+  // kUserCacheTtl: every lookup re-reads nsswitch.conf, /etc/passwd and /etc/group, which cost an
+  // allocation more than the rest of the manager's work (measured, docs/performance.md). A change
+  // of someone's groups reaches the policy within that time.
+  struct UserInfo {
+    std::string user;
+    std::vector<std::string> groups;
+    common::MonoTime fetched{};
+  };
+  static constexpr common::Duration kUserCacheTtl = std::chrono::seconds(30);
+  const UserInfo& user_info(unsigned uid);
+
   Context context_;
   common::Logger log_;
+  std::map<unsigned, UserInfo> users_;  // by uid; at most one entry per uid that asked
   std::optional<common::GroupKeys> keys_;
   std::function<std::int64_t()> universal_us_;
   RemoteHolders remote_holders_;

@@ -11,7 +11,8 @@
 // managers first. It then tries them in that order. The manager just lost (link loss, missed
 // heartbeats, or a dtu_move telling the DTU to leave) is tried last in the round after the loss.
 // A hello refused with "draining" moves on to the next manager at once. When a round finds no
-// manager, the next one follows a bounded, jittered backoff.
+// manager, or the link lost had lasted under a second (a manager that welcomes and drops), the
+// next round follows a bounded, jittered backoff; after a steady link it starts at once.
 //
 // Stamps (DESIGN.md §3): every record is stamped here, at generation, with (boot_epoch, seq) and
 // the universal time. boot_epoch is 0 until the first welcome since the agent started; it is then
