@@ -8,7 +8,8 @@
 #   make test-asan    the whole ctest suite under ASan+UBSan in build-asan/
 #   make fuzz-smoke   build the fuzz targets and run each briefly (ctest label "fuzz")
 #   make fuzz         run each fuzz target for FUZZ_SECONDS (default 600) s, one after the other
-#   make bench        Release build in build-bench/, then every benchmark (tests/bench/); prints, never fails on a number
+#   make bench        Release build in build-bench/, the etcd baseline, then every benchmark (tests/bench/), a
+#                     table and build/bench/results.json; prints figures, never fails on a number
 #   make demo         build, then demo/run.sh (ONCE=1 make demo: one pass, then exit)
 #   make package      build, then the Debian packages dtubroker-{devmgr,agent,services} (CPack) in
 #                     build/packages/ (docs/packages.md)
@@ -71,21 +72,29 @@ fuzz: fuzz-build
 	  | while read -r command; do echo "+ $$command"; eval "$$command" </dev/null; done
 
 # Benchmarks measure and print; they never assert a figure, and ctest does not know them. Builds
-# only what they need (target bench_all), then runs each *_bench under build-bench/tests/bench/
-# in turn, all of them even when one cannot run; BENCH_OUT_DIR (default build/bench/) gets their
-# JSON figures.
+# only what they need (target bench_all) in a Release tree, clears the last run's figures, runs the
+# etcd baseline (tests/bench/etcd/etcd_baseline.sh: a 3-member etcd cluster on loopback, driven by
+# etcd's Go client), then each *_bench under build-bench/tests/bench/ in turn (all of them even when
+# one cannot run), then bench_report: the table (value, baseline, ratio, target) and
+# $(BENCH_OUT_DIR)/results.json. BENCH_OUT_DIR (default build/bench/) gets every figure.
 BENCH_OUT_DIR ?= $(CURDIR)/build/bench
 
 # No -Werror here: g++ 12 at -O3 warns falsely inside std::string (-Wrestrict, -Wmaybe-uninitialized);
 # `make build` compiles the benchmarks with -Werror.
-bench: deps
+bench:
+	scripts/deps.sh build test bench
 	$(call configure,build-bench,-DCMAKE_BUILD_TYPE=Release)
 	cmake --build build-bench --target bench_all -j$(JOBS)
-	@mkdir -p $(BENCH_OUT_DIR)
-	@benches=$$(find build-bench/tests/bench -maxdepth 1 -type f -name '*_bench' -perm -u+x | sort); \
+	@mkdir -p $(BENCH_OUT_DIR) && rm -f $(BENCH_OUT_DIR)/*.json
+	@echo "bench: $$(date -u +%FT%TZ), $$(nproc) CPUs, load $$(cut -d' ' -f1-3 /proc/loadavg), $$(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+	@failed=; \
+	  echo "+ tests/bench/etcd/etcd_baseline.sh build-bench"; \
+	  BENCH_OUT_DIR=$(BENCH_OUT_DIR) tests/bench/etcd/etcd_baseline.sh build-bench </dev/null || failed+=" etcd_baseline"; \
+	  benches=$$(find build-bench/tests/bench -maxdepth 1 -type f -name '*_bench' -perm -u+x | sort); \
 	  [[ -n $$benches ]] || { echo "bench: no *_bench executable under build-bench/tests/bench/" >&2; exit 1; }; \
-	  failed=; \
 	  for b in $$benches; do echo "+ $$b"; BENCH_OUT_DIR=$(BENCH_OUT_DIR) $$b </dev/null || failed+=" $$b"; done; \
+	  echo "bench: done $$(date -u +%FT%TZ), load $$(cut -d' ' -f1-3 /proc/loadavg)"; \
+	  build-bench/tests/bench/bench_report $(BENCH_OUT_DIR); \
 	  [[ -z $$failed ]] || { echo "bench: could not run:$$failed" >&2; exit 1; }
 
 demo: build

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages dtubroker needs, only when some are missing.
 #
-#   scripts/deps.sh [GROUP...]     GROUP: build, test, format (default: all of them)
+#   scripts/deps.sh [GROUP...]     GROUP: build, test, format, bench (default: all but bench)
 #
 # Nothing missing: says so and exits at once (one dpkg-query, no apt-get update).
 # Something missing, as root: apt-get update, then installs only the missing packages,
@@ -19,7 +19,11 @@ declare -A groups=(
   [test]="umockdev libumockdev-dev jq faketime iproute2 nftables cups cups-client cups-daemon procps psmisc
           lintian systemd"
   [format]="clang-format"
+  # Only `make bench`: the etcd baseline (tests/bench/etcd/) runs a 3-member etcd cluster and drives it
+  # with etcd's own Go client, which Debian packages as Go source (built offline, GOPATH mode).
+  [bench]="etcd-server etcd-client golang-go golang-etcd-server-dev"
 )
+# The default: everything but bench, which `make bench` asks for by name.
 all_groups=(build test format)
 
 selected=("$@")
@@ -27,7 +31,7 @@ selected=("$@")
 wanted=()
 for group in "${selected[@]}"; do
   if [[ -z ${groups[$group]+set} ]]; then
-    echo "deps.sh: unknown group '$group' (known: ${all_groups[*]})" >&2
+    echo "deps.sh: unknown group '$group' (known: ${!groups[*]})" >&2
     exit 2
   fi
   read -r -a pkgs <<<"${groups[$group]//$'\n'/ }"

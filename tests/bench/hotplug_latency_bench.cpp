@@ -21,10 +21,9 @@
 // polls run on a helper thread (std::async) for each event, so they watch while the main thread is
 // still inside the testbed call.
 //
-// Not a doctest test and not registered with ctest: the doctest runner below only hosts the one
+// Not a doctest test and not registered with ctest: the doctest runner (bench_host.cpp) only hosts the one
 // case, so the helpers' FAIL/REQUIRE (fake_usb.hpp, the harness) report why the bench could not run.
 
-#define DOCTEST_CONFIG_IMPLEMENT
 #include "support/fake_usb.hpp"  // first: re-execs this process under libumockdev-preload
 
 #include <algorithm>
@@ -479,12 +478,4 @@ TEST_CASE("hotplug latency") {
                                            &backend_out, &e2e_in,      &e2e_out};
   print_table(rows, samples, median_round_trip_ms);
   write_json(rows, median_round_trip_ms);
-}
-
-int main(int argc, char** argv) {
-  doctest::Context context;
-  context.setOption("minimal", true);  // only why the bench could not run, if it could not
-  context.setOption("no-version", true);
-  context.applyCommandLine(argc, argv);
-  return context.run();
 }
