@@ -8,6 +8,8 @@
 
 #include <functional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -177,6 +179,26 @@ TEST_CASE("A malformed state token is refused as a bad payload") {
     auto r = common::verify_state_token(text, keys);
     REQUIRE_FALSE(r.ok());
     CHECK(r.error().code == make_error_code(Errc::bad_payload));
+  }
+
+  SUBCASE("correctly signed with numbers that are no integer of their field") {
+    // 6.67e27 as the int version was undefined behaviour in nlohmann's conversion (the fuzz
+    // target's find); -1 as the unsigned uid would wrap, 1.5 as the unit truncate.
+    const std::string good = *common::sign_state_token(sample(), keys);
+    for (const auto& [key, value] : std::vector<std::pair<std::string, nlohmann::json>>{
+             {"v", 6.66666666666666666666666666e27}, {"uid", -1}, {"unit", 1.5}, {"length_ms", 1e300}}) {
+      CAPTURE(key);
+      auto doc = nlohmann::json::parse(*common::base64url_decode(good.substr(0, good.find('.'))));
+      doc[key] = value;
+      const std::string json = doc.dump();
+      const auto mac = common::hmac_sha256(common::state_token_key(keys.current), common::as_bytes(json));
+      const std::string text =
+          common::base64url_encode(json) + "." + common::base64url_encode(std::string(mac.begin(), mac.end()));
+      auto r = common::verify_state_token(text, keys);
+      REQUIRE_FALSE(r.ok());
+      CHECK(r.error().code == make_error_code(Errc::bad_payload));
+      CHECK(r.error().detail.find("'" + key + "'") != std::string::npos);
+    }
   }
 }
 
