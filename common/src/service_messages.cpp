@@ -1,7 +1,9 @@
 #include "dtu/common/service_messages.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 
 #include "dtu/common/json_fields.hpp"
 
@@ -62,6 +64,43 @@ void from_json(const json& j, FinderChangedMsg& m) {
   m.finder_id = field<std::uint64_t>(j, "finder_id");
   m.device = field<DeviceRecord>(j, "device");
   m.units = unit_array(j, "units");
+}
+
+std::string encode_device(const DeviceRecord& record) {
+  return json(record).dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+Frame finder_event_frame(MessageType type, std::uint64_t finder_id, std::string_view device_json,
+                         const std::vector<std::uint32_t>& units) {
+  // The keys in nlohmann's (sorted) order, no spaces: what to_frame's dump(-1) writes.
+  std::string text;
+  text.reserve(device_json.size() + 48 + units.size() * 4);
+  text += R"({"device":)";
+  text += device_json;
+  text += R"(,"finder_id":)";
+  text += std::to_string(finder_id);
+  text += R"(,"units":[)";
+  for (std::size_t i = 0; i < units.size(); ++i) {
+    if (i > 0) text += ',';
+    text += std::to_string(units[i]);
+  }
+  text += "]}";
+  Frame f;
+  f.type = type;
+  f.payload.assign(text.begin(), text.end());
+  return f;
+}
+
+void sort_matches(std::vector<MatchRef>& matches) {
+  std::sort(matches.begin(), matches.end(),
+            [](const MatchRef& a, const MatchRef& b) { return std::tie(a.dtu, a.device) < std::tie(b.dtu, b.device); });
+}
+
+void LastEncodedDevice::use(const DeviceRecord& record) {
+  // Comparing is a small fraction of encoding.
+  if (record_ && *record_ == record) return;
+  record_ = std::make_shared<const DeviceRecord>(record);
+  json_ = encode_device(record);
 }
 
 void to_json(json& j, const FinderGoneMsg& m) {

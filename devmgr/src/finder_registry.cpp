@@ -12,11 +12,21 @@ using common::Error;
 using common::Finder;
 using common::FinderId;
 using common::FinderScope;
+using common::MessageType;
 
 common::Result<void> FinderRegistry::add(ClientKey client, const Owner& owner, const Sink& sink,
                                          std::uint64_t finder_id, Finder finder) {
-  EventSink framed = [sink](const Event& event) {
-    std::visit([&sink](const auto& msg) { sink(common::to_frame(msg)); }, event);
+  // The finders one device event reaches share the record's encoding (encoded_).
+  EventSink framed = [sink, encoded = encoded_](const Event& event) {
+    if (const auto* matched = std::get_if<common::FinderMatchedMsg>(&event)) {
+      encoded->use(matched->device);
+      sink(common::finder_event_frame(MessageType::finder_matched, matched->finder_id, encoded->json(), matched->units));
+    } else if (const auto* changed = std::get_if<common::FinderChangedMsg>(&event)) {
+      encoded->use(changed->device);
+      sink(common::finder_event_frame(MessageType::finder_changed, changed->finder_id, encoded->json(), changed->units));
+    } else {
+      std::visit([&sink](const auto& msg) { sink(common::to_frame(msg)); }, event);
+    }
   };
   return add_typed(client, owner, std::move(framed), finder_id, std::move(finder));
 }
@@ -184,6 +194,7 @@ void FinderRegistry::session_moved(const std::string& session, const SessionTabl
     for (const auto& [key, units] : entry.matches) {
       if (move.from && key.first == *move.from) left.push_back(key);
     }
+    std::sort(left.begin(), left.end());  // the events in device order
     for (const DeviceKey& key : left) forget_match(id, entry, key, "session_moved");
   }
   if (!move.to) return;
@@ -209,6 +220,7 @@ std::vector<common::FinderInfo> FinderRegistry::list() const {
     for (const auto& [key, units] : entry.matches) {
       info.matches.push_back(common::MatchRef{key.first, key.second, units, manager_id_, false});
     }
+    common::sort_matches(info.matches);
     out.push_back(std::move(info));
   }
   return out;

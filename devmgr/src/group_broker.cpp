@@ -385,18 +385,19 @@ void GroupBroker::on_local_event(std::uint64_t id, const FinderRegistry::Event& 
 void GroupBroker::show_match(ClientEntry& entry, const std::string& source, const common::DeviceRecord& record,
                              const std::vector<std::uint32_t>& units) {
   const DeviceKey key{record.dtu, record.device};
+  encoded_.use(record);
   auto it = entry.shown.find(key);
   if (it == entry.shown.end()) {
-    entry.shown.emplace(key, Shown{source, units, record.orphaned, record, false});
+    entry.shown.emplace(key, Shown{source, units, record.orphaned, encoded_.record(), false});
     ++matches_sent_;
-    entry.sink(common::to_frame(common::FinderMatchedMsg{entry.finder_id, record, units}));
+    entry.sink(common::finder_event_frame(MessageType::finder_matched, entry.finder_id, encoded_.json(), units));
     return;
   }
   // The same device from another source (a DTU that moved to another manager, or came back
   // within the grace window) is news about the device the client knows, not a second device.
   lost_.erase({entry.id, key});
-  it->second = Shown{source, units, record.orphaned, record, false};
-  entry.sink(common::to_frame(common::FinderChangedMsg{entry.finder_id, record, units}));
+  it->second = Shown{source, units, record.orphaned, encoded_.record(), false};
+  entry.sink(common::finder_event_frame(MessageType::finder_changed, entry.finder_id, encoded_.json(), units));
 }
 
 void GroupBroker::show_gone(ClientEntry& entry, const std::string& source, const std::string& dtu,
@@ -410,8 +411,11 @@ void GroupBroker::show_gone(ClientEntry& entry, const std::string& source, const
     Shown& shown = it->second;
     shown.lost = true;
     shown.orphaned = true;
-    shown.record.orphaned = true;
-    entry.sink(common::to_frame(common::FinderChangedMsg{entry.finder_id, shown.record, shown.units}));
+    common::DeviceRecord orphaned = *shown.record;
+    orphaned.orphaned = true;
+    encoded_.use(orphaned);
+    shown.record = encoded_.record();
+    entry.sink(common::finder_event_frame(MessageType::finder_changed, entry.finder_id, encoded_.json(), shown.units));
     const DeviceKey key{dtu, device};
     lost_[{entry.id, key}] = std::make_unique<common::DeadlineGuard>(
         context_.executor, context_.grace, [this, alive = std::weak_ptr<int>(alive_), id = entry.id, key] {
@@ -1023,6 +1027,7 @@ std::vector<common::FinderInfo> GroupBroker::list_finders() const {
                                               shown.source.empty() ? context_.manager_id : shown.source,
                                               shown.orphaned});
     }
+    common::sort_matches(info.matches);
     out.push_back(std::move(info));
   }
   return out;

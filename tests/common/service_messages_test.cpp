@@ -75,5 +75,49 @@ TEST_CASE("dtu_list refuses a DTU entry without its device count, naming the fie
   CHECK(result.error().detail.find("devices") != std::string::npos);
 }
 
+DeviceRecord printer_record() {
+  DeviceRecord r;
+  r.dtu = "dtu-7";
+  r.device = "1-1.4";
+  r.vid = 0x04b8;
+  r.pid = 0x0005;
+  r.serial = std::string("PRN\xff") + "0001";  // not UTF-8: a device's string is never trusted to be
+  r.product = "Stylus Test Printer";
+  UnitRecord u;
+  u.unit = 0;
+  u.interfaces = {0};
+  u.cls = 7;
+  u.function = "printer";
+  u.state = UnitState::allocated;
+  u.holder = "cups-dtu-backend";
+  u.lease = "L-1";
+  r.units = {u};
+  r.stamp = Stamp{1795294179140706, 42, 0};
+  r.owner = "m1";
+  r.orphaned = true;
+  return r;
+}
+
+TEST_CASE("a finder event built from a device encoded once is the frame to_frame builds, byte for byte") {
+  const DeviceRecord record = printer_record();
+  const std::string device = encode_device(record);
+  for (const std::vector<std::uint32_t>& units :
+       {std::vector<std::uint32_t>{}, std::vector<std::uint32_t>{0}, std::vector<std::uint32_t>{0, 3, 250}}) {
+    const Frame matched = finder_event_frame(MessageType::finder_matched, 1234567890123ULL, device, units);
+    const Frame reference = to_frame(FinderMatchedMsg{1234567890123ULL, record, units});
+    CHECK(matched.type == MessageType::finder_matched);
+    CHECK(matched.payload_text() == reference.payload_text());
+    auto decoded = from_frame<FinderMatchedMsg>(matched);
+    REQUIRE(decoded.ok());
+    CHECK(decoded->units == units);
+    CHECK(decoded->device.dtu == "dtu-7");
+    CHECK(decoded->device.orphaned);
+
+    const Frame changed = finder_event_frame(MessageType::finder_changed, 9, device, units);
+    CHECK(changed.type == MessageType::finder_changed);
+    CHECK(changed.payload_text() == to_frame(FinderChangedMsg{9, record, units}).payload_text());
+  }
+}
+
 }  // namespace
 }  // namespace dtu::common

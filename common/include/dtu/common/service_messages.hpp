@@ -8,8 +8,10 @@
 // finder_changed, finder_gone, finder_synced, lease_ended) are notifies on filament 0.
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -54,6 +56,29 @@ struct FinderChangedMsg {
   std::vector<std::uint32_t> units;
 };
 
+// A device record encoded to JSON once, for the finder_matched / finder_changed frames of every
+// finder the same device event reaches (encoding the record is most of an event's cost at scale,
+// docs/performance.md). Decodes exactly like the frame to_frame builds, and is byte for byte the same.
+std::string encode_device(const DeviceRecord& record);
+// finder_matched or finder_changed (`type`) for `finder_id`, with `device_json` from encode_device.
+// REQUIRES: type is finder_matched or finder_changed.
+Frame finder_event_frame(MessageType type, std::uint64_t finder_id, std::string_view device_json,
+                         const std::vector<std::uint32_t>& units);
+
+// The last device record a manager encoded for finder events, shared: the finders one device
+// event reaches come one after another, and each reuses the record and its JSON.
+class LastEncodedDevice {
+ public:
+  // Makes `record` the current one; encodes it unless it equals the current one.
+  void use(const DeviceRecord& record);
+  const std::shared_ptr<const DeviceRecord>& record() const { return record_; }
+  const std::string& json() const { return json_; }
+
+ private:
+  std::shared_ptr<const DeviceRecord> record_;
+  std::string json_;
+};
+
 // Manager -> client (notify): a device no longer matches. reason: detached (unplugged),
 // dtu_lost (its DTU's link ended), session_moved (a session-scoped finder's session left its
 // DTU), no_longer_matches (the device changed), unregistered is never sent.
@@ -81,6 +106,9 @@ struct MatchRef {
 
   friend bool operator==(const MatchRef&, const MatchRef&) = default;
 };
+
+// Puts matches in (dtu, device) order, the order listings show them in.
+void sort_matches(std::vector<MatchRef>& matches);
 
 // One registered finder, as devmgrctl finders shows it.
 struct FinderInfo {

@@ -21,10 +21,12 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -84,14 +86,14 @@ class FinderRegistry {
   std::uint64_t evaluations() const { return evaluations_; }
 
  private:
-  using DeviceKey = std::pair<std::string, std::string>;  // (dtu, device)
+
   struct Entry {
     ClientKey client = nullptr;
     Owner owner;
     EventSink sink;
     std::uint64_t finder_id = 0;
     common::Finder finder;
-    std::map<DeviceKey, std::vector<std::uint32_t>> matches;  // the cache
+    std::unordered_map<DeviceKey, std::vector<std::uint32_t>, DeviceKeyHash> matches;  // the cache
     std::optional<std::string> located;  // a session finder: the DTU it is filed under
   };
 
@@ -110,10 +112,13 @@ class FinderRegistry {
   common::FinderIndex index_;
   std::map<common::FinderId, Entry> entries_;
   std::map<std::pair<ClientKey, std::uint64_t>, common::FinderId> by_client_;
-  std::map<DeviceKey, std::set<common::FinderId>> by_device_;        // which entries cache a device
+  // Which entries cache a device.
+  std::unordered_map<DeviceKey, std::set<common::FinderId>, DeviceKeyHash> by_device_;
   std::map<std::string, std::set<common::FinderId>> by_session_;     // session-scoped finders
   std::map<std::string, std::set<common::FinderId>> session_finders_at_;  // by the DTU of their session
   common::FinderId next_id_ = 1;
+  // The last record add()'s frame sinks encoded (shared with their lambdas).
+  std::shared_ptr<common::LastEncodedDevice> encoded_ = std::make_shared<common::LastEncodedDevice>();
   std::uint64_t evaluations_ = 0;
 };
 

@@ -44,6 +44,7 @@
 #include <set>
 #include <string>
 #include <utility>
+#include <unordered_map>
 #include <vector>
 
 #include <asio.hpp>
@@ -184,7 +185,8 @@ class GroupBroker {
     std::string source;  // "" for the local registry, else the peer id
     std::vector<std::uint32_t> units;
     bool orphaned = false;
-    common::DeviceRecord record;  // as last shown
+    // As last shown; shared with the other finders the same device event reached (encoded_).
+    std::shared_ptr<const common::DeviceRecord> record;
     bool lost = false;            // its DTU was lost: gone dtu_lost unless it matches again in time
   };
   // One finder of one local client.
@@ -196,7 +198,7 @@ class GroupBroker {
     FinderRegistry::Sink sink;
     common::Finder finder;
     std::optional<std::uint64_t> distinct;  // none: bus scope, never forwarded
-    std::map<DeviceKey, Shown> shown;
+    std::unordered_map<DeviceKey, Shown, DeviceKeyHash> shown;
     bool local_synced = false;
     std::set<std::string> waiting;  // peers whose finder_synced is still due
     bool synced_sent = false;
@@ -302,6 +304,10 @@ class GroupBroker {
   std::uint64_t next_distinct_ = 1;
   std::uint64_t next_wire_ = 1;
   std::uint64_t matches_sent_ = 0;
+  // The device record of the last finder event and its JSON. One device event reaches many
+  // finders (7 at the matcher bench's mix); each client's frame reuses the encoding, and each
+  // Shown the record (encoding per finder was most of an event's cost, docs/performance.md).
+  common::LastEncodedDevice encoded_;
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);
 };
 
