@@ -32,13 +32,11 @@
 #include <asio/io_context.hpp>
 #include <asio/post.hpp>
 #include <chrono>
-#include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
-#include <fstream>
 #include <future>
 #include <memory>
 #include <mutex>
@@ -49,8 +47,8 @@
 #include <thread>
 #include <vector>
 
-#include <nlohmann/json.hpp>
 
+#include "bench/bench_output.hpp"
 #include "dtu/agent/libusb_backend.hpp"
 #include "dtu/common/clock.hpp"
 #include "dtu/common/log.hpp"
@@ -62,6 +60,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using Millis = std::chrono::duration<double, std::milli>;
+using dtu::bench::Metric;
+using dtu::bench::percentile;
+using dtu::bench::write_metrics;
 
 // Plugs (and unplugs) measured per series; BENCH_HOTPLUG_SAMPLES overrides, up to kMaxSamples
 // (each plug takes a new USB device number, as the kernel would, and there are 127).
@@ -92,13 +93,6 @@ struct Series {
   std::vector<double> ms;
   int lost = 0;
 };
-
-// Nearest-rank percentile (p in (0, 100]) of a non-empty sample.
-double percentile(std::vector<double> values, double p) {
-  std::sort(values.begin(), values.end());
-  const auto rank = static_cast<std::size_t>(std::ceil(p / 100.0 * static_cast<double>(values.size())));
-  return values[std::clamp<std::size_t>(rank, 1, values.size()) - 1];
-}
 
 int sample_count() {
   const char* text = std::getenv("BENCH_HOTPLUG_SAMPLES");
@@ -402,42 +396,21 @@ void print_table(const std::vector<const Series*>& rows, int samples,
       samples);
 }
 
-std::filesystem::path output_dir() {
-  const char* dir = std::getenv("BENCH_OUT_DIR");
-  if (dir != nullptr && *dir != '\0') return dir;
-  return std::filesystem::path(DTU_SOURCE_DIR) / "build" / "bench";
-}
-
-// One {name, unit, value, baseline, ratio} object per line; no baseline yet, so ratio is null too.
+// The figures, one bench_output.hpp metric per line, to $BENCH_OUT_DIR/hotplug.json.
 void write_json(const std::vector<const Series*>& rows, std::optional<double> median_round_trip_ms) {
-  const auto dir = output_dir();
-  std::error_code error;
-  std::filesystem::create_directories(dir, error);
-  const auto path = dir / "hotplug.json";
-  std::ofstream out(path, std::ios::trunc);
-  REQUIRE_MESSAGE(out.good(), "cannot write " << path.string());
-  auto line = [&](const std::string& name, const char* unit, double value) {
-    out << nlohmann::json{{"name", name},
-                          {"unit", unit},
-                          {"value", value},
-                          {"baseline", nullptr},
-                          {"ratio", nullptr}}
-               .dump()
-        << '\n';
-  };
+  std::vector<Metric> metrics;
   for (const Series* s : rows) {
     if (!s->ms.empty()) {
-      line(s->name + ".median", "ms", percentile(s->ms, 50));
-      line(s->name + ".p90", "ms", percentile(s->ms, 90));
-      line(s->name + ".p99", "ms", percentile(s->ms, 99));
-      line(s->name + ".max", "ms", *std::max_element(s->ms.begin(), s->ms.end()));
+      metrics.push_back({s->name + ".median", "ms", percentile(s->ms, 50)});
+      metrics.push_back({s->name + ".p90", "ms", percentile(s->ms, 90)});
+      metrics.push_back({s->name + ".p99", "ms", percentile(s->ms, 99)});
+      metrics.push_back({s->name + ".max", "ms", *std::max_element(s->ms.begin(), s->ms.end())});
     }
-    line(s->name + ".samples", "count", static_cast<double>(s->ms.size()));
-    line(s->name + ".lost", "count", static_cast<double>(s->lost));
+    metrics.push_back({s->name + ".samples", "count", static_cast<double>(s->ms.size())});
+    metrics.push_back({s->name + ".lost", "count", static_cast<double>(s->lost)});
   }
-  if (median_round_trip_ms) line("hotplug.end_to_end.poll_round_trip.median", "ms", *median_round_trip_ms);
-  out.flush();
-  REQUIRE_MESSAGE(out.good(), "cannot write " << path.string());
+  if (median_round_trip_ms) metrics.push_back({"hotplug.end_to_end.poll_round_trip.median", "ms", *median_round_trip_ms});
+  const auto path = write_metrics("hotplug.json", metrics);
   std::printf("figures written to %s\n", path.c_str());
 }
 
