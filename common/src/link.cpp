@@ -234,12 +234,9 @@ asio::awaitable<void> Link::write_loop() {
       close(shutting_down_ ? shutdown_reason_ : Error(Errc::link_lost, "write failed: " + r.ec.message()));
       co_return;
     }
-    if (write_buffer_.empty()) {
-      // Idle: a link keeps no large buffer between bursts (10,000 DTU links would hold their
-      // snapshot's size each).
-      if (chunk.capacity() > kIdleBufferBytes) std::vector<std::uint8_t>().swap(chunk);
-      if (write_buffer_.capacity() > kIdleBufferBytes) std::vector<std::uint8_t>().swap(write_buffer_);
-    }
+    // The watchdog releases large buffers once the link has been idle for kBufferIdle.
+    last_write_end_ = clock_.now();
+    if (holds_large_buffers() && last_write_end_ + kBufferIdle < watchdog_timer_.expiry()) rearm();
     if (shutting_down_ && write_buffer_.empty()) finish_send();
   }
 }
@@ -271,12 +268,32 @@ asio::awaitable<void> Link::watchdog_loop() {
     mux_.tick(now);
     if (closed_) co_return;
     MonoTime next = mux_.next_deadline();
+    if (holds_large_buffers() && !writing_ && write_buffer_.empty()) {
+      // Idle: a link keeps no large buffer between bursts (10,000 DTU links would hold their
+      // snapshot's size each). Not at the end of every write: a stream with a few chunks in
+      // flight goes idle between them, and re-growing the buffers page-faulted every chunk in
+      // (docs/performance.md).
+      if (now >= last_write_end_ + kBufferIdle) {
+        release_large_buffers();
+      } else {
+        next = std::min(next, last_write_end_ + kBufferIdle);
+      }
+    }
     if (options_.heartbeats) next = std::min(next, heartbeat_.next_deadline());
     if (writing_) next = std::min(next, write_started_ + options_.write_timeout);
     if (shutting_down_) next = std::min(next, shutdown_deadline_);
     watchdog_timer_.expires_at(next);
     co_await watchdog_timer_.async_wait(as_tuple(asio::use_awaitable));
   }
+}
+
+bool Link::holds_large_buffers() const {
+  return write_buffer_.capacity() > kIdleBufferBytes || writing_buffer_.capacity() > kIdleBufferBytes;
+}
+
+void Link::release_large_buffers() {
+  if (writing_buffer_.capacity() > kIdleBufferBytes) std::vector<std::uint8_t>().swap(writing_buffer_);
+  if (write_buffer_.capacity() > kIdleBufferBytes) std::vector<std::uint8_t>().swap(write_buffer_);
 }
 
 void Link::notify(std::uint32_t filament, Frame frame) { mux_.notify(filament, std::move(frame)); }

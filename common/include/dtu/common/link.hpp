@@ -103,6 +103,8 @@ class Link : public std::enable_shared_from_this<Link> {
   void handle_heartbeat(const Frame& frame);
   void send_heartbeat(MonoTime now);
   void rearm() { watchdog_timer_.cancel(); }
+  bool holds_large_buffers() const;
+  void release_large_buffers();
 
   asio::any_io_executor executor_;
   std::unique_ptr<Transport> transport_;
@@ -119,6 +121,8 @@ class Link : public std::enable_shared_from_this<Link> {
   std::vector<std::uint8_t> write_buffer_;    // frames queued while writing_buffer_ goes out
   std::vector<std::uint8_t> writing_buffer_;  // the chunk being written
   static constexpr std::size_t kIdleBufferBytes = 4096;  // what an idle link keeps of each
+  static constexpr Duration kBufferIdle = std::chrono::milliseconds(500);  // idle before that
+  MonoTime last_write_end_{};
   std::size_t queued_bytes_ = 0;  // write_buffer_ plus the chunk being written
   bool writing_ = false;
   MonoTime write_started_{};
