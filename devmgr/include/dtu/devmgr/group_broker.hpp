@@ -177,7 +177,6 @@ class GroupBroker {
   std::uint64_t matches_sent() const { return matches_sent_; }
 
  private:
-  using DeviceKey = std::pair<std::string, std::string>;  // (dtu, device)
   class RemoteHolder;
 
   // A match as one local client was told it, and where it came from.
