@@ -234,9 +234,10 @@ asio::awaitable<void> Link::write_loop() {
       close(shutting_down_ ? shutdown_reason_ : Error(Errc::link_lost, "write failed: " + r.ec.message()));
       co_return;
     }
-    // The watchdog releases large buffers once the link has been idle for kBufferIdle.
-    last_write_end_ = clock_.now();
-    if (holds_large_buffers() && last_write_end_ + kBufferIdle < watchdog_timer_.expiry()) rearm();
+    // The watchdog releases large buffers kBufferIdle after the last large write. Small writes
+    // (heartbeats) do not count: at heartbeats of 500 ms or less they would keep them forever.
+    if (chunk.size() > kIdleBufferBytes) last_burst_end_ = clock_.now();
+    if (holds_large_buffers() && last_burst_end_ + kBufferIdle < watchdog_timer_.expiry()) rearm();
     if (shutting_down_ && write_buffer_.empty()) finish_send();
   }
 }
@@ -245,6 +246,13 @@ asio::awaitable<void> Link::watchdog_loop() {
   auto self = shared_from_this();
   while (!closed_) {
     const MonoTime now = clock_.now();
+    // Idle: a link keeps no large buffer between bursts (10,000 DTU links would hold their
+    // snapshot's size each). Not at the end of every write: a stream with a few chunks in flight
+    // goes idle between them, and re-growing the buffers page-faulted every chunk in
+    // (docs/performance.md). Before the heartbeat below queues a frame.
+    if (holds_large_buffers() && !writing_ && write_buffer_.empty() && now >= last_burst_end_ + kBufferIdle) {
+      release_large_buffers();
+    }
     if (options_.heartbeats) {
       if (heartbeat_.is_dead(now)) {
         log_.warn(peer_, "peer_silent", {{"silence", millis(heartbeat_.silence(now))},
@@ -268,17 +276,7 @@ asio::awaitable<void> Link::watchdog_loop() {
     mux_.tick(now);
     if (closed_) co_return;
     MonoTime next = mux_.next_deadline();
-    if (holds_large_buffers() && !writing_ && write_buffer_.empty()) {
-      // Idle: a link keeps no large buffer between bursts (10,000 DTU links would hold their
-      // snapshot's size each). Not at the end of every write: a stream with a few chunks in
-      // flight goes idle between them, and re-growing the buffers page-faulted every chunk in
-      // (docs/performance.md).
-      if (now >= last_write_end_ + kBufferIdle) {
-        release_large_buffers();
-      } else {
-        next = std::min(next, last_write_end_ + kBufferIdle);
-      }
-    }
+    if (holds_large_buffers() && now < last_burst_end_ + kBufferIdle) next = std::min(next, last_burst_end_ + kBufferIdle);
     if (options_.heartbeats) next = std::min(next, heartbeat_.next_deadline());
     if (writing_) next = std::min(next, write_started_ + options_.write_timeout);
     if (shutting_down_) next = std::min(next, shutdown_deadline_);

@@ -542,6 +542,26 @@ TEST_CASE("Two idle links with heartbeats stay open past five intervals and samp
   }
 }
 
+TEST_CASE("A link keeps its write buffers through a burst and gives them back once idle, even at 100 ms heartbeats") {
+  Harness h;
+  auto [one, two] = h.socket_pair();
+  Link::Options options;
+  options.heartbeat_interval = milliseconds(100);  // heartbeats are writes too: they must not count
+  options.heartbeat_misses = 3;
+  auto a = h.unix_link(std::move(one), Side::initiator, "peer-b", options);
+  auto b = h.unix_link(std::move(two), Side::acceptor, "peer-a", options);
+  auto a_closed = Harness::start(a);
+  auto b_closed = Harness::start(b);
+
+  a->notify(0, hello(std::string(256 * 1024, 'x')));  // a burst: one 256 KiB frame, queued for b's receive()
+  h.run_for(milliseconds(50));
+  CHECK(a->write_buffer_capacity() >= 256 * 1024);  // kept right after the burst
+  h.run_for(Link::kBufferIdle + milliseconds(600));  // several heartbeats written meanwhile
+  CHECK(a->write_buffer_capacity() <= 2 * Link::kIdleBufferBytes);
+  CHECK(a->is_open());
+  CHECK(b->is_open());
+}
+
 TEST_CASE("A link to a peer that never reads closes with Errc::send_queue_full at the queue cap") {
   Harness h;
   LogCapture logs;

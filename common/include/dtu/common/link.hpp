@@ -83,12 +83,18 @@ class Link : public std::enable_shared_from_this<Link> {
   asio::awaitable<Result<Frame>> request(std::uint32_t filament, Frame frame, Duration timeout);
   asio::awaitable<Result<Frame>> receive(std::uint32_t filament, Duration timeout);
 
+  static constexpr std::size_t kIdleBufferBytes = 4096;  // what an idle link keeps of each buffer
+  static constexpr Duration kBufferIdle = std::chrono::milliseconds(500);  // idle before that
+
   void set_heartbeat(Duration interval, std::uint32_t misses);
   // The peer's clock minus ours, from heartbeat round trips; nullopt before the first one.
   std::optional<OffsetSample> clock_offset() const { return offset_.estimate(); }
   std::uint64_t frames_received() const { return frames_received_; }
   // When the last frame (of any kind, heartbeats included) arrived; the link's start before any.
   MonoTime last_received() const { return heartbeat_.last_received(); }
+  // The capacity of the link's two write buffers: a burst's size while streaming, at most
+  // 2 × kIdleBufferBytes once the link has written nothing large for kBufferIdle.
+  std::size_t write_buffer_capacity() const { return write_buffer_.capacity() + writing_buffer_.capacity(); }
 
  private:
   Link(const asio::any_io_executor& ex, std::unique_ptr<Transport> transport, FilamentMux::Side side,
@@ -120,9 +126,7 @@ class Link : public std::enable_shared_from_this<Link> {
   asio::steady_timer watchdog_timer_;
   std::vector<std::uint8_t> write_buffer_;    // frames queued while writing_buffer_ goes out
   std::vector<std::uint8_t> writing_buffer_;  // the chunk being written
-  static constexpr std::size_t kIdleBufferBytes = 4096;  // what an idle link keeps of each
-  static constexpr Duration kBufferIdle = std::chrono::milliseconds(500);  // idle before that
-  MonoTime last_write_end_{};
+  MonoTime last_burst_end_{};  // the end of the last write above kIdleBufferBytes
   std::size_t queued_bytes_ = 0;  // write_buffer_ plus the chunk being written
   bool writing_ = false;
   MonoTime write_started_{};
