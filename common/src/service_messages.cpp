@@ -97,8 +97,8 @@ void sort_matches(std::vector<MatchRef>& matches) {
 }
 
 void LastEncodedDevice::use(const DeviceRecord& record) {
-  // Comparing is a small fraction of encoding.
-  if (record_ && *record_ == record) return;
+  // Comparing is a small fraction of encoding. Stamp's == leaves out time_us, which is encoded.
+  if (record_ && *record_ == record && record_->stamp.time_us == record.stamp.time_us) return;
   record_ = std::make_shared<const DeviceRecord>(record);
   json_ = encode_device(record);
 }

@@ -119,5 +119,22 @@ TEST_CASE("a finder event built from a device encoded once is the frame to_frame
   }
 }
 
+TEST_CASE("the last encoded device is encoded again for any change its JSON shows, the stamp's time included") {
+  LastEncodedDevice last;
+  DeviceRecord record = printer_record();
+  last.use(record);
+  const auto first = last.record();
+  last.use(record);  // the same record: nothing encoded, the same shared copy
+  CHECK(last.record() == first);
+  record.stamp.time_us += 1;  // Stamp's operator== ignores time_us; the JSON does not
+  last.use(record);
+  CHECK(last.record() != first);
+  CHECK(last.json() == encode_device(record));
+  record.units[0].state = UnitState::free;
+  record.units[0].holder.reset();
+  last.use(record);
+  CHECK(last.json() == encode_device(record));
+}
+
 }  // namespace
 }  // namespace dtu::common
