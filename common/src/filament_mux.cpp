@@ -93,8 +93,21 @@ void FilamentMux::notify(std::uint32_t filament, Frame frame) {
   emit(std::move(frame));
 }
 
+void FilamentMux::set_request_limit(std::size_t limit, LimitHandler on_hit) {
+  request_limit_ = limit;
+  on_request_limit_ = std::move(on_hit);
+}
+
+std::size_t FilamentMux::unanswered(std::uint32_t filament) const {
+  auto it = filaments_.find(filament);
+  return it == filaments_.end() ? 0 : it->second.unanswered.size();
+}
+
 void FilamentMux::reply(const Frame& to, Frame response) {
   if (failed_ || to.txn == 0) return;
+  if (request_limit_ > 0) {
+    if (auto f = filaments_.find(to.filament); f != filaments_.end()) f->second.unanswered.erase(to.txn);
+  }
   response.filament = to.filament;
   response.txn = to.txn;
   response.flags = static_cast<std::uint8_t>((response.flags & kFlagBinary) | kFlagReply);
@@ -251,7 +264,14 @@ Result<void> FilamentMux::on_frame(Frame frame, MonoTime now) {
     } else if (it->second.queue.size() >= kMaxQueuedFrames) {
       result = Error(Errc::send_queue_full, "receive queue of filament " + std::to_string(frame.filament) +
                                                 " above " + std::to_string(kMaxQueuedFrames) + " frames");
+    } else if (request_limit_ > 0 && frame.wants_reply() && it->second.unanswered.size() >= request_limit_ &&
+               !it->second.unanswered.contains(frame.txn)) {
+      reply_error(frame, Errc::denied,
+                  "already " + std::to_string(request_limit_) + " requests unanswered on filament " +
+                      std::to_string(frame.filament));
+      if (on_request_limit_) defer([h = on_request_limit_, id = frame.filament, n = request_limit_] { h(id, n); });
     } else {
+      if (request_limit_ > 0 && frame.wants_reply()) it->second.unanswered.insert(frame.txn);
       if (frame.wants_ack()) {
         Frame ack = to_frame(AckMsg{});
         ack.filament = frame.filament;

@@ -55,6 +55,14 @@ Link::~Link() { transport_->close(); }
 void Link::start(CloseHandler on_close) {
   on_close_ = std::move(on_close);
   mux_.set_output_hook([this] { drain_output(); });
+  if (options_.max_pending_requests > 0) {
+    mux_.set_request_limit(options_.max_pending_requests, [this](std::uint32_t filament, std::size_t limit) {
+      // The first refusal and every thousandth: a flooding peer must not flood the log too.
+      if (refused_requests_++ % 1000 != 0) return;
+      log_.warn(peer_, "request_limit", {{"filament", filament}, {"limit", limit}, {"refused", refused_requests_},
+                                         {"reason", "too many requests unanswered; refused"}});
+    });
+  }
   auto self = shared_from_this();
   spawn(executor_, [self]() -> asio::awaitable<void> { co_await self->read_loop(); }, log_, "link reader");
   spawn(executor_, [self]() -> asio::awaitable<void> { co_await self->write_loop(); }, log_, "link writer");

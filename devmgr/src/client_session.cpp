@@ -219,6 +219,13 @@ void ClientSession::on_request(const Frame& frame) {
                            "finder " + std::to_string(request->finder_id) + " is already registered");
         return;
       }
+      if (services_.max_finders > 0 && finders_ >= services_.max_finders) {
+        log_.warn(link_->peer(), "finder_limit", {{"client", client_name_}, {"uid", credentials_.uid},
+                                                  {"limit", services_.max_finders}});
+        link_->reply_error(frame, Errc::denied,
+                           "this connection holds " + std::to_string(finders_) + " finders, the limit");
+        return;
+      }
       const FinderRegistry::Owner owner{client_name_, static_cast<std::uint32_t>(credentials_.pid),
                                         static_cast<std::uint32_t>(credentials_.uid)};
       // The ack goes out before the first matches: the sink queues them after it on filament 0.
@@ -226,14 +233,18 @@ void ClientSession::on_request(const Frame& frame) {
       auto sink = [weak](Frame event) {
         if (auto self = weak.lock(); self && self->state_ != State::closed) self->notify(std::move(event));
       };
-      (void)services_.group->add_finder(this, owner, sink, request->finder_id, std::move(request->finder));
+      if (services_.group->add_finder(this, owner, sink, request->finder_id, std::move(request->finder)).ok()) {
+        ++finders_;
+      }
       log_.debug(link_->peer(), "finder_registered", {{"client", client_name_}, {"finder", request->finder_id}});
       return;
     }
     case MessageType::unregister_finder: {
       auto request = decode<common::UnregisterFinderMsg>(frame);
       if (!request) return;
-      answer_void(frame, services_.group->remove_finder(this, request->finder_id));
+      auto removed = services_.group->remove_finder(this, request->finder_id);
+      if (removed.ok()) --finders_;
+      answer_void(frame, removed);
       return;
     }
     case MessageType::list_finders: {

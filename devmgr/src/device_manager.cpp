@@ -49,6 +49,8 @@ DeviceManager::DeviceManager(const asio::any_io_executor& ex, const common::Cloc
       options_(std::move(options)),
       site_dtu_key_(std::move(site_dtu_key)),
       universal_(clock),
+      dtu_handshakes_(options_.max_handshakes_per_source, options_.max_handshakes),
+      client_connections_(options_.max_connections_per_uid, 0),
       finders_(options_.id, devices_, sessions_),
       leases_(LeaseBroker::Context{options_.id, ex, &clock,
                                    // A DTU between its hello and its snapshot has no claim yet, so
@@ -103,6 +105,7 @@ common::Link::Options DeviceManager::link_options() const {
   o.max_payload = options_.max_frame_bytes;
   o.heartbeat_interval = options_.heartbeat_interval;
   o.heartbeat_misses = options_.heartbeat_misses;
+  o.max_pending_requests = options_.max_pending_requests;
   return o;
 }
 
@@ -186,17 +189,35 @@ asio::awaitable<void> DeviceManager::accept_dtus() {
       log_.warn("", "accept_failed", {{"listener", "dtu"}, {"reason", ec.message()}});
       continue;
     }
-    common::spawn(executor_, admit_dtu(std::move(socket)), log_, "admit dtu");
+    std::error_code ignored;
+    const auto remote = socket.remote_endpoint(ignored);
+    auto slot = dtu_handshakes_.admit(ignored ? std::string("unknown") : remote.address().to_string());
+    if (!slot.ok()) {
+      refuse_connection(dtu_handshakes_, "dtu", ignored ? std::string("unknown") : common::to_string(remote),
+                        slot.error());
+      continue;
+    }
+    common::spawn(executor_, admit_dtu(std::move(socket), std::move(slot.value())), log_, "admit dtu");
   }
 }
 
-asio::awaitable<void> DeviceManager::admit_dtu(asio::ip::tcp::socket socket) {
+void DeviceManager::refuse_connection(const ConnectionLimiter& limiter, const char* listener,
+                                      const std::string& peer, const Error& reason) {
+  metrics_.connections_refused.with({{"listener", listener}}).inc();
+  if (limiter.refused() % ConnectionLimiter::kLogEvery != 1) return;
+  log_.warn(peer, "connection_limit", {{"listener", listener}, {"refused", limiter.refused()},
+                                       {"reason", reason.detail}});
+}
+
+// `slot` counts the connection against max_handshakes_per_source until the TLS handshake ends.
+asio::awaitable<void> DeviceManager::admit_dtu(asio::ip::tcp::socket socket, ConnectionLimiter::Slot slot) {
   std::error_code ec;
   const auto remote = socket.remote_endpoint(ec);
   const std::string peer = ec ? std::string("unknown") : common::to_string(remote);
   socket.set_option(asio::ip::tcp::no_delay(true), ec);
   auto handshake = common::tls_accept(std::move(socket), *tls_, options_.handshake_timeout);
   auto transport = co_await std::move(handshake);
+  slot.release();
   if (!transport.ok()) {
     log_.warn(peer, "handshake_failed", {{"role", "dtu"}, {"reason", transport.error().describe()}});
     if (!stopped_) metrics_.handshake_failures.with({{"side", "dtu"}}).inc();
@@ -456,6 +477,8 @@ common::Result<void> DeviceManager::start_mesh(const GroupSettings& group) {
   o.heartbeat_misses = options_.heartbeat_misses;
   o.handshake_timeout = options_.handshake_timeout;
   o.max_frame_bytes = options_.max_frame_bytes;
+  o.max_handshakes_per_source = options_.max_handshakes_per_source;
+  o.max_handshakes = options_.max_handshakes;
   PeerMesh::Hooks hooks;
   hooks.up = [this](const std::shared_ptr<PeerLink>& link) {
     group_.peer_up(link);
@@ -475,6 +498,7 @@ common::Result<void> DeviceManager::start_mesh(const GroupSettings& group) {
   keys_ = group.keys;
   mesh_ = std::make_unique<PeerMesh>(executor_, clock_, std::move(o), std::move(hooks), log_);
   mesh_->on_handshake_failed([this] { metrics_.handshake_failures.with({{"side", "peer"}}).inc(); });
+  mesh_->on_connection_refused([this] { metrics_.connections_refused.with({{"listener", "mesh"}}).inc(); });
   return mesh_->start();
 }
 
@@ -726,6 +750,11 @@ asio::awaitable<void> DeviceManager::accept_clients() {
       continue;
     }
     const std::string peer = "unix:pid=" + std::to_string(credentials->pid) + ",uid=" + std::to_string(credentials->uid);
+    auto slot = client_connections_.admit("uid " + std::to_string(credentials->uid));
+    if (!slot.ok()) {
+      refuse_connection(client_connections_, "socket", peer, slot.error());
+      continue;
+    }
     common::Link::Options o = link_options();
     o.heartbeats = false;  // a local socket reports a dead peer itself (EOF)
     auto link = common::Link::create(executor_, std::make_unique<common::UnixTransport>(std::move(socket)),
@@ -752,10 +781,15 @@ asio::awaitable<void> DeviceManager::accept_clients() {
     services.list_dtus = [this](bool group, std::function<void(common::DtuListMsg)> done) {
       list_dtus(group, std::move(done));
     };
+    services.max_finders = options_.max_finders_per_service;
     auto session = std::make_shared<ClientSession>(link, *credentials, options_.id, std::move(services), log_,
                                                    options_.handshake_timeout);
     clients_.insert(session);
-    session->start([this](const std::shared_ptr<ClientSession>& s) { clients_.erase(s); });
+    auto held = std::make_shared<ConnectionLimiter::Slot>(std::move(slot.value()));
+    session->start([this, held](const std::shared_ptr<ClientSession>& s) {
+      held->release();
+      clients_.erase(s);
+    });
   }
 }
 

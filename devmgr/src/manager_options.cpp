@@ -33,6 +33,16 @@ common::Result<void> apply_config(common::ConfigReader& config, ManagerOptions& 
   config.read("handshake_timeout", options.handshake_timeout);
   auto max_frame = static_cast<std::int64_t>(options.max_frame_bytes);
   config.read_int("max_frame_bytes", max_frame, 4096, 64 * 1024 * 1024);
+  auto read_limit = [&config](const char* key, std::size_t& value) {
+    auto v = static_cast<std::int64_t>(value);
+    config.read_int(key, v, 0, 1'000'000);
+    value = static_cast<std::size_t>(v);
+  };
+  read_limit("max_handshakes_per_source", options.max_handshakes_per_source);
+  read_limit("max_handshakes", options.max_handshakes);
+  read_limit("max_connections_per_uid", options.max_connections_per_uid);
+  read_limit("max_finders_per_service", options.max_finders_per_service);
+  read_limit("max_pending_requests", options.max_pending_requests);
   config.read("log_level", options.log_level);
   std::string peer_listen = options.peer_listen ? options.peer_listen->to_string() : std::string();
   config.read("peer_listen", peer_listen);

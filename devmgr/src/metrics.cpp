@@ -231,6 +231,10 @@ Metrics::Metrics()
           "dtubroker_handshake_failures_total",
           "Connections that failed authentication: side=\"peer\" the group mesh, side=\"dtu\" a DTU's TLS or "
           "hello.")),
+      connections_refused(registry_.counter(
+          "dtubroker_connections_refused_total",
+          "Connections closed at once because a connection limit was reached, by listener (dtu, mesh, "
+          "socket): max_handshakes_per_source, max_handshakes, max_connections_per_uid.")),
       heartbeat_timeouts(
           registry_.counter("dtubroker_heartbeat_timeouts_total",
                             "Links closed because the other end went silent (missed heartbeats), "
@@ -276,6 +280,7 @@ Metrics::Metrics()
     handshake_failures.with({{"side", side}});
     heartbeat_timeouts.with({{"side", side}});
   }
+  for (const char* listener : {"dtu", "mesh", "socket"}) connections_refused.with({{"listener", listener}});
 }
 
 }  // namespace dtu::devmgr

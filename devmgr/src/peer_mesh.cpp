@@ -86,7 +86,8 @@ class PeerMesh::Impl : public std::enable_shared_from_this<Impl> {
         hooks_(std::move(hooks)),
         log_(std::move(log)),
         keys_(options_.keys),
-        rng_(std::random_device{}()) {}
+        rng_(std::random_device{}()),
+        handshakes_(options_.max_handshakes_per_source, options_.max_handshakes) {}
 
   common::Result<void> start();
   void stop();
@@ -97,10 +98,11 @@ class PeerMesh::Impl : public std::enable_shared_from_this<Impl> {
   common::Endpoint endpoint() const { return bound_; }
   std::uint64_t links_established() const { return links_established_; }
   void on_handshake_failed(std::function<void()> hook) { handshake_failed_ = std::move(hook); }
+  void on_connection_refused(std::function<void()> hook) { connection_refused_ = std::move(hook); }
 
  private:
   static asio::awaitable<void> accept_loop(std::shared_ptr<Impl> self);
-  static asio::awaitable<void> admit(std::shared_ptr<Impl> self, tcp::socket socket);
+  static asio::awaitable<void> admit(std::shared_ptr<Impl> self, tcp::socket socket, ConnectionLimiter::Slot slot);
   static asio::awaitable<void> peer_loop(std::shared_ptr<Impl> self, std::shared_ptr<Peer> peer);
   static asio::awaitable<common::Result<void>> dial(std::shared_ptr<Impl> self, std::shared_ptr<Peer> peer,
                                                     common::PeerPurpose purpose);
@@ -144,6 +146,7 @@ class PeerMesh::Impl : public std::enable_shared_from_this<Impl> {
   Options options_;
   Hooks hooks_;
   std::function<void()> handshake_failed_;
+  std::function<void()> connection_refused_;
   common::Logger log_;
   common::GroupKeys keys_;
   std::mt19937 rng_;
@@ -154,6 +157,7 @@ class PeerMesh::Impl : public std::enable_shared_from_this<Impl> {
   common::Endpoint self_address_;
   std::map<std::string, std::shared_ptr<Peer>, std::less<>> peers_;
   std::set<std::shared_ptr<common::Link>> handshaking_;  // started, not yet installed or dropped
+  ConnectionLimiter handshakes_;  // accepted connections until their handshake ends
   std::uint64_t links_established_ = 0;
   bool started_ = false;
   bool stopped_ = false;
@@ -462,11 +466,27 @@ asio::awaitable<void> PeerMesh::Impl::accept_loop(std::shared_ptr<Impl> self) {
       self->log_.warn("", "accept_failed", {{"listener", "mesh"}, {"reason", ec.message()}});
       continue;
     }
-    common::spawn(self->executor_, admit(self, std::move(socket)), self->log_, "admit peer");
+    std::error_code ignored;
+    const auto remote = socket.remote_endpoint(ignored);
+    auto slot = self->handshakes_.admit(ignored ? std::string("unknown") : remote.address().to_string());
+    if (!slot.ok()) {
+      if (self->connection_refused_) self->connection_refused_();
+      if (self->handshakes_.refused() % ConnectionLimiter::kLogEvery == 1) {
+        self->log_.warn(ignored ? std::string("unknown") : common::to_string(remote), "connection_limit",
+                        {{"listener", "mesh"}, {"refused", self->handshakes_.refused()},
+                         {"reason", slot.error().detail}});
+      }
+      continue;
+    }
+    common::spawn(self->executor_, admit(self, std::move(socket), std::move(slot.value())), self->log_,
+                  "admit peer");
   }
 }
 
-asio::awaitable<void> PeerMesh::Impl::admit(std::shared_ptr<Impl> self, tcp::socket socket) {
+// `slot` counts the connection against the handshake caps until admit() returns: authenticated,
+// refused or closed.
+asio::awaitable<void> PeerMesh::Impl::admit(std::shared_ptr<Impl> self, tcp::socket socket,
+                                            ConnectionLimiter::Slot slot) {
   const common::MonoTime accepted_at = self->clock_.now();
   std::error_code ec;
   const auto remote = socket.remote_endpoint(ec);
@@ -518,6 +538,7 @@ asio::awaitable<void> PeerMesh::Impl::admit(std::shared_ptr<Impl> self, tcp::soc
                                 self->log_};
   auto auth = common::authenticate_acceptor(link, std::move(params));
   auto authed = co_await std::move(auth);
+  slot.release();
   --peer->connecting;
   if (self->stopped_) {
     link->close(Error(Errc::closed, "manager stopping"));
@@ -730,6 +751,10 @@ common::Result<void> PeerMesh::start() {
 }
 void PeerMesh::on_handshake_failed(std::function<void()> hook) {
   impl_->on_handshake_failed(std::move(hook));
+}
+
+void PeerMesh::on_connection_refused(std::function<void()> hook) {
+  impl_->on_connection_refused(std::move(hook));
 }
 void PeerMesh::stop() {
   impl_->stop();

@@ -638,6 +638,64 @@ TEST_CASE("FilamentMux returns an error when a filament's receive queue passes i
   CHECK(contains(link.b_errors[0].detail, std::to_string(FilamentMux::kMaxQueuedFrames)));
 }
 
+TEST_CASE("FilamentMux refuses a request above the request limit with denied, and takes more once one is answered") {
+  Link link;
+  std::vector<std::pair<std::uint32_t, std::size_t>> hits;
+  link.b.set_request_limit(2, [&](std::uint32_t filament, std::size_t limit) { hits.emplace_back(filament, limit); });
+  const std::uint32_t id = open_from_a(link);
+  std::vector<Frame> held;  // requests b has and does not answer yet
+  link.b.set_receiver(id, [&](Frame f) { held.push_back(std::move(f)); });
+  Done first, second, third, control;
+  link.a.request(id, hello("1"), link.in(seconds(5)), first.send());
+  link.a.request(id, hello("2"), link.in(seconds(5)), second.send());
+  link.a.request(id, hello("3"), link.in(seconds(5)), third.send());
+  link.pump();
+  CHECK(held.size() == 2);
+  CHECK(link.b.unanswered(id) == 2);
+  REQUIRE(third.calls == 1);
+  CHECK(third.code() == make_error_code(Errc::denied));
+  CHECK(contains(third.detail(), "already 2 requests unanswered on filament " + std::to_string(id)));
+  REQUIRE(hits.size() == 1);
+  CHECK(hits[0] == std::make_pair(id, std::size_t{2}));
+  CHECK(first.calls == 0);
+  CHECK(link.b_errors.empty());  // a limit is not a protocol error: the link stays
+
+  // Notifies and posts are not requests: they pass while the requests are held.
+  Done post;
+  link.a.post(id, hello("p"), link.in(seconds(5)), post.send());
+  link.pump();
+  CHECK(post.ok());
+
+  // The cap is per filament: the control filament still takes requests.
+  link.b.set_receiver(FilamentMux::kControlFilament, [&](Frame f) { link.b.reply(f, hello("ok")); });
+  link.a.request(FilamentMux::kControlFilament, hello("c"), link.in(seconds(5)), control.send());
+  link.pump();
+  CHECK(control.ok());
+
+  link.b.reply(held[0], hello("r1"));
+  link.pump();
+  CHECK(first.ok());
+  CHECK(link.b.unanswered(id) == 1);
+  Done fourth;
+  link.a.request(id, hello("4"), link.in(seconds(5)), fourth.send());
+  link.pump();
+  CHECK(fourth.calls == 0);  // delivered, not refused
+  CHECK(held.size() == 4);   // the post and request 4 joined
+  CHECK(hits.size() == 1);
+}
+
+TEST_CASE("FilamentMux without a request limit counts nothing and refuses nothing") {
+  Link link;
+  const std::uint32_t id = open_from_a(link);
+  std::size_t delivered = 0;
+  link.b.set_receiver(id, [&](Frame) { ++delivered; });
+  std::vector<Done> done(300);
+  for (auto& d : done) link.a.request(id, hello("x"), link.in(seconds(5)), d.send());
+  link.pump();
+  CHECK(delivered == 300);
+  CHECK(link.b.unanswered(id) == 0);
+}
+
 // --- Closing --------------------------------------------------------------------------------
 
 TEST_CASE("FilamentMux close waits for outstanding posts to be acked, then the peer forgets the filament") {

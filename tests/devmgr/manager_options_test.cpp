@@ -63,3 +63,25 @@ TEST_CASE("a bad dtu_listen address in the config is named") {
   REQUIRE_FALSE(applied.ok());
   CHECK(applied.error().detail.find("devmgr.json: key 'dtu_listen'") != std::string::npos);
 }
+
+TEST_CASE("the resource limits are read from the config, 0 turning one off, and a negative one is refused") {
+  ManagerOptions options;
+  CHECK(options.max_handshakes_per_source == 64);
+  CHECK(options.max_pending_requests == 256);
+  ConfigReader config(nlohmann::json{{"max_handshakes_per_source", 8},
+                                     {"max_handshakes", 0},
+                                     {"max_connections_per_uid", 16},
+                                     {"max_finders_per_service", 32},
+                                     {"max_pending_requests", 4}},
+                      "devmgr.json");
+  REQUIRE(apply_config(config, options).ok());
+  CHECK(options.max_handshakes_per_source == 8);
+  CHECK(options.max_handshakes == 0);
+  CHECK(options.max_connections_per_uid == 16);
+  CHECK(options.max_finders_per_service == 32);
+  CHECK(options.max_pending_requests == 4);
+  ConfigReader bad(nlohmann::json{{"max_finders_per_service", -1}}, "devmgr.json");
+  auto applied = apply_config(bad, options);
+  REQUIRE_FALSE(applied.ok());
+  CHECK(applied.error().detail.find("max_finders_per_service") != std::string::npos);
+}

@@ -7,6 +7,9 @@
 //  - notify(): one way, no confirmation (events, heartbeats).
 //  - receive(): takes the next incoming frame of a filament; timeout 0 polls, a negative
 //    timeout waits forever. set_receiver() delivers by callback instead.
+//  - Requests the peer sends us count as unanswered until reply() answers them. With a cap
+//    (set_request_limit), a request above it is answered Errc::denied at once and never
+//    delivered: a peer cannot pile up work it never waits for.
 //  - close(): graceful; completes once the filament's outstanding sends are confirmed or their
 //    deadlines pass, then tells the peer. fail_all() (link lost) completes everything at once.
 //
@@ -20,6 +23,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "dtu/common/clock.hpp"
@@ -38,6 +42,7 @@ class FilamentMux {
   using Receiver = std::function<void(Frame)>;
   using CloseDone = std::function<void(Result<void>)>;
   using OpenHandler = std::function<void(std::uint32_t filament, const std::string& name)>;
+  using LimitHandler = std::function<void(std::uint32_t filament, std::size_t limit)>;
 
   // Filament 0 is the link's control filament: always open, never closed.
   static constexpr std::uint32_t kControlFilament = 0;
@@ -53,6 +58,9 @@ class FilamentMux {
   // Delivers the filament's incoming frames by callback from now on (queued ones first).
   // An empty function returns to queueing.
   void set_receiver(std::uint32_t filament, Receiver receiver);
+  // At most `limit` unanswered requests from the peer per filament (0: no cap). `on_hit` runs
+  // (deferred, like a completion) for each request refused by the cap.
+  void set_request_limit(std::size_t limit, LimitHandler on_hit);
   // Called whenever the outbox gains frames.
   void set_output_hook(std::function<void()> hook) { output_hook_ = std::move(hook); }
 
@@ -82,6 +90,8 @@ class FilamentMux {
 
   bool is_open(std::uint32_t filament) const;
   std::size_t pending_sends() const { return pending_.size(); }
+  // The peer's requests on `filament` not yet answered (counted only under a request limit).
+  std::size_t unanswered(std::uint32_t filament) const;
 
  private:
   enum class State { open, closing };
@@ -96,6 +106,7 @@ class FilamentMux {
     std::deque<Frame> queue;
     std::deque<Waiter> waiters;
     std::size_t pending = 0;
+    std::unordered_set<std::uint32_t> unanswered;  // txns of the peer's requests; under a request limit
     std::string close_reason;
     CloseDone close_done;
   };
@@ -126,6 +137,8 @@ class FilamentMux {
   bool failed_ = false;
   Error failure_;
   OpenHandler open_handler_;
+  std::size_t request_limit_ = 0;
+  LimitHandler on_request_limit_;
   std::function<void()> output_hook_;
 };
 

@@ -44,6 +44,9 @@ class Link : public std::enable_shared_from_this<Link> {
     bool heartbeats = true;
     Duration heartbeat_interval = std::chrono::seconds(1);
     std::uint32_t heartbeat_misses = 3;
+    // Requests from the peer left unanswered per filament before more are refused (Errc::denied,
+    // logged request_limit); 0: no cap (FilamentMux::set_request_limit).
+    std::size_t max_pending_requests = 0;
   };
   using CloseHandler = std::function<void(const Error& reason)>;
 
@@ -136,6 +139,7 @@ class Link : public std::enable_shared_from_this<Link> {
   MonoTime shutdown_deadline_ = kNever;
   Error shutdown_reason_;
   CloseHandler on_close_;
+  std::uint64_t refused_requests_ = 0;  // by the request limit
   std::optional<std::int64_t> last_peer_sent_us_;   // for the echo in our next heartbeat
   std::optional<std::int64_t> last_peer_received_us_;
   std::uint64_t frames_received_ = 0;

@@ -59,6 +59,8 @@ struct ClientServices {
       group_exec;
   // list_dtus: `done` runs once with the DTUs (with `group`: every member's); DeviceManager::list_dtus.
   std::function<void(bool group, std::function<void(common::DtuListMsg)> done)> list_dtus;
+  // The most finders this connection may hold (ManagerOptions::max_finders_per_service); 0: no cap.
+  std::size_t max_finders = 0;
 };
 
 class ClientSession : public LeaseHolder, public std::enable_shared_from_this<ClientSession> {
@@ -111,6 +113,7 @@ class ClientSession : public LeaseHolder, public std::enable_shared_from_this<Cl
   std::unique_ptr<common::DeadlineGuard> hello_deadline_;
   State state_ = State::awaiting_hello;
   std::string client_name_;
+  std::size_t finders_ = 0;  // registered on this connection (max_finders)
 };
 
 }  // namespace dtu::devmgr

@@ -30,6 +30,7 @@
 #include "dtu/common/log.hpp"
 #include "dtu/common/result.hpp"
 #include "dtu/devmgr/client_session.hpp"
+#include "dtu/devmgr/connection_limiter.hpp"
 #include "dtu/devmgr/device_list.hpp"
 #include "dtu/devmgr/dtu_session.hpp"
 #include "dtu/devmgr/finder_registry.hpp"
@@ -125,7 +126,10 @@ class DeviceManager {
  private:
   asio::awaitable<void> accept_dtus();
   asio::awaitable<void> accept_clients();
-  asio::awaitable<void> admit_dtu(asio::ip::tcp::socket socket);
+  asio::awaitable<void> admit_dtu(asio::ip::tcp::socket socket, ConnectionLimiter::Slot slot);
+  // Counts and logs (the first and one in ConnectionLimiter::kLogEvery) a connection refused.
+  void refuse_connection(const ConnectionLimiter& limiter, const char* listener, const std::string& peer,
+                         const common::Error& reason);
   void on_dtu_active(const std::shared_ptr<DtuSession>& session);
   void on_dtu_closed(const std::shared_ptr<DtuSession>& session, const common::Error& reason);
   DtuSession::Admission admit_dtu_hello(const common::DtuHelloMsg& hello);
@@ -170,6 +174,8 @@ class DeviceManager {
   common::Logger log_{"devmgr"};
   Metrics metrics_;  // before everything that counts into it
   common::HybridLogicalClock universal_;
+  ConnectionLimiter dtu_handshakes_;      // DTU connections in their TLS handshake
+  ConnectionLimiter client_connections_;  // socket connections, by uid
   std::shared_ptr<asio::ssl::context> tls_;
   std::optional<asio::ip::tcp::acceptor> dtu_acceptor_;
   std::optional<asio::local::stream_protocol::acceptor> client_acceptor_;

@@ -30,6 +30,15 @@ struct ManagerOptions {
   std::uint32_t heartbeat_misses = 3;
   std::chrono::milliseconds handshake_timeout{5000};  // TLS plus hello
   std::size_t max_frame_bytes = common::kDefaultMaxPayload;
+  // Resource limits (docs/security.md, Limits); 0 means no cap. Each one hit is logged.
+  // TCP connections from one address still in their TLS handshake, on each TCP listener (DTUs,
+  // mesh), and from all addresses together: a flood of half-open connections stays bounded.
+  std::size_t max_handshakes_per_source = 64;
+  std::size_t max_handshakes = 1024;
+  std::size_t max_connections_per_uid = 256;   // open connections on the socket from one uid
+  std::size_t max_finders_per_service = 1024;  // finders one service connection holds
+  // A service's or DTU's requests not yet answered, per filament; more are refused (denied).
+  std::size_t max_pending_requests = 256;
   std::string log_level = "info";
   // The group (docs/group.md). The mesh runs when this manager has a mesh address: `peer_listen`,
   // or else its own entry in the group list. Without one it serves alone.

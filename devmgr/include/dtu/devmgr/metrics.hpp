@@ -149,6 +149,7 @@ class Metrics {
   MetricFamily<Counter>& allocation_refusals;   // {error}: allocate requests answered with an error
   MetricFamily<Counter>& leases_ended;          // {reason}: released, expired, device_gone, …
   MetricFamily<Counter>& handshake_failures;    // {side="peer"|"dtu"}
+  MetricFamily<Counter>& connections_refused;   // {listener="dtu"|"mesh"|"socket"}: a connection limit hit
   MetricFamily<Counter>& heartbeat_timeouts;    // {side}: links closed for silence
   MetricFamily<Counter>& dtu_connects;          // DTUs that completed their hello
   MetricFamily<Counter>& finder_matches;        // finder_matched events sent to local services

@@ -46,6 +46,7 @@
 #include "dtu/common/peer_auth.hpp"
 #include "dtu/common/result.hpp"
 #include "dtu/common/service_messages.hpp"
+#include "dtu/devmgr/connection_limiter.hpp"
 #include "dtu/devmgr/group_config.hpp"
 #include "dtu/devmgr/peer_link.hpp"
 
@@ -73,6 +74,10 @@ class PeerMesh {
     // Bounds each of: TCP connect, TLS handshake, each step of the peer handshake.
     std::chrono::milliseconds handshake_timeout{5000};
     std::size_t max_frame_bytes = common::kDefaultMaxPayload;
+    // Accepted connections until authenticated, per source address and in all (0: no cap);
+    // ManagerOptions::max_handshakes_per_source, max_handshakes.
+    std::size_t max_handshakes_per_source = 64;
+    std::size_t max_handshakes = 1024;
   };
   struct Hooks {
     std::function<void(const std::shared_ptr<PeerLink>&)> up;
@@ -95,6 +100,8 @@ class PeerMesh {
   // `hook` runs each time a connection fails the handshake (TLS or the peer handshake), at
   // either end; it is already logged (metrics count it). REQUIRES: called before start()
   void on_handshake_failed(std::function<void()> hook);
+  // Called for each connection refused by max_handshakes_per_source or max_handshakes.
+  void on_connection_refused(std::function<void()> hook);
   // Closes the listener, every link and every connection in progress. Idempotent. No hook runs
   // from the call on (not even down for the links it closes).
   void stop();
