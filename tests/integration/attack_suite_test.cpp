@@ -143,7 +143,7 @@ struct AttackSite {
     c.run_until([] { return false; }, d);
     workload->stop = true;
     CHECK(c.run_until([&] { return !workload->running; }, kSettle));
-    CHECK_MESSAGE(workload->failures.empty(), workload->failures.front());
+    CHECK_MESSAGE(workload->failures.empty(), (workload->failures.empty() ? "" : workload->failures.front()));
     CHECK(workload->cycles > before);
   }
 

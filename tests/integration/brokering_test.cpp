@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -234,10 +235,10 @@ namespace {
 constexpr uid_t kNobody = 65534;
 
 // In a child process running as uid and gid 65534: connects to the manager at `socket` and asks
-// it to release `lease` of `dtu`. The outcome ("ok", or the error code's name and detail) comes
-// back through a pipe. Only async-signal-safe work before the uid change; the child never
+// it to renew, then to release, `lease` of `dtu`. The outcomes ("renew <result>; release
+// <result>", each "ok" or the error code's name and detail) come back through a pipe. Only async-signal-safe work before the uid change; the child never
 // returns into doctest.
-std::string release_as_nobody(const std::string& socket, const std::string& dtu, const std::string& lease) {
+std::string renew_and_release_as_nobody(const std::string& socket, const std::string& dtu, const std::string& lease) {
   int fds[2];
   REQUIRE(::pipe(fds) == 0);
   const pid_t pid = ::fork();
@@ -257,11 +258,16 @@ std::string release_as_nobody(const std::string& socket, const std::string& dtu,
           out = "connect: " + client.error().describe();
           co_return;
         }
+        auto renew = (*client)->renew(d, l, std::chrono::milliseconds(60000), kTimeout);
+        auto renewed = co_await std::move(renew);
+        out = "renew " + (renewed.ok() ? std::string("ok")
+                                       : dtu::common::errc_name(static_cast<Errc>(renewed.error().code.value())) +
+                                             ": " + renewed.error().detail);
         auto release = (*client)->release(d, l, kTimeout);
         auto released = co_await std::move(release);
-        out = released.ok() ? "ok"
-                            : dtu::common::errc_name(static_cast<Errc>(released.error().code.value())) +
-                                  ": " + released.error().detail;
+        out += "; release " + (released.ok() ? std::string("ok")
+                                             : dtu::common::errc_name(static_cast<Errc>(released.error().code.value())) +
+                                                   ": " + released.error().detail);
         (*client)->close();
       };
       asio::co_spawn(io, task(socket, dtu, lease, outcome), asio::detached);
@@ -286,7 +292,7 @@ std::string release_as_nobody(const std::string& socket, const std::string& dtu,
 
 }  // namespace
 
-TEST_CASE("a service of another uid cannot release someone else's unit") {
+TEST_CASE("a service of another uid can neither renew nor release someone else's unit") {
   if (::geteuid() != 0) {
     MESSAGE("skipped: needs root to start a client as uid 65534");
     return;
@@ -303,8 +309,10 @@ TEST_CASE("a service of another uid cannot release someone else's unit") {
   auto lease = c.await(owner->allocate("dtu-1", "1-1", 0, {}));
   REQUIRE_MESSAGE(lease.ok(), why(lease));
 
-  const std::string outcome = release_as_nobody(m->socket.string(), "dtu-1", lease->id);
-  CHECK_MESSAGE(outcome.rfind("denied:", 0) == 0, outcome);
+  const std::string outcome = renew_and_release_as_nobody(m->socket.string(), "dtu-1", lease->id);
+  CHECK_MESSAGE(outcome.rfind("renew denied:", 0) == 0, outcome);
+  CHECK_MESSAGE(outcome.find("; release denied:") != std::string::npos, outcome);
+  CHECK(m->process->wait_for_log(std::regex("uid=65534.*(denied|not_holder|holder)"), kSettle));
 
   // Still ours: the DTU and the manager say so, and the holder was never told it ended.
   bool ended = false;
