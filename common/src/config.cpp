@@ -225,6 +225,15 @@ void ConfigReader::reject_unknown_keys() {
 void ConfigReader::collect_unknown(const nlohmann::json& object, const std::string& prefix) {
   for (const auto& [name, value] : object.items()) {
     const std::string key = prefix.empty() ? name : prefix + "." + name;
+    // A name with a '.' is never read: a dotted key walks nested objects, so {"tls.key_file": …}
+    // only spells the key tls.key_file, and its value would be dropped without a word.
+    if (name.find('.') != std::string::npos) {
+      std::string text =
+          origin_ + ": key '" + key + "': a name with '.' is never read (nest objects instead)";
+      if (std::find(errors_.begin(), errors_.end(), text) == errors_.end())
+        errors_.push_back(std::move(text));
+      continue;
+    }
     if (read_keys_.contains(key)) continue;
     const std::string below = key + ".";
     const auto next = read_keys_.lower_bound(below);
@@ -278,7 +287,11 @@ Result<Endpoint> parse_endpoint(std::string_view text) {
       return fail("an IPv6 address must be in brackets: [v6addr]:port");
     }
   }
-  if (host.find_first_of("[] \t\r\n/") != std::string_view::npos) return fail("invalid character in host");
+  // A NUL too: every C API that takes the host (inet_pton, getaddrinfo) stops at it, so
+  // "10.0.0.1\0x" would reach 10.0.0.1 yet compare unequal to it (a duplicate address unnoticed).
+  constexpr std::string_view kBadHostCharacters("[] \t\r\n/\0", 8);
+  if (host.find_first_of(kBadHostCharacters) != std::string_view::npos)
+    return fail("invalid character in host");
   if (port.empty()) return fail("missing port after ':'");
   uint32_t number = 0;
   const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), number);

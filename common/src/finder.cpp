@@ -303,6 +303,9 @@ json set_to_json(const std::set<T>& values, Writer write) {
 }
 
 bool glob_matches(const std::string& pattern, const std::string& text) {
+  // fnmatch(3) reads C strings, so a NUL would end either one early: "AB" would match a device's
+  // "AB\0C" (a USB string descriptor may hold U+0000), which FinderIndex files under "AB\0C".
+  if (pattern.find('\0') != std::string::npos || text.find('\0') != std::string::npos) return false;
   return ::fnmatch(pattern.c_str(), text.c_str(), 0) == 0;
 }
 

@@ -42,7 +42,9 @@ std::string id_problem(const std::string& id) {
 common::Result<void> check_unique(const std::vector<GroupMember>& members,
                                   const std::vector<std::string>& names, const std::string& origin) {
   std::map<std::string, std::size_t> ids;
-  std::map<common::Endpoint, std::size_t> addresses;
+  // Keyed by the address, not by how it is written: "[::1]" and "[0::1]" are one mesh address, and
+  // the initiator order could not tell which of the two dials.
+  std::map<common::Endpoint, std::size_t, decltype(&address_less)> addresses(&address_less);
   std::vector<std::string> errors;
   for (std::size_t i = 0; i < members.size(); ++i) {
     const auto& m = members[i];

@@ -123,6 +123,9 @@ bool read_action(const json& value, const std::string& field) {
 }
 
 bool glob_matches(const std::string& pattern, const std::string& text) {
+  // fnmatch(3) reads C strings: a service name "dtu-print\0x" would match the pattern "dtu-print".
+  // A NUL on either side matches nothing (as in the finder's globs).
+  if (pattern.find('\0') != std::string::npos || text.find('\0') != std::string::npos) return false;
   return ::fnmatch(pattern.c_str(), text.c_str(), 0) == 0;
 }
 

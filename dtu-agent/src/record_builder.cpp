@@ -1,6 +1,8 @@
 #include "dtu/agent/record_builder.hpp"
 
 #include <algorithm>
+#include <cstdint>
+#include <set>
 
 #include "dtu/agent/unit_rules.hpp"
 
@@ -32,8 +34,12 @@ common::DeviceRecord build_device_record(const UsbDeviceInfo& info, const std::s
   r.manufacturer = info.manufacturer;
   r.product = info.product;
   r.stamp = stamp;
+  // Interface numbers seen so far: a faulty configuration descriptor may repeat one (libusb keeps
+  // every copy), yet it names one interface, so one unit, described by the first copy.
+  std::set<std::uint8_t> seen;
   for (const auto& itf : info.interfaces) {
     if (itf.alternate != 0) continue;  // alternates are settings of the same unit
+    if (!seen.insert(itf.number).second) continue;
     if (const auto* a = association_of(info, itf.number)) {
       // The interfaces of one association form one unit, named by its first interface.
       auto unit = std::find_if(r.units.begin(), r.units.end(),

@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <string_view>
 
 #include "support/temp_dir.hpp"
 
@@ -288,6 +289,20 @@ TEST_CASE("ConfigReader reject_unknown_keys names every key never read, nested o
         "devmgr.json: unknown key 'tsl'");
 }
 
+TEST_CASE("ConfigReader reject_unknown_keys refuses a name with a dot, which no read reaches") {
+  auto cfg = reader(R"({"tls.key_file": "/k", "tls": {"key_file": "/k", "limits.max": 1}})");
+  std::string key_file;
+  int64_t max = 0;
+  cfg.read("tls.key_file", key_file);
+  cfg.read_int("tls.limits.max", max, 0, 10);
+  cfg.reject_unknown_keys();
+  REQUIRE_FALSE(cfg.ok());
+  CHECK(cfg.error().detail ==
+        "devmgr.json: key 'tls.limits.max': a name with '.' is never read (nest objects instead); "
+        "devmgr.json: key 'tls.key_file': a name with '.' is never read (nest objects instead)");
+  CHECK(max == 0);
+}
+
 TEST_CASE("ConfigReader a key read with the wrong type is not also reported unknown") {
   auto cfg = reader(R"({"flag": 1})");
   bool flag = false;
@@ -365,6 +380,16 @@ TEST_CASE("parse_endpoint errors name the text and what is wrong") {
     CHECK(parsed.error().code == Errc::invalid_argument);
     CHECK(parsed.error().detail.starts_with("endpoint \"" + std::string(c.text) + "\": "));
     CHECK(contains(parsed.error().detail, c.why));
+  }
+}
+
+TEST_CASE("parse_endpoint refuses a NUL in the host, where C APIs would cut the host short") {
+  using namespace std::string_view_literals;
+  for (const std::string_view text : {"10.0.0.1\0x:4720"sv, "[::\0\0001]:4720"sv, "\0:80"sv}) {
+    const auto parsed = parse_endpoint(text);
+    REQUIRE_FALSE(parsed.ok());
+    CHECK(parsed.error().code == Errc::invalid_argument);
+    CHECK(contains(parsed.error().detail, "invalid character in host"));
   }
 }
 

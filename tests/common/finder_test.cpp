@@ -437,6 +437,23 @@ TEST_CASE("finders and a smart-card reader without a serial") {
   CHECK(matching_units(parsed(json{{"vid", "076b"}, {"pid", "3031"}}), d) == Units{0});
 }
 
+TEST_CASE("a pattern or a device string with a NUL matches nothing, in the index as in matches") {
+  using namespace std::string_literals;
+  DeviceRecord d = epson_mfd();
+  d.serial = "X2XN\0garbage"s;  // a string descriptor may hold U+0000
+  const Finder exact = parsed(json{{"serial", "X2XN"}});
+  const Finder glob = parsed(json{{"serial", "X2XN*"}});
+  const Finder with_nul = parsed(json{{"serial", "X2XN\0garbage"s}});
+  CHECK(matching_units(exact, d).empty());
+  CHECK(matching_units(glob, d).empty());
+  CHECK(matching_units(with_nul, d).empty());
+  CHECK(matching_units(with_nul, epson_mfd()).empty());
+  FinderIndex index;
+  index.add(1, exact);
+  index.add(2, with_nul);
+  CHECK(index.match(d).empty());
+}
+
 TEST_CASE("finders and a webcam with interface-association units") {
   const DeviceRecord d = webcam();
   CHECK(matching_units(parsed(json{{"function", "video"}}), d) == Units{0});

@@ -61,6 +61,8 @@ TEST_CASE("a group file error names the file and the entry") {
        {"members[1]", "duplicate id 'm1'", "members[0]"}},
       {R"({"members": [{"id": "m1", "address": "10.0.0.1:4720"}, {"id": "m2", "address": "10.0.0.1:4720"}]})",
        {"members[1]", "duplicate address 10.0.0.1:4720"}},
+      {R"({"members": [{"id": "m1", "address": "[::1]:4720"}, {"id": "m2", "address": "[0:0::1]:4720"}]})",
+       {"members[1]", "duplicate address [0:0::1]:4720", "members[0]"}},
       {R"({"members": [{"id": "m1", "address": "mgr1.example:4720"}]})", {"members[0]", "not an IP address"}},
       {R"({"members": [{"id": "m1", "address": "10.0.0.1:0"}]})", {"members[0]", "port 0"}},
       {R"({"members": [{"id": "m1", "address": "10.0.0.1"}]})", {"members[0]", "10.0.0.1"}},

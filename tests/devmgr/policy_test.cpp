@@ -335,6 +335,16 @@ TEST_CASE("Policy service field matches the self-declared service name by glob")
   CHECK_FALSE(rule_matches({{"service", "*"}}, r));
 }
 
+TEST_CASE("Policy globs never match a name holding a NUL, which fnmatch would cut short") {
+  const DeviceRecord d = printer();
+  PolicyRequest r = request(d);
+  r.service = std::string("dtu-print\0x", 11);
+  CHECK_FALSE(rule_matches({{"service", "dtu-print"}}, r));
+  CHECK_FALSE(rule_matches({{"service", "dtu-print*"}}, r));
+  r.service = "dtu-print";
+  CHECK_FALSE(rule_matches({{"service", std::string("dtu-print\0", 10)}}, r));
+}
+
 TEST_CASE("Policy match fields combine with and") {
   const DeviceRecord d = printer();
   const PolicyRequest r = request(d);

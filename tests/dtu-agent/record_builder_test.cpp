@@ -84,3 +84,23 @@ TEST_CASE("an interface association forms one unit and alternate settings add no
   CHECK(r.units[1].function == "audio");
   CHECK(r.units[1].interfaces == std::vector<std::uint8_t>{2, 3});
 }
+
+TEST_CASE("an interface number a faulty descriptor repeats is one unit, described by its first copy") {
+  UsbDeviceInfo info{};
+  info.port = "1-5";
+  // Interface 0 twice with alternate setting 0 (libusb reports both), inside an association and out.
+  info.interfaces = {itf(0, 0x07), itf(1, 0x08), itf(0, 0xff), itf(2, 0x0e), itf(2, 0x0e)};
+  UsbInterfaceAssociation video{};
+  video.first_interface = 2;
+  video.count = 1;
+  video.cls = 0x0e;
+  info.associations = {video};
+  auto r = build_device_record(info, "dtu-1", {});
+  REQUIRE(r.units.size() == 3);
+  CHECK(r.units[0].unit == 0);
+  CHECK(r.units[0].function == "printer");
+  CHECK(r.units[0].interfaces == std::vector<std::uint8_t>{0});
+  CHECK(r.units[1].unit == 1);
+  CHECK(r.units[2].unit == 2);
+  CHECK(r.units[2].interfaces == std::vector<std::uint8_t>{2});
+}

@@ -58,7 +58,8 @@ class ConfigReader {
   void read_int(std::string_view key, uint16_t& out, uint16_t min = 0, uint16_t max = 65535);
 
   // Records "unknown key 'x'" for every key that no read() asked for, at any depth: catches typos.
-  // A whole object no read() reached into is reported once, by its own key.
+  // A whole object no read() reached into is reported once, by its own key. A name containing '.'
+  // is an error too: no read() reaches it ({"tls.key_file": …} is not the key tls.key_file).
   // Call after the last read().
   void reject_unknown_keys();
 

@@ -17,7 +17,8 @@
 //                                   "session" (needs session) | "bus"
 //   usbredir                        "class,vendor,product,version,allow|…"
 // Globs are POSIX fnmatch(3) with no flags: `*`, `?`, `[...]`, backslash escapes, case-sensitive,
-// `*` crosses `/`. A string without glob characters therefore matches exactly.
+// `*` crosses `/`. A string without glob characters therefore matches exactly. A pattern or a
+// device string that holds a NUL matches nothing (fnmatch would stop reading at the NUL).
 // A list means "any of"; fields are combined with "and". A string field the device does not
 // report (serial, manufacturer or product null) never matches a finder that constrains it.
 // The empty finder `{}` constrains nothing and matches every unit of every device.
