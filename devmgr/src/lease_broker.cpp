@@ -572,7 +572,7 @@ void LeaseBroker::holder_closed(const LeaseHolder* client) {
   }
   for (const auto& [dtu, lease] : held) {
     log_.info("", "lease_holder_gone", {{"lease", lease}, {"dtu", dtu}});
-    send_release(dtu, lease, [this, lease](common::Result<void> r) {
+    send_release(dtu, lease, [this, lease = lease](common::Result<void> r) {  // a copy: clang < 16
       if (!r.ok()) log_.warn("", "lease_release_failed", {{"lease", lease}, {"reason", r.error().describe()}});
     });
   }

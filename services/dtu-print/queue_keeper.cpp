@@ -229,7 +229,8 @@ std::size_t QueueKeeper::sweep(const std::set<std::string>& current_uris) {
     }
     log_.info("-", "queue_removed", {{"queue", name}, {"uri", queue.device_uri}, {"reason", "not_matched"}});
     ++removed;
-    std::erase_if(kept_, [&](const auto& entry) { return entry.second == name; });
+    // clang before 16 cannot capture a structured binding: name it explicitly.
+    std::erase_if(kept_, [&removed_name = name](const auto& entry) { return entry.second == removed_name; });
   }
   return removed;
 }
