@@ -1,12 +1,14 @@
 #pragma once
 // Shared by the fuzz targets: FUZZ_REQUIRE, which traps (so libFuzzer records a crash and the
-// replay test fails) when a decoder breaks one of its promises, and the properties every message
-// decoder must keep for any frame (check_own_message, check_every_message).
-// Single-threaded, like libFuzzer.
+// replay test fails) when a decoder breaks one of its promises, the properties every message
+// decoder must keep for any frame (check_own_message, check_every_message), and member_pointers
+// for the strict JSON readers (config, policy, finder). Single-threaded, like libFuzzer.
 
+#include <cstddef>
 #include <cstdio>
 #include <exception>
 #include <system_error>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -36,6 +38,37 @@ namespace dtu::fuzz {
 
 inline bool has_code(const common::Error& error, common::Errc code) {
   return error.code == common::make_error_code(code);
+}
+
+namespace detail {
+
+inline void collect_members(const nlohmann::json& value, const nlohmann::json::json_pointer& at,
+                            std::size_t limit, std::vector<nlohmann::json::json_pointer>& out) {
+  if (value.is_object()) {
+    for (const auto& item : value.items()) {
+      if (out.size() == limit) return;
+      const nlohmann::json::json_pointer member = at / item.key();
+      out.push_back(member);
+      collect_members(item.value(), member, limit, out);
+    }
+  } else if (value.is_array()) {
+    for (std::size_t i = 0; i < value.size() && out.size() < limit; ++i) {
+      collect_members(value[i], at / i, limit, out);
+    }
+  }
+}
+
+}  // namespace detail
+
+// The object members of `doc` at any depth (inside arrays too), as JSON pointers, parents before
+// their children; at most `limit`. The strict readers promise that every member of a document
+// they accept is read: setting any one of them to null (which no reader takes) must turn the
+// document into an error, or the reader ignored a member it should have refused or read.
+inline std::vector<nlohmann::json::json_pointer> member_pointers(const nlohmann::json& doc,
+                                                                 std::size_t limit) {
+  std::vector<nlohmann::json::json_pointer> out;
+  detail::collect_members(doc, nlohmann::json::json_pointer(), limit, out);
+  return out;
 }
 
 // from_frame<M> on a frame of M's type: never throws; a binary or undecodable payload is
