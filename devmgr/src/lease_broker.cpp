@@ -414,7 +414,8 @@ common::Result<LeaseBroker::Held> LeaseBroker::check_holder(const LeaseHolder& c
   }
   const unsigned uid = client.uid();
   if (it->second.client_key != &client && it->second.uid != uid && !is_admin(uid)) {
-    log_.warn("", "lease_access_refused", {{"lease", lease}, {"uid", uid}, {"holder_uid", it->second.uid}});
+    log_.warn("", "lease_access_refused",
+              {{"lease", lease}, {"uid", uid}, {"from", client.holder_name()}, {"holder_uid", it->second.uid}});
     return Error(Errc::denied, "lease " + lease + " belongs to another user");
   }
   return it->second;

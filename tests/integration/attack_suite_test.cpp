@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "as_nobody.hpp"
 #include "dtu/client/client.hpp"
 #include "dtu/client/inband_channel.hpp"
 #include "dtu/common/crypto.hpp"
@@ -26,6 +27,8 @@
 #include "dtu/common/service_messages.hpp"
 #include "dtu/common/tls.hpp"
 #include "dtu/common/version.hpp"
+#include "dtu/services/manager_client.hpp"
+#include "harness.hpp"
 #include "service_client.hpp"
 #include "site.hpp"
 #include "support/async_client.hpp"
@@ -129,13 +132,13 @@ struct AttackSite {
   std::string m1_ip;
   std::string attacker_ip;  // where floods come from
 
-  // `policy`: a policy file's text both managers start with (none: the built-in policy).
-  explicit AttackSite(int base_, const std::string& policy = {})
+  // `policy`: a policy file's text both managers start with (none: the built-in policy); `extra`:
+  // more arguments for both.
+  explicit AttackSite(int base_, const std::string& policy = {}, std::vector<std::string> extra = {})
       : base(base_), m1_ip(address(base_, 0)), attacker_ip(address(base_, 3)) {
-    std::vector<std::string> extra;
     if (!policy.empty()) {
       std::ofstream(site.dir().path() / "policy.json") << policy;
-      extra = {"--policy", (site.dir().path() / "policy.json").string()};
+      extra.insert(extra.end(), {"--policy", (site.dir().path() / "policy.json").string()});
     }
     auto managers =
         site.start_group({{"m1", m1_ip}, {"m2", address(base, 1)}, {"m9", address(base, 2)}}, extra);
@@ -518,7 +521,11 @@ TEST_CASE("a DTU that claims another DTU's id fails TLS, and the real one keeps 
 }
 
 TEST_CASE("a service's floods and forgeries are refused with a logged reason, and the workload goes on") {
-  AttackSite s(216);
+  // Any uid may reach the socket (the other-uid attack): through the test directory, and its mode.
+  AttackSite s(216, {}, {"--socket-mode", "0666"});
+  std::filesystem::permissions(s.site.dir().path(), std::filesystem::perms::owner_all |
+                                                        std::filesystem::perms::group_exec |
+                                                        std::filesystem::perms::others_exec);
   auto& c = s.c;
   auto attacker = dtu::testing::connect_client(c, *s.m2, "attacker");
 
@@ -564,6 +571,46 @@ TEST_CASE("a service's floods and forgeries are refused with a logged reason, an
     CHECK(again);
   }
 
+  SUBCASE("another uid can neither renew nor release a service's lease") {
+    if (::geteuid() != 0) {
+      MESSAGE("skipped: needs root to start a client as uid 65534");
+      return;
+    }
+    auto lease = c.await(attacker->allocate("d1", "1-2", 0, {}));
+    REQUIRE(lease.ok());
+    const std::string outcome = dtu::testing::renew_and_release_as_nobody(s.m2->socket.string(), "d1", lease->id);
+    CHECK_MESSAGE(outcome.rfind("renew denied:", 0) == 0, outcome);
+    CHECK_MESSAGE(outcome.find("; release denied:") != std::string::npos, outcome);
+    // Refused by the lease's manager, m1 (the request came through m2), naming who asked.
+    CHECK(s.logged(*s.m1, "lease_access_refused lease=.?" + lease->id + ".? uid=65534 from=.?intruder"));
+    CHECK(s.site.unit(*s.m1, "d1", "1-2", 0).value("lease", "") == lease->id);  // still the service's
+  }
+
+  SUBCASE("an expired lease's token opens nothing") {
+    // libdtu-client renews; a bare ManagerClient does not, so its 1.5 s lease runs out.
+    auto connect = dtu::services::ManagerClient::connect(s.m2->socket.string(), "lapsed", common::SystemClock::instance(),
+                                                         kStep);
+    auto lapsed = c.await(std::move(connect));
+    REQUIRE(lapsed.ok());
+    bool ended = false;
+    (*lapsed)->on_lease_ended([&](const common::LeaseEndedMsg&) { ended = true; });
+    auto allocate = (*lapsed)->allocate("d1", "1-2", 0, 1500ms, kStep);
+    auto lease = c.await(std::move(allocate));
+    REQUIRE(lease.ok());
+    REQUIRE(c.run_until([&] { return ended; }, kSettle));
+    auto endpoint = common::parse_endpoint(lease->inband.value_or(""));
+    REQUIRE(endpoint.ok());
+    auto token = common::from_hex(lease->token.value_or(""));
+    REQUIRE(token.ok());
+    auto open = client::InbandChannel::connect(c.executor(), common::SystemClock::instance(), *endpoint, lease->lease,
+                                               *token, kStep);
+    auto channel = c.await(std::move(open));
+    REQUIRE_FALSE(channel.ok());
+    CHECK_MESSAGE(channel.error().detail.find("expired") != std::string::npos, channel.error().describe());
+    CHECK(s.d1->process->wait_for_log(
+        std::regex("127\\.0\\.0\\.1:[0-9]+ inband_late_holder lease=.?" + lease->lease + ".? ended=expired"), kSettle));
+  }
+
   SUBCASE("a tampered state token is refused, and a guessed lease token opens nothing") {
     auto lease = c.await(attacker->allocate("d1", "1-2", 0, {}));
     REQUIRE(lease.ok());
@@ -588,7 +635,7 @@ TEST_CASE("a service's floods and forgeries are refused with a logged reason, an
   s.check_workload();
 }
 
-TEST_CASE("a policy file with an error is refused naming the line, and the policy in force stays") {
+TEST_CASE("a policy or config file with an error is refused naming where, and what is in force stays") {
   const std::string good = R"({"rules": [{"name": "everyone", "match": {}, "action": "allow"}]})";
   AttackSite s(220, good);
   const std::filesystem::path policy = s.site.dir().path() / "policy.json";
@@ -600,5 +647,13 @@ TEST_CASE("a policy file with an error is refused naming the line, and the polic
   auto shown = s.site.devmgrctl(*s.m1, {"policy"});
   CHECK(shown.exit_code == 0);
   CHECK_MESSAGE(shown.out.find("everyone") != std::string::npos, shown.out);
+
+  // A config file with an error: a manager started on it refuses to start, naming the file and
+  // the key; the group goes on.
+  const std::filesystem::path config = s.site.dir().path() / "bad-devmgr.json";
+  std::ofstream(config) << R"({"id": "m3", "max_pending_requests": -5})";
+  auto started = dtu::testing::run_command({dtu::testing::binary_path("devmgr"), "--config", config.string()}, kSettle);
+  CHECK(started.exit_code == 1);
+  CHECK_MESSAGE(started.err.find("bad-devmgr.json: key 'max_pending_requests'") != std::string::npos, started.err);
   s.check_workload();
 }

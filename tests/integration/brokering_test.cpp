@@ -21,6 +21,7 @@
 #include "dtu/common/crypto.hpp"
 #include "dtu/common/service_messages.hpp"
 #include "dtu/services/manager_client.hpp"
+#include "as_nobody.hpp"
 #include "service_client.hpp"
 #include "site.hpp"
 #include "support/async_client.hpp"
@@ -232,63 +233,6 @@ TEST_CASE("a lease that is not renewed expires: its holder is told and the unit 
 
 namespace {
 
-constexpr uid_t kNobody = 65534;
-
-// In a child process running as uid and gid 65534: connects to the manager at `socket` and asks
-// it to renew, then to release, `lease` of `dtu`. The outcomes ("renew <result>; release
-// <result>", each "ok" or the error code's name and detail) come back through a pipe. Only async-signal-safe work before the uid change; the child never
-// returns into doctest.
-std::string renew_and_release_as_nobody(const std::string& socket, const std::string& dtu, const std::string& lease) {
-  int fds[2];
-  REQUIRE(::pipe(fds) == 0);
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    ::close(fds[0]);
-    std::string outcome;
-    if (::setgroups(0, nullptr) != 0 || ::setgid(kNobody) != 0 || ::setuid(kNobody) != 0) {
-      outcome = "setuid failed";
-    } else {
-      asio::io_context io;
-      auto task = [](std::string path, std::string d, std::string l,
-                     std::string& out) -> asio::awaitable<void> {
-        auto connect = ManagerClient::connect(path, "intruder", SystemClock::instance(), kTimeout);
-        auto client = co_await std::move(connect);
-        if (!client.ok()) {
-          out = "connect: " + client.error().describe();
-          co_return;
-        }
-        auto renew = (*client)->renew(d, l, std::chrono::milliseconds(60000), kTimeout);
-        auto renewed = co_await std::move(renew);
-        out = "renew " + (renewed.ok() ? std::string("ok")
-                                       : dtu::common::errc_name(static_cast<Errc>(renewed.error().code.value())) +
-                                             ": " + renewed.error().detail);
-        auto release = (*client)->release(d, l, kTimeout);
-        auto released = co_await std::move(release);
-        out += "; release " + (released.ok() ? std::string("ok")
-                                             : dtu::common::errc_name(static_cast<Errc>(released.error().code.value())) +
-                                                   ": " + released.error().detail);
-        (*client)->close();
-      };
-      asio::co_spawn(io, task(socket, dtu, lease, outcome), asio::detached);
-      io.run_for(std::chrono::seconds(30));
-    }
-    (void)!::write(fds[1], outcome.data(), outcome.size());
-    ::_exit(0);
-  }
-  ::close(fds[1]);
-  std::string outcome;
-  char buffer[512];
-  for (;;) {
-    const ssize_t n = ::read(fds[0], buffer, sizeof buffer);
-    if (n <= 0) break;
-    outcome.append(buffer, static_cast<std::size_t>(n));
-  }
-  ::close(fds[0]);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return outcome;
-}
 
 }  // namespace
 
@@ -309,7 +253,7 @@ TEST_CASE("a service of another uid can neither renew nor release someone else's
   auto lease = c.await(owner->allocate("dtu-1", "1-1", 0, {}));
   REQUIRE_MESSAGE(lease.ok(), why(lease));
 
-  const std::string outcome = renew_and_release_as_nobody(m->socket.string(), "dtu-1", lease->id);
+  const std::string outcome = dtu::testing::renew_and_release_as_nobody(m->socket.string(), "dtu-1", lease->id);
   CHECK_MESSAGE(outcome.rfind("renew denied:", 0) == 0, outcome);
   CHECK_MESSAGE(outcome.find("; release denied:") != std::string::npos, outcome);
   CHECK(m->process->wait_for_log(std::regex("uid=65534.*(denied|not_holder|holder)"), kSettle));
