@@ -302,12 +302,9 @@ json set_to_json(const std::set<T>& values, Writer write) {
   return list;
 }
 
-bool glob_matches(const std::string& pattern, const std::string& text) {
-  // fnmatch(3) reads C strings, so a NUL would end either one early: "AB" would match a device's
-  // "AB\0C" (a USB string descriptor may hold U+0000), which FinderIndex files under "AB\0C".
-  if (pattern.find('\0') != std::string::npos || text.find('\0') != std::string::npos) return false;
-  return ::fnmatch(pattern.c_str(), text.c_str(), 0) == 0;
-}
+
+// The public glob_matches (below) beside this overload, so that a plain string picks it.
+using common::glob_matches;
 
 bool glob_matches(const std::string& pattern, const std::optional<std::string>& text) {
   return text && glob_matches(pattern, *text);
@@ -337,6 +334,13 @@ bool unit_matches(const Finder& f, const UnitRecord& u) {
 }
 
 }  // namespace
+
+bool glob_matches(const std::string& pattern, const std::string& text) {
+  // fnmatch(3) reads C strings, so a NUL would end either one early: "AB" would match a device's
+  // "AB\0C" (a USB string descriptor may hold U+0000), which FinderIndex files under "AB\0C".
+  if (pattern.find('\0') != std::string::npos || text.find('\0') != std::string::npos) return false;
+  return ::fnmatch(pattern.c_str(), text.c_str(), 0) == 0;
+}
 
 // ---- usbredir -----------------------------------------------------------------------------------
 

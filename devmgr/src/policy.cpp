@@ -1,7 +1,5 @@
 #include "dtu/devmgr/policy.hpp"
 
-#include <fnmatch.h>
-
 #include <algorithm>
 #include <array>
 #include <cerrno>
@@ -122,16 +120,9 @@ bool read_action(const json& value, const std::string& field) {
   fail_expected(field, "\"allow\" or \"deny\"", value);
 }
 
-bool glob_matches(const std::string& pattern, const std::string& text) {
-  // fnmatch(3) reads C strings: a service name "dtu-print\0x" would match the pattern "dtu-print".
-  // A NUL on either side matches nothing (as in the finder's globs).
-  if (pattern.find('\0') != std::string::npos || text.find('\0') != std::string::npos) return false;
-  return ::fnmatch(pattern.c_str(), text.c_str(), 0) == 0;
-}
-
 bool any_glob_matches(const std::vector<std::string>& patterns, const std::string& text) {
   return std::any_of(patterns.begin(), patterns.end(),
-                     [&text](const std::string& p) { return glob_matches(p, text); });
+                     [&text](const std::string& p) { return common::glob_matches(p, text); });
 }
 
 

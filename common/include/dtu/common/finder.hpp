@@ -69,6 +69,10 @@ struct UsbredirFilter {
 // Errors are Errc::invalid_argument naming the rule index (from 0) and the token.
 Result<UsbredirFilter> parse_usbredir_filter(std::string_view text);
 
+// A glob of the kind above (fnmatch(3), no flags) matches `text`; a NUL in either never matches.
+// Policy rules use the same globs.
+bool glob_matches(const std::string& pattern, const std::string& text);
+
 // The canonical string of a filter ("0x07,0x04b8,-1,-1,1|-1,-1,-1,-1,0"); parses back to itself.
 std::string to_string(const UsbredirFilter& filter);
 
