@@ -204,7 +204,7 @@ asio::awaitable<void> DeviceManager::accept_dtus() {
 void DeviceManager::refuse_connection(const ConnectionLimiter& limiter, const char* listener,
                                       const std::string& peer, const Error& reason) {
   metrics_.connections_refused.with({{"listener", listener}}).inc();
-  if (limiter.refused() % ConnectionLimiter::kLogEvery != 1) return;
+  if (!limiter.log_latest_refusal()) return;
   log_.warn(peer, "connection_limit", {{"listener", listener}, {"refused", limiter.refused()},
                                        {"reason", reason.detail}});
 }

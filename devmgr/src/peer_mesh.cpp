@@ -471,7 +471,7 @@ asio::awaitable<void> PeerMesh::Impl::accept_loop(std::shared_ptr<Impl> self) {
     auto slot = self->handshakes_.admit(ignored ? std::string("unknown") : remote.address().to_string());
     if (!slot.ok()) {
       if (self->connection_refused_) self->connection_refused_();
-      if (self->handshakes_.refused() % ConnectionLimiter::kLogEvery == 1) {
+      if (self->handshakes_.log_latest_refusal()) {
         self->log_.warn(ignored ? std::string("unknown") : common::to_string(remote), "connection_limit",
                         {{"listener", "mesh"}, {"refused", self->handshakes_.refused()},
                          {"reason", slot.error().detail}});

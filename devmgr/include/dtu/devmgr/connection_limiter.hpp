@@ -42,9 +42,11 @@ class ConnectionLimiter {
 
   std::size_t open(const std::string& source) const;
   std::size_t open() const { return state_->total; }
-  // Connections refused so far (callers log the first and then one in kLogEvery).
+  // Connections refused so far.
   std::uint64_t refused() const { return state_->refused; }
-  static constexpr std::uint64_t kLogEvery = 100;
+  // Whether the latest refusal is one to log: the first, then one in 100, so a flood does not
+  // flood the log too.
+  bool log_latest_refusal() const { return state_->refused % 100 == 1; }
 
  private:
   struct State {

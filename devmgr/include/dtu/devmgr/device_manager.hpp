@@ -127,7 +127,7 @@ class DeviceManager {
   asio::awaitable<void> accept_dtus();
   asio::awaitable<void> accept_clients();
   asio::awaitable<void> admit_dtu(asio::ip::tcp::socket socket, ConnectionLimiter::Slot slot);
-  // Counts and logs (the first and one in ConnectionLimiter::kLogEvery) a connection refused.
+  // Counts a refused connection, and logs it when the limiter says to.
   void refuse_connection(const ConnectionLimiter& limiter, const char* listener, const std::string& peer,
                          const common::Error& reason);
   void on_dtu_active(const std::shared_ptr<DtuSession>& session);
