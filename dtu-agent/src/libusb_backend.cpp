@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "dtu/agent/usb_descriptors.hpp"
 #include "dtu/common/log.hpp"
 
 namespace dtu::agent {
@@ -40,8 +41,6 @@ constexpr std::chrono::microseconds kEventWait{100'000};
 constexpr int kMaxPortDepth = 8;
 // A string descriptor holds at most 126 UTF-16 units; 255 bytes of ASCII is always enough.
 constexpr int kStringBufferSize = 256;
-constexpr std::uint8_t kDescriptorTypeInterfaceAssociation = 0x0B;
-constexpr std::uint8_t kInterfaceAssociationLength = 8;
 // At stop(), how long the loop waits for cancelled transfers to come back before it closes their
 // handles anyway (a device that never answers a cancel must not hang the agent's shutdown).
 constexpr std::chrono::milliseconds kCancelWait{1000};
@@ -67,49 +66,6 @@ std::string port_path(libusb_device* device) {
     path += std::to_string(ports[i]);
   }
   return path;
-}
-
-// Interface association descriptors are not parsed by libusb 1.0.26; they end up in the "extra"
-// bytes of whatever descriptor precedes them (the configuration, an interface or an endpoint).
-void collect_associations(const unsigned char* extra, int length, std::vector<UsbInterfaceAssociation>& out) {
-  if (extra == nullptr) return;
-  int at = 0;
-  while (at + 2 <= length) {
-    const int size = extra[at];
-    if (size < 2 || at + size > length) return;  // malformed tail: stop, keep what we have
-    if (extra[at + 1] == kDescriptorTypeInterfaceAssociation && size >= kInterfaceAssociationLength) {
-      UsbInterfaceAssociation iad{extra[at + 2], extra[at + 3], extra[at + 4], extra[at + 5], extra[at + 6]};
-      bool seen = false;
-      for (const auto& known : out) seen = seen || known.first_interface == iad.first_interface;
-      if (!seen) out.push_back(iad);
-    }
-    at += size;
-  }
-}
-
-void describe_configuration(const libusb_config_descriptor& config, UsbDeviceInfo& info) {
-  info.configuration = config.bConfigurationValue;
-  collect_associations(config.extra, config.extra_length, info.associations);
-  for (int i = 0; i < config.bNumInterfaces; ++i) {
-    const libusb_interface& interface = config.interface[i];
-    for (int a = 0; a < interface.num_altsetting; ++a) {
-      const libusb_interface_descriptor& alt = interface.altsetting[a];
-      UsbInterface out;
-      out.number = alt.bInterfaceNumber;
-      out.alternate = alt.bAlternateSetting;
-      out.cls = alt.bInterfaceClass;
-      out.subclass = alt.bInterfaceSubClass;
-      out.protocol = alt.bInterfaceProtocol;
-      collect_associations(alt.extra, alt.extra_length, info.associations);
-      for (int e = 0; e < alt.bNumEndpoints; ++e) {
-        const libusb_endpoint_descriptor& endpoint = alt.endpoint[e];
-        out.endpoints.push_back(
-            UsbEndpoint{endpoint.bEndpointAddress, endpoint.bmAttributes, endpoint.wMaxPacketSize});
-        collect_associations(endpoint.extra, endpoint.extra_length, info.associations);
-      }
-      info.interfaces.push_back(std::move(out));
-    }
-  }
 }
 
 // Reads string descriptor `index` (0 = none); a failure is noted in `failures` and gives nullopt.
