@@ -1,5 +1,8 @@
 #include "dtu/agent/agent_options.hpp"
 
+#include <cstddef>
+#include <cstdint>
+
 #include "dtu/common/records.hpp"
 
 namespace dtu::agent {
@@ -18,6 +21,9 @@ common::Result<void> apply_config(common::ConfigReader& config, AgentOptions& op
   config.read("sim.control", options.sim_control);
   std::string inband;
   config.read("inband", inband);
+  auto max_channels = static_cast<std::int64_t>(options.max_inband_channels);
+  config.read_int("max_inband_channels", max_channels, 0, 65'536);
+  options.max_inband_channels = static_cast<std::size_t>(max_channels);
   config.read("connect_timeout", options.connect_timeout);
   config.read("reconnect_min", options.reconnect_min);
   config.read("reconnect_max", options.reconnect_max);

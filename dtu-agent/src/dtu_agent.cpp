@@ -71,6 +71,7 @@ common::Result<void> DtuAgent::start() {
   hooks.renew = [this](std::string_view id, common::Duration length) { return renew_lease(id, length); };
   InbandServer::Options inband_options;
   inband_options.dtu = options_.id;
+  inband_options.max_channels = options_.max_inband_channels;
   inband_ = std::make_unique<InbandServer>(executor_, clock_, leases_, backend_, std::move(hooks),
                                            std::move(inband_options));
   auto listening = inband_->listen(options_.inband);

@@ -132,7 +132,7 @@ asio::awaitable<void> InbandServer::accept_loop(std::shared_ptr<Alive> alive) {
     std::error_code ignored;
     const auto remote = socket.remote_endpoint(ignored);
     const std::string peer = ignored ? std::string("unknown") : common::to_string(remote);
-    if (handshakes_ + sessions_.size() >= options_.max_channels) {
+    if (options_.max_channels != 0 && handshakes_ + sessions_.size() >= options_.max_channels) {
       // Threat: a flood of connections exhausting descriptors and handshake CPU.
       log_.warn(peer, "inband_refused",
                 {{"lease", "-"},

@@ -21,6 +21,7 @@ TEST_CASE("the example dtu-agent config in packaging/ is valid and read complete
   CHECK(options.reconnect_min == std::chrono::milliseconds(200));
   CHECK(options.backend == "libusb");
   CHECK(options.inband.port == 4712);
+  CHECK(options.max_inband_channels == 64);
   CHECK(validate(options).ok());
 }
 
@@ -59,4 +60,15 @@ TEST_CASE("agent options accept pick first and least-loaded and refuse any other
   auto refused = validate(options);
   REQUIRE_FALSE(refused.ok());
   CHECK(refused.error().detail.find("pick 'random': expected 'first' or 'least-loaded'") != std::string::npos);
+}
+
+TEST_CASE("max_inband_channels is read from the agent config, 0 allowed and a negative count refused") {
+  AgentOptions options;
+  ConfigReader uncapped(nlohmann::json{{"max_inband_channels", 0}}, "dtu-agent.json");
+  REQUIRE(apply_config(uncapped, options).ok());
+  CHECK(options.max_inband_channels == 0);
+  ConfigReader negative(nlohmann::json{{"max_inband_channels", -1}}, "dtu-agent.json");
+  auto refused = apply_config(negative, options);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().detail.find("max_inband_channels") != std::string::npos);
 }

@@ -674,6 +674,20 @@ TEST_CASE("Connections above max_channels are refused at accept and logged") {
   CHECK(first->is_open());
 }
 
+TEST_CASE("max_channels 0 admits channels without a cap") {
+  LogCapture logs;
+  InbandServer::Options options = server_options();
+  options.max_channels = 0;
+  Fixture f(options);
+  const Lease lease = f.grant("1-1", 0, {0});
+  auto first = f.open(lease);
+  auto second = f.open(lease);
+  CHECK(first->is_open());
+  CHECK(second->is_open());
+  REQUIRE(f.run_until([&] { return f.server().channels() == 2; }));
+  CHECK_FALSE(logs.has({"inband_refused"}));
+}
+
 TEST_CASE("stop() tells every channel the agent is stopping") {
   Fixture f;
   const Lease lease = f.grant("1-1", 0, {0});

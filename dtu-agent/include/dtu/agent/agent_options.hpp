@@ -3,6 +3,7 @@
 // (main.cpp applies them in that order). Plain value; main thread only.
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -30,6 +31,9 @@ struct AgentOptions {
   // Where the in-band channel listens (DESIGN.md §2). Services reach it at this address; an
   // unspecified host (0.0.0.0) is replaced by the DTU's address as its manager sees it.
   common::Endpoint inband{"0.0.0.0", kDefaultInbandPort};
+  // In-band connections this DTU holds at once, handshakes included; more are closed at accept
+  // (log inband_refused). 0: no cap. A DTU is small: each channel is a TLS session and a socket.
+  std::size_t max_inband_channels = 64;
   std::chrono::milliseconds connect_timeout{3000};   // TCP connect + TLS + hello, per manager
   std::chrono::milliseconds reconnect_min{200};      // first retry delay after losing all managers
   std::chrono::milliseconds reconnect_max{5000};     // cap on the retry delay

@@ -11,7 +11,8 @@
 //    (`inband_refused`) naming the peer, the lease id offered and the reason.
 //  - One InbandSession per channel (src/inband_session.hpp): requests on one endpoint run in
 //    arrival order (FIFO), different endpoints concurrently.
-//  - At most Options::max_channels connections at once (handshakes included).
+//  - At most Options::max_channels connections at once (handshakes included; the agent's
+//    max_inband_channels config key).
 //
 // How the agent drives it: construct with the agent's LeaseTable and backend; listen(); call
 // lease_ended() for every lease that ends (expiry, release, device gone, agent stopping) — each
@@ -60,7 +61,7 @@ class InbandServer {
     std::string dtu;  // this DTU's id, for inband_welcome
     // TLS handshake, and then the inband_hello, must each finish within this.
     common::Duration handshake_timeout = std::chrono::seconds(5);
-    // Connections at once, handshakes included; more are refused at accept (logged).
+    // Connections at once, handshakes included; more are refused at accept (logged). 0: no cap.
     std::size_t max_channels = 64;
     // Heartbeats 1 s × 3 and the 1 MiB frame cap by default, like every link.
     common::Link::Options link;
