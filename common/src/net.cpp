@@ -48,12 +48,10 @@ asio::awaitable<Result<tcp::socket>> tcp_connect(Endpoint endpoint, Duration tim
 namespace {
 
 asio::awaitable<Result<std::unique_ptr<TlsTransport>>> handshake(std::unique_ptr<TlsTransport> transport,
-                                                                 asio::ssl::stream_base::handshake_type type,
                                                                  Duration timeout) {
   auto ex = co_await asio::this_coro::executor;
-  TlsStream& stream = transport->stream();
   DeadlineGuard deadline(ex, timeout, [&] { transport->close(); });
-  auto [ec] = co_await stream.async_handshake(type, as_tuple(asio::use_awaitable));
+  const std::error_code ec = co_await transport->handshake();
   if (deadline.expired()) co_return Error(Errc::timeout, "TLS handshake did not finish in time");
   if (ec) co_return Error(Errc::auth_failed, "TLS handshake failed: " + describe_tls_error(ec));
   co_return std::move(transport);
@@ -64,16 +62,16 @@ asio::awaitable<Result<std::unique_ptr<TlsTransport>>> handshake(std::unique_ptr
 asio::awaitable<Result<std::unique_ptr<TlsTransport>>> tls_connect(tcp::socket socket, asio::ssl::context& context,
                                                                    std::string identity, Bytes key,
                                                                    Duration timeout) {
-  auto transport = std::make_unique<TlsTransport>(TlsStream(std::move(socket), context));
+  auto transport = std::make_unique<TlsTransport>(std::move(socket), context, TlsTransport::Role::client);
   set_client_psk(transport->ssl(), std::move(identity), std::move(key));
-  auto op = handshake(std::move(transport), asio::ssl::stream_base::client, timeout);
+  auto op = handshake(std::move(transport), timeout);
   co_return co_await std::move(op);
 }
 
 asio::awaitable<Result<std::unique_ptr<TlsTransport>>> tls_accept(tcp::socket socket, asio::ssl::context& context,
                                                                   Duration timeout) {
-  auto transport = std::make_unique<TlsTransport>(TlsStream(std::move(socket), context));
-  auto op = handshake(std::move(transport), asio::ssl::stream_base::server, timeout);
+  auto transport = std::make_unique<TlsTransport>(std::move(socket), context, TlsTransport::Role::server);
+  auto op = handshake(std::move(transport), timeout);
   co_return co_await std::move(op);
 }
 

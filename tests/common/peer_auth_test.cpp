@@ -200,9 +200,9 @@ class Harness {
     c.dialer_exporter = std::move(dialer_exporter.value());
     c.acceptor_exporter = std::move(acceptor_exporter.value());
     const std::string dialer_address =
-        common::to_string(pair.acceptor.value()->stream().lowest_layer().remote_endpoint());
+        common::to_string(pair.acceptor.value()->socket().remote_endpoint());
     const std::string acceptor_address =
-        common::to_string(pair.dialer.value()->stream().lowest_layer().remote_endpoint());
+        common::to_string(pair.dialer.value()->socket().remote_endpoint());
     c.dialer = make_link(std::move(pair.dialer.value()), Side::initiator, acceptor_address);
     c.acceptor = make_link(std::move(pair.acceptor.value()), Side::acceptor, dialer_address);
     return c;

@@ -171,7 +171,7 @@ class Group {
   static asio::ip::tcp::socket& socket_of(PeerLink& link) {
     auto* tls = dynamic_cast<dtu::common::TlsTransport*>(&link.link().transport());
     REQUIRE(tls != nullptr);
-    return tls->stream().next_layer();
+    return tls->socket();
   }
   static asio::ip::tcp::endpoint local(PeerLink& link) { return socket_of(link).local_endpoint(); }
   static asio::ip::tcp::endpoint remote(PeerLink& link) { return socket_of(link).remote_endpoint(); }

@@ -11,10 +11,10 @@
 //     certificate fails the handshake.
 //
 // Client:  auto ctx = make_psk_client_context();
-//          asio::ssl::stream<tcp::socket> s(std::move(socket), *ctx);
-//          set_client_psk(s.native_handle(), "dtu-7", derived_key);   // before the handshake
+//          co_await tls_connect(std::move(socket), *ctx, "dtu-7", derived_key, timeout);  // net.hpp
 // Server:  auto ctx = make_psk_server_context([&](std::string_view id) { return key_of(id); });
-//          after the handshake: accepted_psk_identity(s.native_handle()) is the proven identity.
+//          co_await tls_accept(...); then accepted_psk_identity(t->ssl()) is the proven identity.
+// (The contexts work as well for an asio::ssl::stream, as tls_test does.)
 //
 // Threading: a context may be shared by connections on any thread (OpenSSL's SSL_CTX is
 // thread-safe). The PSK resolver runs on the thread that drives the server handshake (in this

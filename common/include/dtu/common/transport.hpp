@@ -1,5 +1,5 @@
 #pragma once
-// Transport: a byte stream under a Link — TCP+TLS (asio::ssl), a Unix socket, or plain TCP
+// Transport: a byte stream under a Link — TCP+TLS (TlsTransport), a Unix socket, or plain TCP
 // (tests only). Errors come back as values, never as exceptions.
 // Not thread-safe: used by its link's one reader and one writer on the link's thread.
 
@@ -7,7 +7,6 @@
 #include <memory>
 #include <string>
 #include <system_error>
-#include <type_traits>
 
 #include <asio.hpp>
 #include <asio/experimental/as_tuple.hpp>
@@ -56,22 +55,58 @@ class StreamTransport final : public Transport {
     std::error_code ignored;
     stream_.lowest_layer().shutdown(asio::socket_base::shutdown_send, ignored);
   }
-  SSL* ssl() override {
-    if constexpr (std::is_same_v<Stream, asio::ssl::stream<asio::ip::tcp::socket>>) {
-      return stream_.native_handle();
-    } else {
-      return nullptr;
-    }
-  }
   Stream& stream() { return stream_; }
 
  private:
   Stream stream_;
 };
 
-using TlsStream = asio::ssl::stream<asio::ip::tcp::socket>;
-using TlsTransport = StreamTransport<TlsStream>;
 using UnixTransport = StreamTransport<asio::local::stream_protocol::socket>;
 using TcpTransport = StreamTransport<asio::ip::tcp::socket>;
+
+// TLS over a TCP socket, with OpenSSL reading and writing the socket itself: the socket is
+// non-blocking, and when OpenSSL wants to read or write more the coroutine waits for the socket
+// (async_wait), then calls OpenSSL again. Unlike asio::ssl::stream, which keeps two 17 KB
+// buffers and a BIO pair of two more for a connection's whole life, an idle connection holds
+// only the SSL object: OpenSSL's record buffers are released between records
+// (SSL_MODE_RELEASE_BUFFERS). A manager with 10,000 DTUs holds 10,000 of these
+// (docs/performance.md). Records are read ahead: one recv for as many as have arrived.
+//
+// Errors: asio::error::eof after the peer's close_notify; asio::ssl::error::stream_truncated
+// when the TCP stream ends without one (every peer of ours closes that way); OpenSSL's errors
+// in asio's ssl category (describe_tls_error reads them); the socket's own errors as they come.
+// After close(), every call fails with operation_aborted: the descriptor may already belong
+// to another connection.
+class TlsTransport final : public Transport {
+ public:
+  enum class Role { client, server };
+
+  // REQUIRES: socket connected; context from make_psk_client_context (client) or
+  //           make_psk_server_context (server)
+  TlsTransport(asio::ip::tcp::socket socket, asio::ssl::context& context, Role role);
+  ~TlsTransport() override;
+  TlsTransport(const TlsTransport&) = delete;
+  TlsTransport& operator=(const TlsTransport&) = delete;
+
+  // The TLS handshake; the error as for reads. Deadlines are the caller's (close() ends it).
+  asio::awaitable<std::error_code> handshake();
+
+  asio::awaitable<IoResult> read_some(asio::mutable_buffer buffer) override;
+  asio::awaitable<IoResult> write_all(asio::const_buffer buffer) override;
+  void close() override;
+  void shutdown_send() override;
+  SSL* ssl() override { return ssl_; }
+  asio::ip::tcp::socket& socket() { return socket_; }
+
+ private:
+  // One call of OpenSSL on this connection: its return value, and the bytes it moved.
+  using Call = int (*)(SSL* ssl, void* data, std::size_t length, std::size_t* moved);
+  // Runs `call` until OpenSSL stops asking for the socket: the bytes moved, or the error.
+  asio::awaitable<IoResult> drive(Call call, void* data, std::size_t length);
+
+  asio::ip::tcp::socket socket_;
+  SSL* ssl_;
+  bool closed_ = false;
+};
 
 }  // namespace dtu::common
