@@ -1,9 +1,12 @@
 #include "dtu/common/transport.hpp"
 
+#include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <sys/socket.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <utility>
 
 #include "dtu/common/check.hpp"
@@ -13,6 +16,56 @@ namespace dtu::common {
 namespace {
 
 using asio::experimental::as_tuple;
+
+// The BIO between OpenSSL and the socket. OpenSSL's own socket BIO writes with write(2), which
+// raises SIGPIPE when the peer has gone and kills a daemon that does not ignore it; this one
+// sends with MSG_NOSIGNAL, so a peer that resets its connection only fails that connection.
+// The descriptor is the BIO's data; the BIO never closes it.
+int socket_of(BIO* bio) { return static_cast<int>(reinterpret_cast<std::intptr_t>(BIO_get_data(bio))); }
+
+bool would_block(int error) { return error == EAGAIN || error == EWOULDBLOCK || error == EINTR; }
+
+int bio_write(BIO* bio, const char* data, int length) {
+  BIO_clear_retry_flags(bio);
+  const ssize_t n = ::send(socket_of(bio), data, static_cast<std::size_t>(length), MSG_NOSIGNAL);
+  if (n < 0 && would_block(errno)) BIO_set_retry_write(bio);
+  return static_cast<int>(n);
+}
+
+int bio_read(BIO* bio, char* data, int length) {
+  BIO_clear_retry_flags(bio);
+  const ssize_t n = ::recv(socket_of(bio), data, static_cast<std::size_t>(length), MSG_NOSIGNAL);
+  if (n < 0 && would_block(errno)) BIO_set_retry_read(bio);
+  if (n == 0 && length > 0) BIO_set_flags(bio, BIO_FLAGS_IN_EOF);  // OpenSSL asks BIO_eof()
+  return static_cast<int>(n);
+}
+
+long bio_ctrl(BIO* bio, int command, long /*number*/, void* /*pointer*/) {
+  switch (command) {
+    case BIO_CTRL_FLUSH:
+      return 1;  // nothing is buffered here
+    case BIO_CTRL_EOF:
+      return BIO_test_flags(bio, BIO_FLAGS_IN_EOF) != 0 ? 1 : 0;
+    default:
+      return 0;
+  }
+}
+
+int bio_create(BIO* bio) {
+  BIO_set_init(bio, 1);
+  return 1;
+}
+
+const BIO_METHOD* socket_method() {
+  static BIO_METHOD* const method = [] {
+    BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "dtubroker socket");
+    DTU_CHECK(m != nullptr);
+    DTU_CHECK(BIO_meth_set_write(m, bio_write) == 1 && BIO_meth_set_read(m, bio_read) == 1 &&
+              BIO_meth_set_ctrl(m, bio_ctrl) == 1 && BIO_meth_set_create(m, bio_create) == 1);
+    return m;
+  }();
+  return method;
+}
 
 int handshake_call(SSL* ssl, void* /*data*/, std::size_t /*length*/, std::size_t* moved) {
   *moved = 0;
@@ -28,7 +81,7 @@ int write_call(SSL* ssl, void* data, std::size_t length, std::size_t* moved) {
 }
 
 // The error of a failed call, as asio::ssl::stream reports the same failure. `saved_errno` is
-// errno right after the call: OpenSSL's socket BIO leaves the system error there.
+// errno right after the call: the socket BIO leaves the system error there.
 std::error_code failure(int ssl_error, int saved_errno) {
   if (ssl_error == SSL_ERROR_ZERO_RETURN) return asio::error::eof;  // the peer's close_notify
   const unsigned long code = ERR_get_error();
@@ -38,7 +91,7 @@ std::error_code failure(int ssl_error, int saved_errno) {
     }
     return {static_cast<int>(code), asio::error::get_ssl_category()};
   }
-  if (ssl_error == SSL_ERROR_SYSCALL && saved_errno != 0) return {saved_errno, std::system_category()};
+  if (ssl_error == SSL_ERROR_SYSCALL && saved_errno != 0) return {saved_errno, asio::error::get_system_category()};
   return asio::ssl::error::stream_truncated;  // SSL_ERROR_SYSCALL without a cause: EOF mid-stream
 }
 
@@ -49,8 +102,10 @@ TlsTransport::TlsTransport(asio::ip::tcp::socket socket, asio::ssl::context& con
   DTU_CHECK(ssl_ != nullptr);
   std::error_code ignored;
   socket_.non_blocking(true, ignored);
-  // The socket BIO does not own the descriptor (BIO_NOCLOSE): socket_ closes it.
-  DTU_CHECK(SSL_set_fd(ssl_, socket_.native_handle()) == 1);
+  BIO* bio = BIO_new(socket_method());
+  DTU_CHECK(bio != nullptr);
+  BIO_set_data(bio, reinterpret_cast<void*>(static_cast<std::intptr_t>(socket_.native_handle())));
+  SSL_set_bio(ssl_, bio, bio);  // the SSL owns the BIO (one reference for both directions)
   SSL_set_mode(ssl_, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
   SSL_set_read_ahead(ssl_, 1);
   if (role == Role::client) {

@@ -3,6 +3,8 @@
 #include <doctest/doctest.h>
 
 #include <array>
+#include <csignal>
+#include <cstddef>
 #include <chrono>
 #include <cstdint>
 #include <exception>
@@ -705,6 +707,71 @@ TEST_CASE("A link over TLS-PSK transports carries a request and its reply") {
   CHECK(dtu->transport().ssl() != nullptr);
   CHECK(manager_closed->calls == 0);
   CHECK(dtu_closed->calls == 0);
+}
+
+namespace {
+
+// A TLS pair over loopback, both handshakes done: (server, client).
+std::pair<std::unique_ptr<common::TlsTransport>, std::unique_ptr<common::TlsTransport>> tls_pair(Harness& h) {
+  auto client_context = common::make_psk_client_context();
+  auto server_context = server_context_for("dtu-1", key_of(0x11));
+  auto acceptor = common::tcp_listen(h.executor(), common::Endpoint{"127.0.0.1", 0});
+  REQUIRE(acceptor.ok());
+  auto served = serve_one(h, *acceptor, server_context, kHandshakeTimeout);
+  auto dialled = dial(h, acceptor->local_endpoint().port(), client_context, "dtu-1", key_of(0x11));
+  REQUIRE(h.run_until([&] { return served->has_value() && dialled->has_value(); }));
+  REQUIRE((**served).ok());
+  REQUIRE((**dialled).ok());
+  return {std::move((**served).value()), std::move((**dialled).value())};
+}
+
+}  // namespace
+
+TEST_CASE("Writing over TLS to a peer that reset the connection fails the write without SIGPIPE") {
+  // The default disposition, as in a daemon that never touches SIGPIPE: a write(2) to the reset
+  // socket would end this process.
+  std::signal(SIGPIPE, SIG_DFL);
+  Harness h;
+  auto pair = tls_pair(h);
+  auto& server = pair.first;
+  auto& client = pair.second;
+  server->socket().set_option(asio::socket_base::linger(true, 0));  // close sends a reset
+  server->close();
+  const std::vector<std::uint8_t> chunk(64 * 1024, 0x5a);
+  std::optional<common::IoResult> failed;
+  for (int i = 0; i < 50 && !failed; ++i) {
+    auto write = h.spawn([&client, &chunk] { return client->write_all(asio::buffer(chunk)); });
+    REQUIRE(h.run_until([&] { return write->has_value(); }));
+    if ((**write).ec) failed = **write;
+  }
+  REQUIRE(failed.has_value());
+  INFO(failed->ec.message());
+  CHECK((failed->ec == asio::error::broken_pipe || failed->ec == asio::error::connection_reset));
+}
+
+TEST_CASE("A TLS read reports stream_truncated when the peer closes without close_notify, and fails after close") {
+  Harness h;
+  auto pair = tls_pair(h);
+  auto& server = pair.first;
+  auto& client = pair.second;
+  std::vector<std::uint8_t> buffer(1024);
+  const std::string greeting = "hello";
+  auto write = h.spawn([&server, &greeting] { return server->write_all(asio::buffer(greeting)); });
+  REQUIRE(h.run_until([&] { return write->has_value(); }));
+  auto read = h.spawn([&client, &buffer] { return client->read_some(asio::buffer(buffer)); });
+  REQUIRE(h.run_until([&] { return read->has_value(); }));
+  REQUIRE_FALSE((**read).ec);
+  CHECK(std::string(buffer.begin(), buffer.begin() + static_cast<std::ptrdiff_t>((**read).bytes)) == greeting);
+
+  server->close();  // as every peer of ours closes: no close_notify
+  auto truncated = h.spawn([&client, &buffer] { return client->read_some(asio::buffer(buffer)); });
+  REQUIRE(h.run_until([&] { return truncated->has_value(); }));
+  CHECK((**truncated).ec == asio::ssl::error::stream_truncated);
+
+  client->close();
+  auto after = h.spawn([&client, &buffer] { return client->read_some(asio::buffer(buffer)); });
+  REQUIRE(h.run_until([&] { return after->has_value(); }));
+  CHECK((**after).ec == asio::error::operation_aborted);
 }
 
 TEST_CASE("A wrong TLS key makes tls_connect and tls_accept fail with Errc::auth_failed") {

@@ -64,7 +64,8 @@ class StreamTransport final : public Transport {
 using UnixTransport = StreamTransport<asio::local::stream_protocol::socket>;
 using TcpTransport = StreamTransport<asio::ip::tcp::socket>;
 
-// TLS over a TCP socket, with OpenSSL reading and writing the socket itself: the socket is
+// TLS over a TCP socket, with OpenSSL reading and writing the socket itself (through a BIO
+// that sends with MSG_NOSIGNAL: a vanished peer never raises SIGPIPE): the socket is
 // non-blocking, and when OpenSSL wants to read or write more the coroutine waits for the socket
 // (async_wait), then calls OpenSSL again. Unlike asio::ssl::stream, which keeps two 17 KB
 // buffers and a BIO pair of two more for a connection's whole life, an idle connection holds
