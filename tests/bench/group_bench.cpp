@@ -68,6 +68,7 @@
 #include "dtu/common/log.hpp"
 #include "dtu/common/records.hpp"
 #include "site.hpp"
+#include "bench/run_on.hpp"
 
 namespace {
 
@@ -239,12 +240,7 @@ class DtuHost {
 
   template <typename F>
   void on_io(F f) {
-    std::promise<void> done;
-    asio::post(io_, [&] {
-      f();
-      done.set_value();
-    });
-    done.get_future().wait();
+    dtu::bench::run_on(io_, std::move(f));
   }
 
   void shut_down() {

@@ -55,6 +55,7 @@
 #include "dtu/common/records.hpp"
 #include "dtu/services/manager_client.hpp"
 #include "site.hpp"
+#include "bench/run_on.hpp"
 
 namespace {
 
@@ -174,12 +175,7 @@ class BackendProbe {
   // Runs f on the io thread and waits for it.
   template <typename F>
   void on_io(F f) {
-    std::promise<void> done;
-    asio::post(io_, [&] {
-      f();
-      done.set_value();
-    });
-    done.get_future().wait();
+    dtu::bench::run_on(io_, std::move(f));
   }
 
   asio::io_context io_;
