@@ -46,7 +46,8 @@ Link::Link(const asio::any_io_executor& ex, std::unique_ptr<Transport> transport
       options_(options),
       mux_(side),
       decoder_(options.max_payload),
-      heartbeat_(options.heartbeat_interval, options.heartbeat_misses, clock.now()),
+      heartbeat_(options.heartbeat_interval, options.heartbeat_misses, clock.now(),
+                 /*answers=*/side == FilamentMux::Side::acceptor),
       writer_wake_(ex),
       watchdog_timer_(ex) {}
 
@@ -203,6 +204,14 @@ void Link::handle_heartbeat(const Frame& frame) {
     if (!sample.ok()) {
       log_.debug(peer_, "clock_sample_rejected", {{"reason", sample.error().describe()}});
     }
+  }
+  // The acceptor answers in this wake-up instead of waking again on its own timer (heartbeat.hpp);
+  // the watchdog then sleeps towards the later deadline.
+  const MonoTime now = clock_.now();
+  if (options_.heartbeats && heartbeat_.should_answer(now)) {
+    send_heartbeat(now);
+    heartbeat_.on_answer_sent(now);
+    rearm();
   }
 }
 

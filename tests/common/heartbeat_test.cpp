@@ -146,5 +146,68 @@ TEST_CASE("Heartbeat goes out every kSampleIntervals intervals on a busy link, s
   CHECK(hb.next_deadline() == start + milliseconds(6500));
 }
 
+TEST_CASE("Heartbeat answering side answers a heartbeat at once and its own timer waits one and a half intervals") {
+  ManualClock clock;
+  const MonoTime start = clock.now();
+  Heartbeat hb(seconds(1), 3, start, /*answers=*/true);
+  CHECK(hb.answers());
+  // Its timer leaves room for the peer's next heartbeat, which comes a little after one interval.
+  CHECK(hb.send_silence() == milliseconds(1500));
+  CHECK_FALSE(hb.should_send(start + seconds(1)));
+  CHECK_FALSE(hb.should_send(start + milliseconds(1499)));
+  CHECK(hb.should_send(start + milliseconds(1500)));
+  // The peer's heartbeat arrives 1,010 ms in: answered, and the timer moves 1.5 s past the answer.
+  const MonoTime arrival = start + milliseconds(1010);
+  hb.on_receive(arrival);
+  CHECK(hb.should_answer(arrival));
+  hb.on_answer_sent(arrival);
+  CHECK(hb.next_send() == arrival + milliseconds(1500));
+  // Steady state: the peer's heartbeats, each a little more than an interval apart, are answered
+  // before the timer would fire, so the timer never does.
+  MonoTime at = arrival;
+  for (int i = 0; i < 10; ++i) {
+    at += milliseconds(1020);
+    CHECK(at < hb.next_send());
+    hb.on_receive(at);
+    REQUIRE(hb.should_answer(at));
+    hb.on_answer_sent(at);
+  }
+}
+
+TEST_CASE("Heartbeat answering side answers at most one heartbeat per half interval") {
+  ManualClock clock;
+  const MonoTime start = clock.now();
+  Heartbeat hb(seconds(1), 3, start, /*answers=*/true);
+  // The first is answered however soon it comes, and a heartbeat of our timer does not count.
+  CHECK(hb.should_answer(start));
+  hb.on_heartbeat_sent(start + milliseconds(900));
+  CHECK(hb.should_answer(start + milliseconds(900)));
+  hb.on_answer_sent(start + seconds(1));
+  CHECK_FALSE(hb.should_answer(start + milliseconds(1001)));
+  CHECK_FALSE(hb.should_answer(start + milliseconds(1499)));
+  CHECK(hb.should_answer(start + milliseconds(1500)));
+}
+
+TEST_CASE("Heartbeat only the answering side answers, and one allowed a single miss keeps a one-interval timer") {
+  ManualClock clock;
+  const MonoTime start = clock.now();
+  const Heartbeat initiator(seconds(1), 3, start);
+  CHECK_FALSE(initiator.should_answer(start + seconds(10)));
+  CHECK(initiator.send_silence() == seconds(1));
+  // With misses 1 the peer calls us dead after one silent interval: 1.5 would be too late.
+  const Heartbeat single(seconds(1), 1, start, /*answers=*/true);
+  CHECK(single.send_silence() == seconds(1));
+  CHECK(single.should_send(start + seconds(1)));
+  CHECK(single.should_answer(start + seconds(1)));
+}
+
+TEST_CASE("Heartbeat answering side on a busy link still sends every kSampleIntervals intervals") {
+  ManualClock clock;
+  const MonoTime start = clock.now();
+  Heartbeat hb(seconds(1), 3, start, /*answers=*/true);
+  for (int i = 1; i <= 9; ++i) hb.on_send(start + milliseconds(500) * i);
+  CHECK(hb.next_send() == start + seconds(Heartbeat::kSampleIntervals));
+}
+
 }  // namespace
 }  // namespace dtu::common

@@ -21,6 +21,7 @@
 #include <asio.hpp>
 #include <asio/experimental/as_tuple.hpp>
 
+#include "dtu/common/frame_decoder.hpp"
 #include "dtu/common/messages.hpp"
 #include "dtu/common/net.hpp"
 #include "dtu/common/tls.hpp"
@@ -542,6 +543,47 @@ TEST_CASE("Two idle links with heartbeats stay open past five intervals and samp
     CHECK(std::chrono::abs(sample->offset) <= sample->error + milliseconds(1));
     CHECK(std::chrono::abs(sample->offset) < milliseconds(50));
   }
+}
+
+TEST_CASE("The acceptor answers a heartbeat at once, echoing it, long before its own timer") {
+  Harness h;
+  auto [raw, mine] = h.socket_pair();  // the raw end plays the DTU
+  Link::Options options;
+  options.heartbeat_interval = seconds(60);  // its own timer cannot fire during the test
+  auto a = h.unix_link(std::move(mine), Side::acceptor, "raw-dtu", options);
+  auto closed = Harness::start(a);
+
+  common::HeartbeatMsg ping;
+  ping.sent_us = 1234567;
+  asio::write(raw, asio::buffer(common::encode_frame(common::to_frame(ping))));
+
+  common::FrameDecoder decoder;
+  std::optional<Frame> answer;
+  std::array<std::uint8_t, 256> buffer{};
+  bool reading = false;
+  const bool answered = h.run_until([&] {
+    if (!reading && !answer) {
+      reading = true;
+      raw.async_read_some(asio::buffer(buffer), [&](std::error_code ec, std::size_t n) {
+        reading = false;
+        if (ec) return;
+        decoder.feed({buffer.data(), n});
+        Frame frame;
+        if (decoder.next(frame) == common::FrameDecoder::Status::complete) answer = std::move(frame);
+      });
+    }
+    return answer.has_value();
+  }, kGenerous);
+  REQUIRE(answered);
+  CHECK(answer->type == common::MessageType::heartbeat);
+  auto pong = common::from_frame<common::HeartbeatMsg>(*answer);
+  REQUIRE(pong.ok());
+  REQUIRE(pong->echo_sent_us.has_value());
+  CHECK(*pong->echo_sent_us == ping.sent_us);
+  CHECK(pong->echo_received_us.has_value());
+  CHECK(a->is_open());
+  CHECK(closed->calls == 0);
+  raw.cancel();
 }
 
 TEST_CASE("A link keeps its write buffers through a burst and gives them back once idle, even at 100 ms heartbeats") {
