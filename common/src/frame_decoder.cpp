@@ -1,5 +1,8 @@
 #include "dtu/common/frame_decoder.hpp"
 
+#include <algorithm>
+#include <cstring>
+
 namespace dtu::common {
 namespace {
 
@@ -12,39 +15,40 @@ std::uint32_t get_u32(const std::uint8_t* p) {
          std::uint32_t{p[3]};
 }
 
-// Compact the buffer once consumed bytes dominate, so it never grows past one frame plus slack.
+// Compact fed bytes once consumed bytes dominate, so the copy never grows past one frame plus slack.
 constexpr std::size_t kCompactThreshold = 64 * 1024;
+// What an unfinished frame reserves for its payload before the bytes arrive: its whole length
+// up to this, so that a frame of device data (64 KiB and its header) is never moved while it
+// fills (a 64 KiB reserve doubled to 128 KiB at its last bytes, through mmap: -20 % in-band);
+// a peer that sends a larger header and stops holds at most this much of ours.
+constexpr std::size_t kPayloadReserve = 256 * 1024;
+
+// The frame whose header is at `h`, without its payload.
+void take_header(const std::uint8_t* h, Frame& out) {
+  out.flags = h[5];
+  out.type = static_cast<MessageType>(get_u16(h + 6));
+  out.filament = get_u32(h + 8);
+  out.txn = get_u32(h + 12);
+}
 
 }  // namespace
-
-void FrameDecoder::feed(std::span<const std::uint8_t> bytes) {
-  if (error_) return;
-  if (offset_ > 0 && (offset_ >= kCompactThreshold || offset_ == buffer_.size())) {
-    buffer_.erase(buffer_.begin(), buffer_.begin() + static_cast<std::ptrdiff_t>(offset_));
-    offset_ = 0;
-  }
-  buffer_.insert(buffer_.end(), bytes.begin(), bytes.end());
-}
 
 FrameDecoder::Status FrameDecoder::fail(Errc code, std::string detail) {
   error_ = make_error_code(code);
   detail_ = std::move(detail);
-  buffer_.clear();
-  buffer_.shrink_to_fit();
-  offset_ = 0;
+  fed_.clear();
+  fed_.shrink_to_fit();
+  fed_offset_ = 0;
+  header_bytes_ = 0;
+  pending_ = Frame{};
   return Status::invalid;
 }
 
-FrameDecoder::Status FrameDecoder::next(Frame& out) {
-  if (error_) return Status::invalid;
-  const std::size_t available = buffer_.size() - offset_;
-  if (available < kFrameHeaderSize) return Status::need_more;
-  const std::uint8_t* h = buffer_.data() + offset_;
-  const std::uint32_t length = get_u32(h);
+FrameDecoder::Status FrameDecoder::check_header(const std::uint8_t* h, std::uint32_t& length) {
+  length = get_u32(h);
   const std::uint8_t version = h[4];
   const std::uint8_t flags = h[5];
   const std::uint16_t type = get_u16(h + 6);
-  // Check the header before waiting for (and buffering) the payload.
   if (version != kProtocolVersion) {
     return fail(Errc::bad_version, "protocol version " + std::to_string(version) + ", expected " +
                                        std::to_string(kProtocolVersion));
@@ -62,20 +66,72 @@ FrameDecoder::Status FrameDecoder::next(Frame& out) {
   if ((flags & kFlagReply) != 0 && (flags & (kFlagAckRequested | kFlagReplyRequested)) != 0) {
     return fail(Errc::malformed_frame, "a reply cannot request a confirmation");
   }
-  if (available < kFrameHeaderSize + length) return Status::need_more;
-  out.type = static_cast<MessageType>(type);
-  out.flags = flags;
-  out.filament = get_u32(h + 8);
-  out.txn = get_u32(h + 12);
-  const auto* body = h + kFrameHeaderSize;
-  out.payload.assign(body, body + length);
-  offset_ += kFrameHeaderSize + length;
   return Status::complete;
+}
+
+FrameDecoder::Status FrameDecoder::next(std::span<const std::uint8_t>& input, Frame& out) {
+  if (error_) return Status::invalid;
+  // A whole frame at the front of `input`, nothing held: straight from the caller's bytes.
+  if (header_bytes_ == 0 && input.size() >= kFrameHeaderSize) {
+    std::uint32_t length = 0;
+    if (check_header(input.data(), length) == Status::invalid) return Status::invalid;
+    if (input.size() - kFrameHeaderSize >= length) {
+      take_header(input.data(), out);
+      const auto* body = input.data() + kFrameHeaderSize;
+      out.payload.assign(body, body + length);
+      input = input.subspan(kFrameHeaderSize + length);
+      return Status::complete;
+    }
+  }
+  // Otherwise the unfinished frame takes what it needs: first its header, then its payload.
+  if (header_bytes_ < kFrameHeaderSize) {
+    const std::size_t take = std::min(kFrameHeaderSize - header_bytes_, input.size());
+    std::memcpy(header_.data() + header_bytes_, input.data(), take);
+    header_bytes_ += take;
+    input = input.subspan(take);
+    if (header_bytes_ < kFrameHeaderSize) return Status::need_more;
+    if (check_header(header_.data(), payload_length_) == Status::invalid) return Status::invalid;
+    take_header(header_.data(), pending_);
+    pending_.payload.clear();
+    pending_.payload.reserve(std::min<std::size_t>(payload_length_, kPayloadReserve));
+  }
+  const std::size_t take = std::min<std::size_t>(payload_length_ - pending_.payload.size(), input.size());
+  const auto* from = input.data();
+  pending_.payload.insert(pending_.payload.end(), from, from + take);
+  input = input.subspan(take);
+  if (pending_.payload.size() < payload_length_) return Status::need_more;
+  out = std::move(pending_);
+  pending_ = Frame{};
+  header_bytes_ = 0;
+  return Status::complete;
+}
+
+void FrameDecoder::feed(std::span<const std::uint8_t> bytes) {
+  if (error_) return;
+  if (fed_offset_ > 0 && (fed_offset_ >= kCompactThreshold || fed_offset_ == fed_.size())) {
+    fed_.erase(fed_.begin(), fed_.begin() + static_cast<std::ptrdiff_t>(fed_offset_));
+    fed_offset_ = 0;
+  }
+  fed_.insert(fed_.end(), bytes.begin(), bytes.end());
+}
+
+FrameDecoder::Status FrameDecoder::next(Frame& out) {
+  if (error_) return Status::invalid;
+  std::span<const std::uint8_t> input(fed_.data() + fed_offset_, fed_.size() - fed_offset_);
+  const Status status = next(input, out);
+  if (status != Status::invalid) fed_offset_ = fed_.size() - input.size();
+  return status;
+}
+
+std::size_t FrameDecoder::buffered() const {
+  const std::size_t payload = header_bytes_ == kFrameHeaderSize ? pending_.payload.size() : 0;
+  const std::size_t unfinished = header_bytes_ + payload;
+  return fed_.size() - fed_offset_ + unfinished;
 }
 
 FrameDecoder::Status FrameDecoder::finish() {
   if (error_) return Status::invalid;
-  const std::size_t left = buffer_.size() - offset_;
+  const std::size_t left = buffered();
   if (left == 0) return Status::complete;
   return fail(Errc::malformed_frame,
               "stream ended inside a frame (" + std::to_string(left) + " bytes of a truncated frame)");

@@ -10,11 +10,19 @@ namespace dtu::common {
 using asio::experimental::as_tuple;
 
 namespace {
-// Read buffer per link: it starts small, because a manager holds thousands of links that only
-// ever carry heartbeats and small messages, and doubles each time a read fills it, up to 64 KiB
-// (a stream keeps syscalls few).
-constexpr std::size_t kFirstReadChunk = 2 * 1024;
-constexpr std::size_t kMaxReadChunk = 64 * 1024;
+// Bytes are read into one buffer per thread, not per link: a manager holds thousands of links
+// that only ever carry heartbeats and small messages, and a link's bytes are decoded (into
+// frames, or into its decoder's unfinished frame) before its reader next waits, so nothing of
+// the buffer outlives one wake-up. 64 KiB keeps a stream's syscalls few.
+constexpr std::size_t kReadChunk = 64 * 1024;
+// Reads in a row without waiting before the reader lets the thread's other links run: a peer
+// that keeps its socket full does not starve their heartbeats.
+constexpr int kReadsBeforeYield = 16;
+
+std::span<std::uint8_t> thread_read_buffer() {
+  static thread_local std::vector<std::uint8_t> buffer(kReadChunk);
+  return buffer;
+}
 
 std::string millis(Duration d) {
   return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + "ms";
@@ -130,10 +138,26 @@ void Link::drain_output() {
 
 asio::awaitable<void> Link::read_loop() {
   auto self = shared_from_this();
-  std::vector<std::uint8_t> buffer(kFirstReadChunk);
+  int reads_in_a_row = 0;
   while (!closed_) {
-    const IoResult r = co_await transport_->read_some(asio::buffer(buffer));
-    if (closed_) co_return;
+    // Here, between reads, every byte of the thread's buffer has been decoded (or is held by the
+    // decoder), so the reader may wait without it.
+    if (reads_in_a_row == kReadsBeforeYield) {
+      reads_in_a_row = 0;
+      co_await asio::post(executor_, asio::use_awaitable);
+      continue;
+    }
+    const std::span<std::uint8_t> buffer = thread_read_buffer();
+    IoResult r = transport_->read_available(asio::buffer(buffer.data(), buffer.size()));
+    if (r.ec == asio::error::would_block) {
+      reads_in_a_row = 0;
+      const std::error_code ec = co_await transport_->wait_readable();
+      if (closed_) co_return;
+      if (!ec) continue;
+      r = IoResult{ec, 0};
+    } else {
+      ++reads_in_a_row;
+    }
     if (shutting_down_) {
       // Input after shutdown() is read (so the peer is not reset) but not handled.
       if (r.ec) {
@@ -152,11 +176,10 @@ asio::awaitable<void> Link::read_loop() {
       co_return;
     }
     heartbeat_.on_receive(clock_.now());
-    decoder_.feed({buffer.data(), r.bytes});
-    if (r.bytes == buffer.size() && buffer.size() < kMaxReadChunk) buffer.resize(buffer.size() * 2);
+    std::span<const std::uint8_t> input(buffer.data(), r.bytes);
     for (;;) {
       Frame frame;
-      const auto status = decoder_.next(frame);
+      const auto status = decoder_.next(input, frame);
       if (status == FrameDecoder::Status::need_more) break;
       if (status == FrameDecoder::Status::invalid) {
         log_.warn(peer_, "protocol_error", {{"code", errc_name(static_cast<Errc>(decoder_.error_code().value()))},
@@ -166,7 +189,7 @@ asio::awaitable<void> Link::read_loop() {
       }
       handle_frame(std::move(frame));
       if (closed_) co_return;
-      if (shutting_down_) break;
+      if (shutting_down_) break;  // the rest of `input` is dropped, as later input is
     }
   }
 }

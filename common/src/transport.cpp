@@ -72,10 +72,6 @@ int handshake_call(SSL* ssl, void* /*data*/, std::size_t /*length*/, std::size_t
   return SSL_do_handshake(ssl);
 }
 
-int read_call(SSL* ssl, void* data, std::size_t length, std::size_t* moved) {
-  return SSL_read_ex(ssl, data, length, moved);
-}
-
 int write_call(SSL* ssl, void* data, std::size_t length, std::size_t* moved) {
   return SSL_write_ex(ssl, data, length, moved);
 }
@@ -96,6 +92,15 @@ std::error_code failure(int ssl_error, int saved_errno) {
 }
 
 }  // namespace
+
+asio::awaitable<IoResult> Transport::read_some(asio::mutable_buffer buffer) {
+  for (;;) {
+    const IoResult r = read_available(buffer);
+    if (r.ec != asio::error::would_block) co_return r;
+    const std::error_code ec = co_await wait_readable();
+    if (ec) co_return IoResult{ec, 0};
+  }
+}
 
 TlsTransport::TlsTransport(asio::ip::tcp::socket socket, asio::ssl::context& context, Role role)
     : socket_(std::move(socket)), ssl_(SSL_new(context.native_handle())) {
@@ -143,8 +148,27 @@ asio::awaitable<std::error_code> TlsTransport::handshake() {
   co_return r.ec;
 }
 
-asio::awaitable<IoResult> TlsTransport::read_some(asio::mutable_buffer buffer) {
-  co_return co_await drive(read_call, buffer.data(), buffer.size());
+IoResult TlsTransport::read_available(asio::mutable_buffer buffer) {
+  if (closed_) return IoResult{asio::error::operation_aborted, 0};
+  ERR_clear_error();
+  errno = 0;
+  std::size_t moved = 0;
+  const int rc = SSL_read_ex(ssl_, buffer.data(), buffer.size(), &moved);
+  const int saved_errno = errno;
+  if (rc == 1) return IoResult{{}, moved};
+  const int ssl_error = SSL_get_error(ssl_, rc);
+  if (ssl_error == SSL_ERROR_WANT_READ || ssl_error == SSL_ERROR_WANT_WRITE) {
+    read_wait_ =
+        ssl_error == SSL_ERROR_WANT_READ ? asio::socket_base::wait_read : asio::socket_base::wait_write;
+    return IoResult{asio::error::would_block, 0};
+  }
+  return IoResult{failure(ssl_error, saved_errno), 0};
+}
+
+asio::awaitable<std::error_code> TlsTransport::wait_readable() {
+  if (closed_) co_return asio::error::operation_aborted;
+  auto [ec] = co_await socket_.async_wait(read_wait_, as_tuple(asio::use_awaitable));
+  co_return ec;
 }
 
 asio::awaitable<IoResult> TlsTransport::write_all(asio::const_buffer buffer) {

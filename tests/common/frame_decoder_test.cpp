@@ -355,5 +355,85 @@ TEST_CASE("FrameDecoder leaves the output frame untouched when it needs more") {
   CHECK(f.payload_text() == "keep");
 }
 
+// Streaming, as a link reads: next(input, out) straight from the bytes just read.
+
+TEST_CASE("FrameDecoder streaming takes whole frames from the input and holds nothing between them") {
+  Bytes stream;
+  encode_frame(make_frame(MessageType::client_hello, kFlagReplyRequested, 0, 1, R"({"client":"x"})"), stream);
+  encode_frame(make_frame(MessageType::ack, kFlagReply, 0, 1, "{}"), stream);
+  FrameDecoder decoder;
+  std::span<const std::uint8_t> input(stream);
+  Frame f;
+  REQUIRE(decoder.next(input, f) == Status::complete);
+  CHECK(f.type == MessageType::client_hello);
+  CHECK(f.payload_text() == R"({"client":"x"})");
+  CHECK(input.size() == kFrameHeaderSize + 2);  // the ack is left in the input
+  CHECK(decoder.buffered() == 0);
+  REQUIRE(decoder.next(input, f) == Status::complete);
+  CHECK(f.type == MessageType::ack);
+  CHECK(f.is_reply());
+  CHECK(input.empty());
+  CHECK(decoder.next(input, f) == Status::need_more);
+  CHECK(decoder.buffered() == 0);
+  CHECK(decoder.finish() == Status::complete);
+}
+
+TEST_CASE("FrameDecoder streaming decodes a stream read in two pieces split at every possible point") {
+  Bytes stream;
+  encode_frame(make_frame(MessageType::client_hello, kFlagReplyRequested, 0, 1, R"({"client":"x"})"), stream);
+  encode_frame(make_frame(MessageType::ack, kFlagReply, 0, 1, "{}"), stream);
+  encode_frame(make_frame(MessageType::device_list, kFlagBinary, 7, 0, ""), stream);
+  for (std::size_t split = 0; split <= stream.size(); ++split) {
+    CAPTURE(split);
+    FrameDecoder decoder;
+    std::vector<Frame> frames;
+    Frame f;
+    std::span<const std::uint8_t> first(stream.data(), split);
+    while (decoder.next(first, f) == Status::complete) frames.push_back(f);
+    CHECK(first.empty());
+    // What the first piece left unfinished is held: the caller's bytes may be reused.
+    CHECK(decoder.buffered() == split - [&] {
+      std::size_t used = 0;
+      for (const Frame& frame : frames) used += kFrameHeaderSize + frame.payload.size();
+      return used;
+    }());
+    std::span<const std::uint8_t> second(stream.data() + split, stream.size() - split);
+    while (decoder.next(second, f) == Status::complete) frames.push_back(f);
+    REQUIRE(frames.size() == 3);
+    CHECK(frames[0].payload_text() == R"({"client":"x"})");
+    CHECK(frames[1].type == MessageType::ack);
+    CHECK(frames[2].type == MessageType::device_list);
+    CHECK(frames[2].filament == 7);
+    CHECK(decoder.finish() == Status::complete);
+  }
+}
+
+TEST_CASE("FrameDecoder streaming checks a header before its payload arrives and stays invalid") {
+  FrameDecoder decoder(100);
+  const Bytes header = raw_header(101, kProtocolVersion, 0, kHeartbeat);
+  std::span<const std::uint8_t> input(header.data(), 10);
+  Frame f;
+  CHECK(decoder.next(input, f) == Status::need_more);
+  CHECK(decoder.buffered() == 10);
+  input = std::span<const std::uint8_t>(header.data() + 10, header.size() - 10);
+  CHECK(decoder.next(input, f) == Status::invalid);
+  CHECK(decoder.error_code() == make_error_code(Errc::frame_too_large));
+  CHECK(decoder.buffered() == 0);
+  const Bytes good = encode_frame(make_frame(MessageType::ack, 0, 0, 0, "{}"));
+  std::span<const std::uint8_t> more(good);
+  CHECK(decoder.next(more, f) == Status::invalid);
+}
+
+TEST_CASE("FrameDecoder streaming finish reports a payload truncated at end of stream") {
+  const Bytes frame = encode_frame(make_frame(MessageType::ack, 0, 0, 0, "0123456789"));
+  FrameDecoder decoder;
+  std::span<const std::uint8_t> input(frame.data(), frame.size() - 3);
+  Frame f;
+  CHECK(decoder.next(input, f) == Status::need_more);
+  CHECK(decoder.buffered() == frame.size() - 3);
+  CHECK(decoder.finish() == Status::invalid);
+  CHECK(contains(decoder.error_detail(), "truncated"));
+}
+
 }  // namespace
 }  // namespace dtu::common

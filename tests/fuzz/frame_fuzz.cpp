@@ -1,8 +1,10 @@
-// Fuzz target: FrameDecoder over an arbitrary byte stream fed in arbitrary pieces, and every
+// Fuzz target: FrameDecoder over an arbitrary byte stream given in arbitrary pieces, and every
 // message decoder over each frame it yields.
 //
 // Input: byte 0 steers the run, the rest is the stream.
-//   bits 0-3  seed of the piece sizes; 0 feeds the whole stream at once
+//   bits 0-3  seed of the piece sizes; 0 gives the whole stream at once. With bit 7 clear, an
+//             even seed streams each piece as a link does (next(input, out): frames straight
+//             from the piece, an unfinished one held), an odd one feed()s it and drains
 //   bits 4-5  copies of the stream fed back to back: 1, 1, 3 or 24 (long streams reach the
 //             decoder's buffer compaction, which starts at 64 KiB of consumed bytes)
 //   bit 6     a payload cap of 64 bytes instead of kDefaultMaxPayload
@@ -102,9 +104,18 @@ class Run {
   Run(std::vector<std::uint8_t> stream, std::size_t first_copy, std::size_t cap)
       : stream_(std::move(stream)), first_copy_(first_copy), cap_(cap), decoder_(cap) {}
 
+  // Streaming (next(input, out)) instead of feed() + next(out).
+  void stream_pieces() { streaming_ = true; }
+
   void feed(std::size_t n) {
     FUZZ_REQUIRE(fed_ + n <= stream_.size());
-    decoder_.feed(std::span<const std::uint8_t>(stream_).subspan(fed_, n));
+    const auto piece = std::span<const std::uint8_t>(stream_).subspan(fed_, n);
+    if (streaming_) {
+      FUZZ_REQUIRE(input_.empty());  // drained after every piece
+      if (!invalid_) input_ = piece;
+    } else {
+      decoder_.feed(piece);
+    }
     fed_ += n;
     // Ignored after invalid: nothing is buffered.
     if (invalid_) FUZZ_REQUIRE(decoder_.buffered() == 0);
@@ -113,11 +124,12 @@ class Run {
   // Takes frames out until need_more or invalid.
   void drain() {
     while (!invalid_) {
-      const FrameDecoder::Status status = decoder_.next(frame_);
+      const FrameDecoder::Status status = streaming_ ? decoder_.next(input_, frame_) : decoder_.next(frame_);
       const std::size_t left = fed_ - consumed_;
       if (status == FrameDecoder::Status::complete) {
         on_frame(left);
       } else if (status == FrameDecoder::Status::need_more) {
+        FUZZ_REQUIRE(input_.empty());  // a piece is used up before more is asked for
         FUZZ_REQUIRE(decoder_.buffered() == left);
         if (left >= kFrameHeaderSize) {
           const HeaderVerdict header = read_header(&stream_[consumed_], cap_);
@@ -131,6 +143,7 @@ class Run {
         FUZZ_REQUIRE(!header.valid());
         FUZZ_REQUIRE(header.explains(decoder_.error_code()));
         check_stays_invalid();
+        input_ = {};  // what the link would drop with the connection
         return;
       }
     }
@@ -168,7 +181,7 @@ class Run {
     // The copies repeat the first one's frames: decode messages once.
     if (consumed_ < first_copy_) dtu::fuzz::check_every_message(frame_);
     consumed_ += size;
-    FUZZ_REQUIRE(decoder_.buffered() == fed_ - consumed_);
+    FUZZ_REQUIRE(decoder_.buffered() + input_.size() == fed_ - consumed_);
   }
 
   void check_stays_invalid() {
@@ -186,7 +199,9 @@ class Run {
   FrameDecoder decoder_;
   // One Frame for every next(): a field left over from the previous frame fails the re-encoding.
   Frame frame_;
-  std::size_t fed_ = 0;       // bytes of stream_ fed
+  bool streaming_ = false;
+  std::span<const std::uint8_t> input_;  // streaming: what is left of the last piece
+  std::size_t fed_ = 0;       // bytes of stream_ fed (or given as pieces)
   std::size_t consumed_ = 0;  // bytes of stream_ taken out as frames
   bool invalid_ = false;
 };
@@ -214,6 +229,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::size_t total = stream.size();
 
   Run run(std::move(stream), body.size(), cap);
+  if (drain_each_piece && (seed & 1u) == 0) run.stream_pieces();
   Pieces pieces(seed);
   std::size_t fed = 0;
   while (fed < total) {

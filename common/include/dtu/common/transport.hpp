@@ -22,7 +22,14 @@ struct IoResult {
 class Transport {
  public:
   virtual ~Transport() = default;
-  virtual asio::awaitable<IoResult> read_some(asio::mutable_buffer buffer) = 0;
+  // Reads what has arrived, without waiting: the bytes, asio::error::would_block when nothing
+  // has, or the error (eof at the end of the stream). A link reads into a buffer of its
+  // thread's (Link::read_loop), so it holds no read buffer of its own while it waits.
+  virtual IoResult read_available(asio::mutable_buffer buffer) = 0;
+  // Waits until read_available has something to say (bytes, the end, or an error).
+  virtual asio::awaitable<std::error_code> wait_readable() = 0;
+  // Waits for bytes and reads them into `buffer`, held while it waits.
+  asio::awaitable<IoResult> read_some(asio::mutable_buffer buffer);
   virtual asio::awaitable<IoResult> write_all(asio::const_buffer buffer) = 0;
   // Idempotent; pending reads and writes complete with an error.
   virtual void close() = 0;
@@ -36,11 +43,20 @@ class Transport {
 template <typename Stream>
 class StreamTransport final : public Transport {
  public:
-  explicit StreamTransport(Stream stream) : stream_(std::move(stream)) {}
+  explicit StreamTransport(Stream stream) : stream_(std::move(stream)) {
+    std::error_code ignored;
+    stream_.non_blocking(true, ignored);  // read_available never waits
+  }
 
-  asio::awaitable<IoResult> read_some(asio::mutable_buffer buffer) override {
-    auto [ec, n] = co_await stream_.async_read_some(buffer, asio::experimental::as_tuple(asio::use_awaitable));
-    co_return IoResult{ec, n};
+  IoResult read_available(asio::mutable_buffer buffer) override {
+    std::error_code ec;
+    const std::size_t n = stream_.read_some(buffer, ec);
+    return IoResult{ec, n};
+  }
+  asio::awaitable<std::error_code> wait_readable() override {
+    auto [ec] =
+        co_await stream_.async_wait(Stream::wait_read, asio::experimental::as_tuple(asio::use_awaitable));
+    co_return ec;
   }
   asio::awaitable<IoResult> write_all(asio::const_buffer buffer) override {
     auto [ec, n] = co_await asio::async_write(stream_, buffer, asio::experimental::as_tuple(asio::use_awaitable));
@@ -92,7 +108,8 @@ class TlsTransport final : public Transport {
   // The TLS handshake; the error as for reads. Deadlines are the caller's (close() ends it).
   asio::awaitable<std::error_code> handshake();
 
-  asio::awaitable<IoResult> read_some(asio::mutable_buffer buffer) override;
+  IoResult read_available(asio::mutable_buffer buffer) override;
+  asio::awaitable<std::error_code> wait_readable() override;
   asio::awaitable<IoResult> write_all(asio::const_buffer buffer) override;
   void close() override;
   void shutdown_send() override;
@@ -107,6 +124,9 @@ class TlsTransport final : public Transport {
 
   asio::ip::tcp::socket socket_;
   SSL* ssl_;
+  // What the last read_available needs from the socket: OpenSSL may have to write to read
+  // (a TLS 1.3 key update).
+  asio::socket_base::wait_type read_wait_ = asio::socket_base::wait_read;
   bool closed_ = false;
 };
 
