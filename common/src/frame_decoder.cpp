@@ -17,11 +17,13 @@ std::uint32_t get_u32(const std::uint8_t* p) {
 
 // Compact fed bytes once consumed bytes dominate, so the copy never grows past one frame plus slack.
 constexpr std::size_t kCompactThreshold = 64 * 1024;
-// What an unfinished frame reserves for its payload before the bytes arrive: its whole length
-// up to this, so that a frame of device data (64 KiB and its header) is never moved while it
-// fills (a 64 KiB reserve doubled to 128 KiB at its last bytes, through mmap: -20 % in-band);
-// a peer that sends a larger header and stops holds at most this much of ours.
-constexpr std::size_t kPayloadReserve = 256 * 1024;
+// An unfinished frame's payload collects in one buffer that the decoder keeps from frame to
+// frame while a stream goes on (a device-data chunk spans several TLS records): filling a new
+// vector per frame instead, allocated when its header arrived, cost the in-band stream a fifth
+// of its throughput (docs/performance.md). A frame below this size that happened to span two
+// reads (a DTU's snapshot) gives the buffer back at once, so an idle link keeps none: kept at
+// 16 KiB, 10,000 DTUs cost 34 MB more.
+constexpr std::size_t kKeepForStream = 64 * 1024;
 
 // The frame whose header is at `h`, without its payload.
 void take_header(const std::uint8_t* h, Frame& out) {
@@ -40,7 +42,7 @@ FrameDecoder::Status FrameDecoder::fail(Errc code, std::string detail) {
   fed_.shrink_to_fit();
   fed_offset_ = 0;
   header_bytes_ = 0;
-  pending_ = Frame{};
+  std::vector<std::uint8_t>().swap(partial_);
   return Status::invalid;
 }
 
@@ -91,17 +93,17 @@ FrameDecoder::Status FrameDecoder::next(std::span<const std::uint8_t>& input, Fr
     input = input.subspan(take);
     if (header_bytes_ < kFrameHeaderSize) return Status::need_more;
     if (check_header(header_.data(), payload_length_) == Status::invalid) return Status::invalid;
-    take_header(header_.data(), pending_);
-    pending_.payload.clear();
-    pending_.payload.reserve(std::min<std::size_t>(payload_length_, kPayloadReserve));
+    partial_.clear();
   }
-  const std::size_t take = std::min<std::size_t>(payload_length_ - pending_.payload.size(), input.size());
+  const std::size_t take = std::min<std::size_t>(payload_length_ - partial_.size(), input.size());
   const auto* from = input.data();
-  pending_.payload.insert(pending_.payload.end(), from, from + take);
+  partial_.insert(partial_.end(), from, from + take);
   input = input.subspan(take);
-  if (pending_.payload.size() < payload_length_) return Status::need_more;
-  out = std::move(pending_);
-  pending_ = Frame{};
+  if (partial_.size() < payload_length_) return Status::need_more;
+  take_header(header_.data(), out);
+  out.payload.assign(partial_.begin(), partial_.end());
+  partial_.clear();
+  if (payload_length_ < kKeepForStream) release_storage();
   header_bytes_ = 0;
   return Status::complete;
 }
@@ -123,8 +125,12 @@ FrameDecoder::Status FrameDecoder::next(Frame& out) {
   return status;
 }
 
+void FrameDecoder::release_storage() {
+  if (partial_.empty()) std::vector<std::uint8_t>().swap(partial_);
+}
+
 std::size_t FrameDecoder::buffered() const {
-  const std::size_t payload = header_bytes_ == kFrameHeaderSize ? pending_.payload.size() : 0;
+  const std::size_t payload = header_bytes_ == kFrameHeaderSize ? partial_.size() : 0;
   const std::size_t unfinished = header_bytes_ + payload;
   return fed_.size() - fed_offset_ + unfinished;
 }

@@ -175,7 +175,9 @@ asio::awaitable<void> Link::read_loop() {
       close(Error(Errc::link_lost, eof ? "peer closed the connection" : r.ec.message()));
       co_return;
     }
-    heartbeat_.on_receive(clock_.now());
+    const MonoTime now = clock_.now();
+    heartbeat_.on_receive(now);
+    if (r.bytes > kIdleBufferBytes) last_burst_end_ = now;  // the decoder's buffer is in use
     std::span<const std::uint8_t> input(buffer.data(), r.bytes);
     for (;;) {
       Frame frame;
@@ -326,12 +328,14 @@ asio::awaitable<void> Link::watchdog_loop() {
 }
 
 bool Link::holds_large_buffers() const {
-  return write_buffer_.capacity() > kIdleBufferBytes || writing_buffer_.capacity() > kIdleBufferBytes;
+  return write_buffer_.capacity() > kIdleBufferBytes || writing_buffer_.capacity() > kIdleBufferBytes ||
+         decoder_.storage() > 0;
 }
 
 void Link::release_large_buffers() {
   if (writing_buffer_.capacity() > kIdleBufferBytes) std::vector<std::uint8_t>().swap(writing_buffer_);
   if (write_buffer_.capacity() > kIdleBufferBytes) std::vector<std::uint8_t>().swap(write_buffer_);
+  decoder_.release_storage();
 }
 
 void Link::notify(std::uint32_t filament, Frame frame) { mux_.notify(filament, std::move(frame)); }

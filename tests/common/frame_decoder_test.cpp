@@ -435,5 +435,37 @@ TEST_CASE("FrameDecoder streaming finish reports a payload truncated at end of s
   CHECK(contains(decoder.error_detail(), "truncated"));
 }
 
+TEST_CASE("FrameDecoder streaming keeps its buffer through a stream of large frames, and none for small ones") {
+  FrameDecoder decoder;
+  Frame f;
+  // A 64 KiB chunk of device data arrives in 16 KiB reads, as TLS records bring it.
+  const Bytes large = encode_frame(make_frame(MessageType::ack, kFlagBinary, 3, 0, std::string(64 * 1024, 'x')));
+  for (int round = 0; round < 2; ++round) {
+    std::vector<Status> statuses;
+    for (std::size_t at = 0; at < large.size(); at += 16 * 1024) {
+      std::span<const std::uint8_t> piece(large.data() + at, std::min<std::size_t>(16 * 1024, large.size() - at));
+      statuses.push_back(decoder.next(piece, f));
+      CHECK(piece.empty());
+    }
+    CHECK(statuses.back() == Status::complete);
+    CHECK(f.payload.size() == 64 * 1024);
+    CHECK(f.filament == 3);
+    CHECK(decoder.storage() >= 64 * 1024);  // kept for the next chunk
+  }
+  decoder.release_storage();  // what the link does once idle
+  CHECK(decoder.storage() == 0);
+  // A small frame that happened to span two reads gives its buffer back at once.
+  const Bytes small = encode_frame(make_frame(MessageType::ack, 0, 0, 0, std::string(3000, 'y')));
+  std::span<const std::uint8_t> first(small.data(), 1000);
+  CHECK(decoder.next(first, f) == Status::need_more);
+  CHECK(decoder.storage() > 0);
+  decoder.release_storage();  // never while a frame is being filled
+  CHECK(decoder.buffered() == 1000);
+  std::span<const std::uint8_t> rest(small.data() + 1000, small.size() - 1000);
+  REQUIRE(decoder.next(rest, f) == Status::complete);
+  CHECK(f.payload_text() == std::string(3000, 'y'));
+  CHECK(decoder.storage() == 0);
+}
+
 }  // namespace
 }  // namespace dtu::common

@@ -5,10 +5,11 @@
 // Once it reports `invalid` it stays invalid: the caller closes the connection.
 //
 // Two ways in. A link streams: next(input, out) takes frames straight from the bytes just
-// read and keeps only what an unfinished frame has so far — its header, and its payload in the
-// frame's own vector — so a frame is copied once (into its payload), and a decoder between
-// frames holds no storage (a manager keeps 10,000 of them). feed() + next(out) buffer a copy of
-// everything fed first, for callers that have the bytes before they want frames.
+// read and keeps only what an unfinished frame has so far (its header, and its payload in a
+// buffer kept while a stream of large frames goes on), so a frame that arrives whole is copied
+// once, into its payload, and a decoder between small frames holds no storage (a manager keeps
+// 10,000 of them). feed() + next(out) buffer a copy of everything fed first, for callers that
+// have the bytes before they want frames.
 // Not thread-safe (one per connection, on that connection's thread).
 
 #include <array>
@@ -47,6 +48,10 @@ class FrameDecoder {
   const std::string& error_detail() const { return detail_; }
   // Bytes held that are not yet part of a frame taken out.
   std::size_t buffered() const;
+  // The capacity of the buffer kept for large frames (0 when none is kept).
+  std::size_t storage() const { return partial_.capacity(); }
+  // Gives that buffer back unless a frame is being filled in it (a link calls it once idle).
+  void release_storage();
 
  private:
   Status fail(Errc code, std::string detail);
@@ -58,7 +63,7 @@ class FrameDecoder {
   std::array<std::uint8_t, kFrameHeaderSize> header_{};
   std::size_t header_bytes_ = 0;
   std::uint32_t payload_length_ = 0;
-  Frame pending_;
+  std::vector<std::uint8_t> partial_;
   // feed()'s bytes not yet decoded, from fed_offset_.
   std::vector<std::uint8_t> fed_;
   std::size_t fed_offset_ = 0;

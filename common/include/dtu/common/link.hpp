@@ -129,7 +129,7 @@ class Link : public std::enable_shared_from_this<Link> {
   asio::steady_timer watchdog_timer_;
   std::vector<std::uint8_t> write_buffer_;    // frames queued while writing_buffer_ goes out
   std::vector<std::uint8_t> writing_buffer_;  // the chunk being written
-  MonoTime last_burst_end_{};  // the end of the last write above kIdleBufferBytes
+  MonoTime last_burst_end_{};  // the end of the last write, or read, above kIdleBufferBytes
   std::size_t queued_bytes_ = 0;  // write_buffer_ plus the chunk being written
   bool writing_ = false;
   MonoTime write_started_{};
