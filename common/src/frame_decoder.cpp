@@ -88,7 +88,7 @@ FrameDecoder::Status FrameDecoder::next(std::span<const std::uint8_t>& input, Fr
   // Otherwise the unfinished frame takes what it needs: first its header, then its payload.
   if (header_bytes_ < kFrameHeaderSize) {
     const std::size_t take = std::min(kFrameHeaderSize - header_bytes_, input.size());
-    std::memcpy(header_.data() + header_bytes_, input.data(), take);
+    if (take > 0) std::memcpy(header_.data() + header_bytes_, input.data(), take);  // data() may be null
     header_bytes_ += take;
     input = input.subspan(take);
     if (header_bytes_ < kFrameHeaderSize) return Status::need_more;
