@@ -45,6 +45,15 @@ Bytes raw_header(std::uint32_t length, std::uint8_t version, std::uint8_t flags,
   return h;
 }
 
+// A hello request, its ack and an empty binary frame on filament 7, back to back.
+Bytes three_frames() {
+  Bytes stream;
+  encode_frame(make_frame(MessageType::client_hello, kFlagReplyRequested, 0, 1, R"({"client":"x"})"), stream);
+  encode_frame(make_frame(MessageType::ack, kFlagReply, 0, 1, "{}"), stream);
+  encode_frame(make_frame(MessageType::device_list, kFlagBinary, 7, 0, ""), stream);
+  return stream;
+}
+
 constexpr std::uint16_t kHeartbeat = static_cast<std::uint16_t>(MessageType::heartbeat);
 
 // Feeds `bytes` and returns the first status other than complete (frames are discarded).
@@ -118,26 +127,35 @@ TEST_CASE("FrameDecoder takes several frames out of one feed, in order") {
   CHECK(decoder.buffered() == 0);
 }
 
-TEST_CASE("FrameDecoder decodes a stream split at every possible point") {
-  Bytes stream;
-  encode_frame(make_frame(MessageType::client_hello, kFlagReplyRequested, 0, 1, R"({"client":"x"})"), stream);
-  encode_frame(make_frame(MessageType::ack, kFlagReply, 0, 1, "{}"), stream);
-  encode_frame(make_frame(MessageType::device_list, kFlagBinary, 7, 0, ""), stream);
-  for (std::size_t split = 0; split <= stream.size(); ++split) {
-    CAPTURE(split);
-    FrameDecoder decoder;
-    std::vector<Frame> frames;
-    Frame f;
-    decoder.feed(std::span<const std::uint8_t>(stream.data(), split));
-    while (decoder.next(f) == Status::complete) frames.push_back(f);
-    decoder.feed(std::span<const std::uint8_t>(stream.data() + split, stream.size() - split));
-    while (decoder.next(f) == Status::complete) frames.push_back(f);
-    REQUIRE(frames.size() == 3);
-    CHECK(frames[0].type == MessageType::client_hello);
-    CHECK(frames[1].type == MessageType::ack);
-    CHECK(frames[2].type == MessageType::device_list);
-    CHECK(frames[2].filament == 7);
-    CHECK(decoder.finish() == Status::complete);
+TEST_CASE("FrameDecoder decodes a stream split at every possible point, fed or streamed") {
+  const Bytes stream = three_frames();
+  for (const bool streaming : {false, true}) {
+    for (std::size_t split = 0; split <= stream.size(); ++split) {
+      CAPTURE(streaming);
+      CAPTURE(split);
+      FrameDecoder decoder;
+      std::vector<Frame> frames;
+      // One read's bytes: fed (copied) then drained, or streamed as a link does.
+      const auto take = [&](std::span<const std::uint8_t> piece) {
+        Frame f;
+        if (!streaming) decoder.feed(piece);
+        while ((streaming ? decoder.next(piece, f) : decoder.next(f)) == Status::complete) frames.push_back(f);
+        if (streaming) CHECK(piece.empty());  // used up; feed() copied it instead
+      };
+      take({stream.data(), split});
+      // What the first piece left unfinished is held: the caller's bytes may be reused.
+      std::size_t used = 0;
+      for (const Frame& frame : frames) used += kFrameHeaderSize + frame.payload.size();
+      CHECK(decoder.buffered() == split - used);
+      take({stream.data() + split, stream.size() - split});
+      REQUIRE(frames.size() == 3);
+      CHECK(frames[0].type == MessageType::client_hello);
+      CHECK(frames[0].payload_text() == R"({"client":"x"})");
+      CHECK(frames[1].type == MessageType::ack);
+      CHECK(frames[2].type == MessageType::device_list);
+      CHECK(frames[2].filament == 7);
+      CHECK(decoder.finish() == Status::complete);
+    }
   }
 }
 
@@ -376,36 +394,6 @@ TEST_CASE("FrameDecoder streaming takes whole frames from the input and holds no
   CHECK(decoder.next(input, f) == Status::need_more);
   CHECK(decoder.buffered() == 0);
   CHECK(decoder.finish() == Status::complete);
-}
-
-TEST_CASE("FrameDecoder streaming decodes a stream read in two pieces split at every possible point") {
-  Bytes stream;
-  encode_frame(make_frame(MessageType::client_hello, kFlagReplyRequested, 0, 1, R"({"client":"x"})"), stream);
-  encode_frame(make_frame(MessageType::ack, kFlagReply, 0, 1, "{}"), stream);
-  encode_frame(make_frame(MessageType::device_list, kFlagBinary, 7, 0, ""), stream);
-  for (std::size_t split = 0; split <= stream.size(); ++split) {
-    CAPTURE(split);
-    FrameDecoder decoder;
-    std::vector<Frame> frames;
-    Frame f;
-    std::span<const std::uint8_t> first(stream.data(), split);
-    while (decoder.next(first, f) == Status::complete) frames.push_back(f);
-    CHECK(first.empty());
-    // What the first piece left unfinished is held: the caller's bytes may be reused.
-    CHECK(decoder.buffered() == split - [&] {
-      std::size_t used = 0;
-      for (const Frame& frame : frames) used += kFrameHeaderSize + frame.payload.size();
-      return used;
-    }());
-    std::span<const std::uint8_t> second(stream.data() + split, stream.size() - split);
-    while (decoder.next(second, f) == Status::complete) frames.push_back(f);
-    REQUIRE(frames.size() == 3);
-    CHECK(frames[0].payload_text() == R"({"client":"x"})");
-    CHECK(frames[1].type == MessageType::ack);
-    CHECK(frames[2].type == MessageType::device_list);
-    CHECK(frames[2].filament == 7);
-    CHECK(decoder.finish() == Status::complete);
-  }
 }
 
 TEST_CASE("FrameDecoder streaming checks a header before its payload arrives and stays invalid") {
