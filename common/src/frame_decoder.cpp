@@ -130,9 +130,8 @@ void FrameDecoder::release_storage() {
 }
 
 std::size_t FrameDecoder::buffered() const {
-  const std::size_t payload = header_bytes_ == kFrameHeaderSize ? partial_.size() : 0;
-  const std::size_t unfinished = header_bytes_ + payload;
-  return fed_.size() - fed_offset_ + unfinished;
+  // partial_ is empty until the unfinished frame's header is whole.
+  return fed_.size() - fed_offset_ + header_bytes_ + partial_.size();
 }
 
 FrameDecoder::Status FrameDecoder::finish() {

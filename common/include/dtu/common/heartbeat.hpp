@@ -8,8 +8,9 @@
 //
 // One wake-up per interval: the answering side (a link's acceptor: the manager) sends its
 // heartbeat in answer to each one it receives, in the wake-up that read it, and its own timer
-// waits kAnswerSilence intervals instead of one, so that it does not fire just before the peer's
-// next heartbeat arrives (which is one interval plus the peer's timer lateness after the last).
+// waits 3/2 intervals (kAnswerSilenceNum/Den) instead of one, so that it does not fire just
+// before the peer's next heartbeat arrives (one interval plus the peer's timer lateness after
+// the last).
 // The answer also gives the peer an immediate clock sample. A side allowed a single miss keeps
 // the one-interval timer, or its peer would call it dead between two heartbeats.
 // Not thread-safe: one per link, on that link's thread.
