@@ -72,6 +72,10 @@ int handshake_call(SSL* ssl, void* /*data*/, std::size_t /*length*/, std::size_t
   return SSL_do_handshake(ssl);
 }
 
+int read_call(SSL* ssl, void* data, std::size_t length, std::size_t* moved) {
+  return SSL_read_ex(ssl, data, length, moved);
+}
+
 int write_call(SSL* ssl, void* data, std::size_t length, std::size_t* moved) {
   return SSL_write_ex(ssl, data, length, moved);
 }
@@ -122,22 +126,28 @@ TlsTransport::TlsTransport(asio::ip::tcp::socket socket, asio::ssl::context& con
 
 TlsTransport::~TlsTransport() { SSL_free(ssl_); }
 
+IoResult TlsTransport::call_once(Call call, void* data, std::size_t length,
+                                 asio::socket_base::wait_type& wait) {
+  if (closed_) return IoResult{asio::error::operation_aborted, 0};
+  ERR_clear_error();
+  errno = 0;
+  std::size_t moved = 0;
+  const int rc = call(ssl_, data, length, &moved);
+  const int saved_errno = errno;
+  if (rc == 1) return IoResult{{}, moved};
+  const int ssl_error = SSL_get_error(ssl_, rc);
+  if (ssl_error == SSL_ERROR_WANT_READ || ssl_error == SSL_ERROR_WANT_WRITE) {
+    wait = ssl_error == SSL_ERROR_WANT_READ ? asio::socket_base::wait_read : asio::socket_base::wait_write;
+    return IoResult{asio::error::would_block, 0};
+  }
+  return IoResult{failure(ssl_error, saved_errno), 0};
+}
+
 asio::awaitable<IoResult> TlsTransport::drive(Call call, void* data, std::size_t length) {
   for (;;) {
-    if (closed_) co_return IoResult{asio::error::operation_aborted, 0};
-    ERR_clear_error();
-    errno = 0;
-    std::size_t moved = 0;
-    const int rc = call(ssl_, data, length, &moved);
-    const int saved_errno = errno;
-    if (rc == 1) co_return IoResult{{}, moved};
-    const int ssl_error = SSL_get_error(ssl_, rc);
     asio::socket_base::wait_type wait = asio::socket_base::wait_read;
-    if (ssl_error == SSL_ERROR_WANT_WRITE) {
-      wait = asio::socket_base::wait_write;
-    } else if (ssl_error != SSL_ERROR_WANT_READ) {
-      co_return IoResult{failure(ssl_error, saved_errno), 0};
-    }
+    const IoResult r = call_once(call, data, length, wait);
+    if (r.ec != asio::error::would_block) co_return r;
     auto [ec] = co_await socket_.async_wait(wait, as_tuple(asio::use_awaitable));
     if (ec) co_return IoResult{ec, 0};
   }
@@ -149,20 +159,7 @@ asio::awaitable<std::error_code> TlsTransport::handshake() {
 }
 
 IoResult TlsTransport::read_available(asio::mutable_buffer buffer) {
-  if (closed_) return IoResult{asio::error::operation_aborted, 0};
-  ERR_clear_error();
-  errno = 0;
-  std::size_t moved = 0;
-  const int rc = SSL_read_ex(ssl_, buffer.data(), buffer.size(), &moved);
-  const int saved_errno = errno;
-  if (rc == 1) return IoResult{{}, moved};
-  const int ssl_error = SSL_get_error(ssl_, rc);
-  if (ssl_error == SSL_ERROR_WANT_READ || ssl_error == SSL_ERROR_WANT_WRITE) {
-    read_wait_ =
-        ssl_error == SSL_ERROR_WANT_READ ? asio::socket_base::wait_read : asio::socket_base::wait_write;
-    return IoResult{asio::error::would_block, 0};
-  }
-  return IoResult{failure(ssl_error, saved_errno), 0};
+  return call_once(read_call, buffer.data(), buffer.size(), read_wait_);
 }
 
 asio::awaitable<std::error_code> TlsTransport::wait_readable() {

@@ -119,6 +119,9 @@ class TlsTransport final : public Transport {
  private:
   // One call of OpenSSL on this connection: its return value, and the bytes it moved.
   using Call = int (*)(SSL* ssl, void* data, std::size_t length, std::size_t* moved);
+  // Calls OpenSSL once: the bytes moved, the error, or would_block with `wait` set to what
+  // OpenSSL needs from the socket.
+  IoResult call_once(Call call, void* data, std::size_t length, asio::socket_base::wait_type& wait);
   // Runs `call` until OpenSSL stops asking for the socket: the bytes moved, or the error.
   asio::awaitable<IoResult> drive(Call call, void* data, std::size_t length);
 
