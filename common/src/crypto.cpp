@@ -15,6 +15,7 @@
 #include <climits>
 #include <cstring>
 #include <memory>
+#include <utility>
 
 #include "dtu/common/check.hpp"
 
@@ -35,12 +36,27 @@ void* param_data(std::span<const std::uint8_t> s) {
   return const_cast<std::uint8_t*>(s.empty() ? kEmpty : s.data());
 }
 
-struct KdfDeleter {
-  void operator()(EVP_KDF* kdf) const { EVP_KDF_free(kdf); }
-};
 struct KdfCtxDeleter {
   void operator()(EVP_KDF_CTX* ctx) const { EVP_KDF_CTX_free(ctx); }
 };
+struct MacCtxDeleter {
+  void operator()(EVP_MAC_CTX* ctx) const { EVP_MAC_CTX_free(ctx); }
+};
+
+// The algorithms, looked up once per process: OpenSSL 3's fetch by name takes the provider
+// store's locks and searches it, which cost more than an HMAC of a state token. Fetched
+// algorithms may be shared between threads; these live until the process ends.
+EVP_MAC* hmac_algorithm() {
+  static EVP_MAC* const mac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+  DTU_CHECK(mac != nullptr);
+  return mac;
+}
+
+EVP_KDF* hkdf_algorithm() {
+  static EVP_KDF* const kdf = EVP_KDF_fetch(nullptr, "HKDF", nullptr);
+  DTU_CHECK(kdf != nullptr);
+  return kdf;
+}
 
 int hex_value(char c) {
   if (c >= '0' && c <= '9') return c - '0';
@@ -49,9 +65,13 @@ int hex_value(char c) {
   return -1;
 }
 
-bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+bool is_space(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
 
-std::string errno_text(int err) { return std::strerror(err); }
+std::string errno_text(int err) {
+  return std::strerror(err);
+}
 
 // Closes fd on scope exit.
 class FdGuard {
@@ -99,23 +119,48 @@ Bytes random_bytes(std::size_t n) {
   return out;
 }
 
-Bytes hmac_sha256(std::span<const std::uint8_t> key, std::span<const std::uint8_t> data) {
+HmacSha256::HmacSha256(std::span<const std::uint8_t> key) : prepared_(EVP_MAC_CTX_new(hmac_algorithm())) {
+  DTU_CHECK(prepared_ != nullptr);
+  char digest[] = "SHA256";
+  const OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
+      OSSL_PARAM_construct_end(),
+  };
+  DTU_CHECK(EVP_MAC_init(prepared_, static_cast<const unsigned char*>(param_data(key)), key.size(), params) ==
+            1);
+}
+
+HmacSha256::~HmacSha256() {
+  EVP_MAC_CTX_free(prepared_);
+}
+
+HmacSha256::HmacSha256(HmacSha256&& other) noexcept : prepared_(std::exchange(other.prepared_, nullptr)) {}
+
+HmacSha256& HmacSha256::operator=(HmacSha256&& other) noexcept {
+  std::swap(prepared_, other.prepared_);
+  return *this;
+}
+
+Bytes HmacSha256::mac(std::span<const std::uint8_t> data) const {
+  DTU_CHECK(prepared_ != nullptr);
+  std::unique_ptr<EVP_MAC_CTX, MacCtxDeleter> ctx(EVP_MAC_CTX_dup(prepared_));
+  DTU_CHECK(ctx != nullptr);
+  DTU_CHECK(EVP_MAC_update(ctx.get(), data.empty() ? kEmpty : data.data(), data.size()) == 1);
   Bytes out(kHmacSha256Bytes);
   std::size_t out_len = 0;
-  const unsigned char* data_ptr = data.empty() ? kEmpty : data.data();
-  const unsigned char* mac = EVP_Q_mac(nullptr, "HMAC", nullptr, "SHA256", nullptr, param_data(key), key.size(),
-                                       data_ptr, data.size(), out.data(), out.size(), &out_len);
-  DTU_CHECK(mac != nullptr);
+  DTU_CHECK(EVP_MAC_final(ctx.get(), out.data(), &out_len, out.size()) == 1);
   DTU_CHECK(out_len == kHmacSha256Bytes);
   return out;
+}
+
+Bytes hmac_sha256(std::span<const std::uint8_t> key, std::span<const std::uint8_t> data) {
+  return HmacSha256(key).mac(data);
 }
 
 Bytes hkdf_sha256(std::span<const std::uint8_t> ikm, std::span<const std::uint8_t> salt,
                   std::span<const std::uint8_t> info, std::size_t length) {
   DTU_CHECK(length >= 1 && length <= kMaxHkdfSha256Bytes);
-  std::unique_ptr<EVP_KDF, KdfDeleter> kdf(EVP_KDF_fetch(nullptr, "HKDF", nullptr));
-  DTU_CHECK(kdf != nullptr);
-  std::unique_ptr<EVP_KDF_CTX, KdfCtxDeleter> ctx(EVP_KDF_CTX_new(kdf.get()));
+  std::unique_ptr<EVP_KDF_CTX, KdfCtxDeleter> ctx(EVP_KDF_CTX_new(hkdf_algorithm()));
   DTU_CHECK(ctx != nullptr);
 
   char digest[] = "SHA256";
@@ -159,7 +204,8 @@ Result<Bytes> from_hex(std::string_view hex) {
     const int lo = hex_value(hex[i + 1]);
     if (hi < 0 || lo < 0) {
       const std::size_t bad = hi < 0 ? i : i + 1;
-      return Error{Errc::invalid_argument, "character at offset " + std::to_string(bad) + " is not a hex digit"};
+      return Error{Errc::invalid_argument,
+                   "character at offset " + std::to_string(bad) + " is not a hex digit"};
     }
     out.push_back(static_cast<std::uint8_t>((hi << 4) | lo));
   }
@@ -175,7 +221,8 @@ Result<SecretKey> load_key_file(const std::string& path) {
   FdGuard fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return Error{Errc::io_error, "cannot open " + where + ": " + errno_text(errno)};
   struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) return Error{Errc::io_error, "cannot stat " + where + ": " + errno_text(errno)};
+  if (::fstat(fd.get(), &st) != 0)
+    return Error{Errc::io_error, "cannot stat " + where + ": " + errno_text(errno)};
   if (!S_ISREG(st.st_mode)) return Error{Errc::config_error, where + " is not a regular file"};
 
   std::string text;
@@ -217,7 +264,8 @@ Result<void> write_key_file(const std::string& path, const SecretKey& key) {
   if (fd.get() < 0) return Error{Errc::io_error, "cannot create " + where + ": " + errno_text(errno)};
   // An existing file keeps its old mode through O_TRUNC; tighten it before the key goes in,
   // so the key is never readable by others.
-  if (::fchmod(fd.get(), 0600) != 0) return Error{Errc::io_error, "cannot chmod 0600 " + where + ": " + errno_text(errno)};
+  if (::fchmod(fd.get(), 0600) != 0)
+    return Error{Errc::io_error, "cannot chmod 0600 " + where + ": " + errno_text(errno)};
 
   std::string text = to_hex(key.bytes);
   Cleanser wipe_text(text);
@@ -236,7 +284,9 @@ Result<void> write_key_file(const std::string& path, const SecretKey& key) {
   return {};
 }
 
-SecretKey generate_key() { return SecretKey{random_bytes(kKeyBytes)}; }
+SecretKey generate_key() {
+  return SecretKey{random_bytes(kKeyBytes)};
+}
 
 Bytes derive_dtu_key(const SecretKey& site_dtu_key, std::string_view dtu_id) {
   DTU_CHECK(!site_dtu_key.bytes.empty());

@@ -1,8 +1,12 @@
 #include "dtu/common/state_token.hpp"
 
+#include <algorithm>
+#include <charconv>
 #include <exception>
+#include <iterator>
 #include <optional>
 #include <type_traits>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -46,13 +50,76 @@ nlohmann::json to_json_object(const StateToken& t, const std::string& key_id) {
                         {"key", key_id}};
 }
 
+// Plain printable ASCII without a quote or a backslash: written into JSON as it is.
+bool is_plain(std::string_view s) {
+  return std::all_of(s.begin(), s.end(),
+                     [](char c) { return c >= 0x20 && c < 0x7f && c != '"' && c != '\\'; });
+}
+
+// The token's JSON, byte for byte what to_json_object(...).dump() writes (keys in sorted
+// order), but written directly when every string is plain: building the object cost more than
+// the HMAC. Anything else (escapes, invalid UTF-8 to replace) goes through nlohmann.
+std::string to_json_text(const StateToken& t, const std::string& key_id) {
+  const std::string_view strings[] = {t.kind,   t.dtu,    t.device, t.lease,     t.holder,
+                                      t.origin, t.client, t.rule,   t.issued_by, key_id};
+  if (!std::all_of(std::begin(strings), std::end(strings), is_plain)) {
+    return to_json_object(t, key_id).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  }
+  std::string out;
+  out.reserve(320);
+  char sep = '{';
+  const auto name = [&](std::string_view key) {
+    out.push_back(sep);
+    sep = ',';
+    out.push_back('"');
+    out.append(key);
+    out.append("\":");
+  };
+  const auto text = [&](std::string_view key, std::string_view value) {
+    name(key);
+    out.push_back('"');
+    out.append(value);
+    out.push_back('"');
+  };
+  const auto number = [&](std::string_view key, auto value) {
+    name(key);
+    char digits[24];
+    const auto end = std::to_chars(std::begin(digits), std::end(digits), value).ptr;
+    out.append(digits, end);
+  };
+  text("client", t.client);
+  text("device", t.device);
+  text("dtu", t.dtu);
+  number("gid", t.gid);
+  text("holder", t.holder);
+  text("issued_by", t.issued_by);
+  number("issued_us", t.issued_us);
+  name("keep");
+  out.append(t.keep ? "true" : "false");
+  text("key", key_id);
+  text("kind", t.kind);
+  text("lease", t.lease);
+  number("length_ms", t.length_ms);
+  number("max_lease_ms", t.max_lease_ms);
+  text("origin", t.origin);
+  number("pid", t.pid);
+  text("rule", t.rule);
+  number("uid", t.uid);
+  number("unit", t.unit);
+  number("v", t.v);
+  out.push_back('}');
+  return out;
+}
+
 // The fields of a version 1 token; any missing or mistyped one is an error (never throws).
 // Integers go through field<>: nlohmann alone would convert 1e28 to an int with undefined
 // behaviour (found by the state_token fuzz target).
 Result<StateToken> from_json_object(const nlohmann::json& j) {
   try {
     StateToken t;
-    const auto read = [&j](auto& to, const char* key) { to = field<std::remove_reference_t<decltype(to)>>(j, key); };
+    const auto read = [&j](auto& to, const char* key) {
+      to = field<std::remove_reference_t<decltype(to)>>(j, key);
+    };
     read(t.v, "v");
     if (t.v != kStateTokenVersion)
       return Error(Errc::bad_payload, "state token version " + std::to_string(t.v));
@@ -80,8 +147,31 @@ Result<StateToken> from_json_object(const nlohmann::json& j) {
   }
 }
 
+// What a group key derives for state tokens: the HMAC under the token key, prepared, and the
+// key's id. Deriving them (HKDF, then an HMAC for the id) cost twice what signing a token does,
+// and a manager signs two tokens per allocation, so each thread keeps the last few keys' (a
+// group has a current and, while rotating, a next key).
+struct TokenKey {
+  Bytes group_key;
+  HmacSha256 mac;
+  std::string id;
+};
+
+constexpr std::size_t kCachedTokenKeys = 4;
+
+// The reference is valid until the next call on the same thread.
+const TokenKey& token_key(const SecretKey& group_key) {
+  thread_local std::vector<TokenKey> keys;
+  for (const TokenKey& k : keys) {
+    if (k.group_key == group_key.bytes) return k;
+  }
+  if (keys.size() == kCachedTokenKeys) keys.erase(keys.begin());
+  keys.push_back({group_key.bytes, HmacSha256(state_token_key(group_key)), group_key_id(group_key)});
+  return keys.back();
+}
+
 Bytes mac_of(const SecretKey& group_key, std::string_view json) {
-  return hmac_sha256(state_token_key(group_key), as_bytes(json));
+  return token_key(group_key).mac.mac(as_bytes(json));
 }
 
 }  // namespace
@@ -144,8 +234,7 @@ Bytes state_token_key(const SecretKey& group_key) {
 
 Result<std::string> sign_state_token(const StateToken& token, const GroupKeys& keys) {
   // Names come from services: invalid UTF-8 is replaced rather than thrown on.
-  const std::string json = to_json_object(token, group_key_id(keys.current))
-                               .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  const std::string json = to_json_text(token, token_key(keys.current).id);
   const Bytes mac = mac_of(keys.current, json);
   std::string text = base64url_encode(json);
   text.push_back('.');
@@ -184,9 +273,9 @@ Result<StateToken> verify_state_token(std::string_view text, const GroupKeys& ke
   }
   const SecretKey* key = nullptr;
   if (key_id) {
-    if (*key_id == group_key_id(keys.current)) {
+    if (*key_id == token_key(keys.current).id) {
       key = &keys.current;
-    } else if (keys.next && *key_id == group_key_id(*keys.next)) {
+    } else if (keys.next && *key_id == token_key(*keys.next).id) {
       key = &*keys.next;
     } else {
       return Error(Errc::auth_failed, "unknown key");

@@ -27,7 +27,9 @@ Bytes hex(std::string_view text) {
   return std::move(bytes).value();
 }
 
-Bytes repeated(std::uint8_t value, std::size_t n) { return Bytes(n, value); }
+Bytes repeated(std::uint8_t value, std::size_t n) {
+  return Bytes(n, value);
+}
 
 using TempDir = dtu::testing::UnitTempDir;
 
@@ -70,6 +72,23 @@ TEST_CASE("hmac_sha256 accepts an empty key and empty data") {
   // HMAC-SHA256("", "") is a well-known constant.
   CHECK(to_hex(dtu::common::hmac_sha256({}, {})) ==
         "b613679a0814d9ec772f95d778c35fc5ff1697c493715653c6c712144292c5ad");
+}
+
+TEST_CASE("A prepared HmacSha256 gives each message its own MAC, also after a move") {
+  dtu::common::HmacSha256 jefe(as_bytes("Jefe"));
+  // Twice, then another message: no state is carried from one mac() to the next.
+  for (int i = 0; i < 2; ++i) {
+    CHECK(to_hex(jefe.mac(as_bytes("what do ya want for nothing?"))) ==
+          "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+  }
+  CHECK(jefe.mac(as_bytes("Hi There")) == dtu::common::hmac_sha256(as_bytes("Jefe"), as_bytes("Hi There")));
+  dtu::common::HmacSha256 moved(std::move(jefe));
+  CHECK(to_hex(moved.mac(as_bytes("what do ya want for nothing?"))) ==
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+  dtu::common::HmacSha256 empty({});
+  CHECK(to_hex(empty.mac({})) == "b613679a0814d9ec772f95d778c35fc5ff1697c493715653c6c712144292c5ad");
+  empty = std::move(moved);
+  CHECK(to_hex(empty.mac(repeated(0xdd, 0))) == to_hex(dtu::common::hmac_sha256(as_bytes("Jefe"), {})));
 }
 
 // RFC 5869 appendix A.1 and A.3.

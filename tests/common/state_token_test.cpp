@@ -86,6 +86,44 @@ TEST_CASE("A state token round-trips through sign and verify") {
   CHECK(*back == t);
 }
 
+TEST_CASE("A state token's JSON is nlohmann's canonical form, whatever its names hold") {
+  // Plain names are written directly, others through nlohmann: either way the JSON must be
+  // what nlohmann writes for it (sorted keys, no spaces), and every field must come back.
+  const common::GroupKeys keys{common::generate_key(), std::nullopt};
+  const std::vector<std::string> names = {
+      "svc",  "",      "with space and ~", "quote \" here", "back\\slash", "new\nline", "tab\tbell\x07",
+      "\x7f", "grüße", "\xe2\x82\xac",     "€uro"};
+  for (const std::string& name : names) {
+    CAPTURE(name);
+    common::StateToken t = sample();
+    t.client = name;
+    t.rule = name;
+    t.holder = name + "[77]@A";
+    t.issued_us = -1;  // a negative number is written as nlohmann writes one
+    t.keep = name.size() % 2 == 0;
+    auto text = common::sign_state_token(t, keys);
+    REQUIRE(text.ok());
+    auto json = common::base64url_decode(text->substr(0, text->find('.')));
+    REQUIRE(json.ok());
+    CHECK(*json == nlohmann::json::parse(*json).dump());
+    auto back = common::verify_state_token(*text, keys);
+    REQUIRE(back.ok());
+    CHECK(*back == t);
+  }
+  // Invalid UTF-8 is replaced (U+FFFD), not refused.
+  common::StateToken bad = sample();
+  bad.client =
+      "a\xff"
+      "b";
+  auto text = common::sign_state_token(bad, keys);
+  REQUIRE(text.ok());
+  auto back = common::verify_state_token(*text, keys);
+  REQUIRE(back.ok());
+  CHECK(back->client ==
+        "a\xef\xbf\xbd"
+        "b");
+}
+
 TEST_CASE("A tampered state token is refused as tampered") {
   const common::GroupKeys keys{common::generate_key(), std::nullopt};
   auto text = common::sign_state_token(sample(), keys);
@@ -153,6 +191,29 @@ TEST_CASE("During a key rotation tokens of the current and the next key both ver
   CHECK(r.error().detail == "unknown key");
 }
 
+TEST_CASE("Tokens of more group keys than a thread keeps derived each verify under their own key only") {
+  // Signing derives the token key and key id once per key and keeps a few: with more keys than
+  // that in turn, every token must still name and be signed by its own key.
+  std::vector<common::SecretKey> keys;
+  std::vector<std::string> tokens;
+  for (int round = 0; round < 2; ++round) {
+    for (std::size_t i = 0; i < 7; ++i) {
+      if (round == 0) keys.push_back(common::generate_key());
+      auto text = common::sign_state_token(sample(), common::GroupKeys{keys[i], std::nullopt});
+      REQUIRE(text.ok());
+      if (round == 0) tokens.push_back(*text);
+      CHECK(*text == tokens[i]);  // the same token and key sign to the same text
+    }
+  }
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    CHECK(common::verify_state_token(tokens[i], common::GroupKeys{keys[i], std::nullopt}).ok());
+    auto other =
+        common::verify_state_token(tokens[i], common::GroupKeys{keys[(i + 1) % keys.size()], std::nullopt});
+    REQUIRE_FALSE(other.ok());
+    CHECK(other.error().detail == "unknown key");
+  }
+}
+
 TEST_CASE("A state token above 4 KiB is neither issued nor read") {
   const common::GroupKeys keys{common::generate_key(), std::nullopt};
   common::StateToken t = sample();
@@ -196,8 +257,8 @@ TEST_CASE("A malformed state token is refused as a bad payload") {
       doc[key] = value;
       const std::string json = doc.dump();
       const auto mac = common::hmac_sha256(common::state_token_key(keys.current), common::as_bytes(json));
-      const std::string text =
-          common::base64url_encode(json) + "." + common::base64url_encode(std::string(mac.begin(), mac.end()));
+      const std::string text = common::base64url_encode(json) + "." +
+                               common::base64url_encode(std::string(mac.begin(), mac.end()));
       auto r = common::verify_state_token(text, keys);
       REQUIRE_FALSE(r.ok());
       CHECK(r.error().code == make_error_code(Errc::bad_payload));

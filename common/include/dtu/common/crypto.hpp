@@ -18,6 +18,8 @@
 
 #include "dtu/common/result.hpp"
 
+struct evp_mac_ctx_st;  // OpenSSL's EVP_MAC_CTX (openssl/types.h)
+
 namespace dtu::common {
 
 using Bytes = std::vector<std::uint8_t>;
@@ -37,6 +39,25 @@ Bytes random_bytes(std::size_t n);
 
 // HMAC-SHA256(key, data): 32 bytes. Any key length, including empty.
 Bytes hmac_sha256(std::span<const std::uint8_t> key, std::span<const std::uint8_t> data);
+
+// HMAC-SHA256 under one key, prepared once: each mac() copies the prepared state and hashes
+// data, instead of looking the algorithm up and scheduling the key again (a state token is
+// signed per allocation). One object is not safe to use from two threads at once.
+class HmacSha256 {
+ public:
+  explicit HmacSha256(std::span<const std::uint8_t> key);
+  ~HmacSha256();
+  HmacSha256(HmacSha256&& other) noexcept;
+  HmacSha256& operator=(HmacSha256&& other) noexcept;
+  HmacSha256(const HmacSha256&) = delete;
+  HmacSha256& operator=(const HmacSha256&) = delete;
+
+  // HMAC-SHA256(key, data): 32 bytes.
+  Bytes mac(std::span<const std::uint8_t> data) const;
+
+ private:
+  evp_mac_ctx_st* prepared_;  // keyed; owned
+};
 
 // HKDF-SHA256 (RFC 5869, extract then expand). salt and info may be empty.
 // REQUIRES: 1 <= length <= 255 * 32
