@@ -495,12 +495,16 @@ void DtuAgent::on_lease_request(const common::Frame& frame) {
                   {{"lease", lease->id}, {"device", lease->device}, {"unit", lease->unit}, {"holder", lease->holder},
                    {"uid", request.uid ? std::to_string(*request.uid) : "-"}, {"length_ms", request.length_ms}});
         expiry_timer_.cancel();  // re-arm for the new expiry
-        report_units(lease->device);
         auto link = weak.lock();
         if (link && link->is_open()) {
+          // The grant before the unit's new state, as a release's ack comes before it: the
+          // manager answers the service as soon as it reads the grant, and the state follows
+          // in the same write instead of being handled (and sent to every finder) first.
           link->reply(frame, common::to_frame(granted_message(*lease, true)));
+          report_units(lease->device);
           return;
         }
+        report_units(lease->device);
         // Nobody can learn the token: end the lease at once rather than hold the unit for nothing.
         log_.warn("", "lease_unanswered", {{"lease", lease->id}, {"reason", "manager link lost"}});
         if (auto ended = leases_.end(lease->id, LeaseEnd::released)) lease_ended(*ended, LeaseEnd::released);
