@@ -47,7 +47,7 @@ class InbandChannel : public std::enable_shared_from_this<InbandChannel> {
   // interleave with other endpoints) and requests kept in flight (flow control: at most
   // kStreamWindow × kStreamChunk bytes are queued at the DTU for one stream).
   static constexpr std::size_t kStreamChunk = 64 * 1024;
-  static constexpr std::size_t kStreamWindow = 4;
+  static constexpr std::size_t kStreamWindow = 8;
   // Added to a transfer's own timeout for the deadline of its request: the round trip.
   static constexpr common::Duration kReplyMargin = std::chrono::seconds(5);
   // Deadline of the requests that move no device data (device_id, renew).
