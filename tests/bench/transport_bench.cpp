@@ -887,11 +887,12 @@ TEST_CASE("transport floor and in-band stream") {
       "counted.\n"
       "TLS: the project's TLS 1.3 PSK + (EC)DHE, AES-128-GCM, %zu KiB writes, timed to the reader's answer "
       "after the last byte.\n"
-      "In-band: InbandChannel::stream() of %zu MiB per call (64 KiB chunks, 4 in flight) back to back; a "
+      "In-band: InbandChannel::stream() of %zu MiB per call (%zu KiB chunks, %zu in flight) back to back; a "
       "call completes when\n"
       "the DTU confirmed every chunk (usb_done: the simulated device accepted it). Figures are printed, "
       "never asserted.\n",
-      kWarmupRoundTrips, kTlsBlock / 1024, kStreamCallBytes / (1024 * 1024));
+      kWarmupRoundTrips, kTlsBlock / 1024, kStreamCallBytes / (1024 * 1024),
+      dtu::client::InbandChannel::kStreamChunk / 1024, dtu::client::InbandChannel::kStreamWindow);
 
   using dtu::bench::Metric;
   std::vector<Metric> metrics;
