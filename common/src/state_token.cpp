@@ -1,7 +1,6 @@
 #include "dtu/common/state_token.hpp"
 
 #include <algorithm>
-#include <charconv>
 #include <exception>
 #include <iterator>
 #include <optional>
@@ -12,6 +11,7 @@
 
 #include "dtu/common/crypto.hpp"
 #include "dtu/common/json_fields.hpp"
+#include "dtu/common/json_text.hpp"
 
 namespace dtu::common {
 namespace {
@@ -50,65 +50,40 @@ nlohmann::json to_json_object(const StateToken& t, const std::string& key_id) {
                         {"key", key_id}};
 }
 
-// Plain printable ASCII without a quote or a backslash: written into JSON as it is.
-bool is_plain(std::string_view s) {
-  return std::all_of(s.begin(), s.end(),
-                     [](char c) { return c >= 0x20 && c < 0x7f && c != '"' && c != '\\'; });
-}
-
-// The token's JSON, byte for byte what to_json_object(...).dump() writes (keys in sorted
-// order), but written directly when every string is plain: building the object cost more than
-// the HMAC. Anything else (escapes, invalid UTF-8 to replace) goes through nlohmann.
+// The token's JSON, byte for byte what to_json_object(...).dump() writes, but written directly
+// when every string is plain: building the object cost more than the HMAC. Anything else
+// (escapes, invalid UTF-8 to replace) goes through nlohmann.
 std::string to_json_text(const StateToken& t, const std::string& key_id) {
   const std::string_view strings[] = {t.kind,   t.dtu,    t.device, t.lease,     t.holder,
                                       t.origin, t.client, t.rule,   t.issued_by, key_id};
-  if (!std::all_of(std::begin(strings), std::end(strings), is_plain)) {
+  if (!std::all_of(std::begin(strings), std::end(strings), is_plain_json_string)) {
     return to_json_object(t, key_id).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   }
-  std::string out;
-  out.reserve(320);
-  char sep = '{';
-  const auto name = [&](std::string_view key) {
-    out.push_back(sep);
-    sep = ',';
-    out.push_back('"');
-    out.append(key);
-    out.append("\":");
-  };
-  const auto text = [&](std::string_view key, std::string_view value) {
-    name(key);
-    out.push_back('"');
-    out.append(value);
-    out.push_back('"');
-  };
-  const auto number = [&](std::string_view key, auto value) {
-    name(key);
-    char digits[24];
-    const auto end = std::to_chars(std::begin(digits), std::end(digits), value).ptr;
-    out.append(digits, end);
-  };
-  text("client", t.client);
-  text("device", t.device);
-  text("dtu", t.dtu);
-  number("gid", t.gid);
-  text("holder", t.holder);
-  text("issued_by", t.issued_by);
-  number("issued_us", t.issued_us);
-  name("keep");
-  out.append(t.keep ? "true" : "false");
-  text("key", key_id);
-  text("kind", t.kind);
-  text("lease", t.lease);
-  number("length_ms", t.length_ms);
-  number("max_lease_ms", t.max_lease_ms);
-  text("origin", t.origin);
-  number("pid", t.pid);
-  text("rule", t.rule);
-  number("uid", t.uid);
-  number("unit", t.unit);
-  number("v", t.v);
-  out.push_back('}');
-  return out;
+  std::string text;
+  text.reserve(320);
+  JsonText out(text);
+  out.open_object();  // the keys in sorted order
+  out.key("client").string(t.client);
+  out.key("device").string(t.device);
+  out.key("dtu").string(t.dtu);
+  out.key("gid").number(t.gid);
+  out.key("holder").string(t.holder);
+  out.key("issued_by").string(t.issued_by);
+  out.key("issued_us").number(t.issued_us);
+  out.key("keep").boolean(t.keep);
+  out.key("key").string(key_id);
+  out.key("kind").string(t.kind);
+  out.key("lease").string(t.lease);
+  out.key("length_ms").number(t.length_ms);
+  out.key("max_lease_ms").number(t.max_lease_ms);
+  out.key("origin").string(t.origin);
+  out.key("pid").number(t.pid);
+  out.key("rule").string(t.rule);
+  out.key("uid").number(t.uid);
+  out.key("unit").number(t.unit);
+  out.key("v").number(t.v);
+  out.close_object();
+  return text;
 }
 
 // The fields of a version 1 token; any missing or mistyped one is an error (never throws).

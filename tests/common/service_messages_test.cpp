@@ -119,7 +119,53 @@ TEST_CASE("a finder event built from a device encoded once is the frame to_frame
   }
 }
 
-TEST_CASE("the last encoded device is encoded again for any change its JSON shows, the stamp's time included") {
+TEST_CASE("encode_device writes what nlohmann writes for the record, plain or not") {
+  // Plain records are written directly, others through nlohmann: the bytes must not tell.
+  DeviceRecord plain = printer_record();
+  plain.serial = "PRN0001";
+  std::vector<DeviceRecord> records;
+  records.push_back(plain);
+  DeviceRecord r = plain;
+  r.orphaned = false;
+  r.serial.reset();
+  r.manufacturer = "EPSON";
+  r.units[0].holder.reset();
+  r.units[0].lease.reset();
+  r.units[0].state = UnitState::free;
+  records.push_back(r);
+  r.units.clear();  // no units
+  r.vid = 0xffff;
+  r.bcd_device = 0x0100;
+  r.stamp = Stamp{-1, 18446744073709551615ULL, -1795294179140706};
+  records.push_back(r);
+  r = plain;
+  UnitRecord scanner;
+  scanner.unit = 1;
+  scanner.interfaces = {1, 2, 255};
+  scanner.cls = 255;
+  scanner.subclass = 1;
+  scanner.protocol = 2;
+  scanner.function = "scanner";
+  scanner.state = UnitState::unavailable;
+  r.units.push_back(scanner);
+  r.units.push_back(UnitRecord{});  // empty strings and no interfaces
+  records.push_back(r);
+  for (const std::string odd : {"tab\there", "quote\"", "back\\slash", "grüße", "PRN\xff"}) {
+    r = plain;
+    r.product = odd;
+    records.push_back(r);
+    r = plain;
+    r.units[0].function = odd;
+    records.push_back(r);
+  }
+  for (const DeviceRecord& record : records) {
+    const std::string expected = json(record).dump(-1, ' ', false, json::error_handler_t::replace);
+    CHECK(encode_device(record) == expected);
+  }
+}
+
+TEST_CASE(
+    "the last encoded device is encoded again for any change its JSON shows, the stamp's time included") {
   LastEncodedDevice last;
   DeviceRecord record = printer_record();
   last.use(record);

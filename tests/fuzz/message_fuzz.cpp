@@ -1,6 +1,7 @@
 // Fuzz target: the JSON decoders, each given the whole input as its text.
 //   - as the payload of a frame of every message type (from_frame; properties in fuzz_check.hpp);
-//   - as a DeviceRecord: one it accepts survives to_json, dump, parse and from_json unchanged;
+//   - as a DeviceRecord: one it accepts survives to_json, dump, parse and from_json unchanged,
+//     and encode_device writes what dump does;
 //   - as a configuration document, both parsed here (ConfigReader over the value) and read from a
 //     file (ConfigReader::load): load returns a Result, never throws, and succeeds exactly when
 //     the text is a JSON object; typed reads never store a value outside their range;
@@ -26,6 +27,7 @@
 #include "dtu/common/frame.hpp"
 #include "dtu/common/message_type.hpp"
 #include "dtu/common/records.hpp"
+#include "dtu/common/service_messages.hpp"
 #include "fuzz_check.hpp"
 
 namespace {
@@ -62,6 +64,8 @@ void check_device_record(const json& doc) {
     const std::string text = json(record).dump();
     const auto again = json::parse(text).get<dtu::common::DeviceRecord>();
     FUZZ_REQUIRE(again == record);
+    // The managers' own encoder writes the same bytes, directly or through nlohmann.
+    FUZZ_REQUIRE(dtu::common::encode_device(record) == text);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "exception: %s\n", e.what());
     dtu::fuzz::violated("an accepted DeviceRecord re-encodes and decodes", __FILE__, __LINE__);

@@ -1,0 +1,102 @@
+#pragma once
+// JsonText: writes JSON straight into a string, byte for byte as nlohmann's dump() (no indent)
+// writes the same value, for the few encodings on hot paths (a state token per allocation, a
+// device record per device event), where building an nlohmann object first cost more than the
+// rest of the work (docs/performance.md).
+//
+//   std::string out;
+//   JsonText(out).open_object().key("a").number(1).key("b").string("x").close_object();
+//
+// The caller's part of the bargain, since it is what makes the bytes nlohmann's:
+// - keys in sorted (byte-wise) order within each object, as nlohmann's std::map keeps them;
+// - only plain strings (is_plain_json_string) as keys and values: nlohmann escapes the rest and
+//   replaces invalid UTF-8, so a value with any other byte is encoded through nlohmann instead.
+
+#include <charconv>
+#include <concepts>
+#include <iterator>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace dtu::common {
+
+// Printable ASCII without '"' or '\': written into JSON as it is, by nlohmann and by JsonText.
+inline bool is_plain_json_string(std::string_view s) {
+  for (const char c : s) {
+    if (c < 0x20 || c > 0x7e || c == '"' || c == '\\') return false;
+  }
+  return true;
+}
+
+class JsonText {
+ public:
+  explicit JsonText(std::string& out) : out_(out) {}
+
+  JsonText& open_object() { return open('{'); }
+  JsonText& close_object() { return close('}'); }
+  JsonText& open_array() { return open('['); }
+  JsonText& close_array() { return close(']'); }
+
+  // REQUIRES: is_plain_json_string(name)
+  JsonText& key(std::string_view name) {
+    separate();
+    quoted(name);
+    out_.push_back(':');
+    first_ = true;  // the value that follows takes no comma
+    return *this;
+  }
+  // REQUIRES: is_plain_json_string(value)
+  JsonText& string(std::string_view value) {
+    separate();
+    quoted(value);
+    return *this;
+  }
+  // The string, or null when there is none (as put_optional writes it).
+  // REQUIRES: !value or is_plain_json_string(*value)
+  JsonText& string_or_null(const std::optional<std::string>& value) {
+    return value ? string(*value) : null();
+  }
+  template <std::integral T>
+  requires(!std::same_as<T, bool>) JsonText& number(T value) {
+    separate();
+    char digits[24];
+    const auto end = std::to_chars(std::begin(digits), std::end(digits), value).ptr;
+    out_.append(digits, end);
+    return *this;
+  }
+  JsonText& boolean(bool value) { return literal(value ? "true" : "false"); }
+  JsonText& null() { return literal("null"); }
+
+ private:
+  void separate() {
+    if (!first_) out_.push_back(',');
+    first_ = false;
+  }
+  void quoted(std::string_view text) {
+    out_.push_back('"');
+    out_.append(text);
+    out_.push_back('"');
+  }
+  JsonText& open(char bracket) {
+    separate();
+    out_.push_back(bracket);
+    first_ = true;
+    return *this;
+  }
+  JsonText& close(char bracket) {
+    out_.push_back(bracket);
+    first_ = false;
+    return *this;
+  }
+  JsonText& literal(std::string_view text) {
+    separate();
+    out_.append(text);
+    return *this;
+  }
+
+  std::string& out_;
+  bool first_ = true;
+};
+
+}  // namespace dtu::common
