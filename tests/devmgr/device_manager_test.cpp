@@ -49,7 +49,8 @@ struct FakeDtu {
   bool closed = false;
 };
 
-// The managers' mesh port (each manager on its own loopback address).
+// The managers' mesh port (each manager on its own loopback address). ctest runs test cases as
+// processes in parallel: each group test listens on a port of its own (kMeshPort + n).
 constexpr std::uint16_t kMeshPort = 4720;
 // Heartbeats of a group's managers: the peers' clock offsets are sampled this often (on idle links).
 constexpr auto kGroupHeartbeat = milliseconds(200);
@@ -57,8 +58,9 @@ constexpr auto kGroupHeartbeat = milliseconds(200);
 class Fixture {
  public:
   // One standalone manager "m1" on 127.0.0.80; with `group`, also "m2" on 127.0.0.81, the two
-  // forming a group (mesh on kMeshPort).
-  explicit Fixture(bool group = false) : site_key_(common::generate_key()) {
+  // forming a group (mesh on `mesh_port`).
+  explicit Fixture(bool group = false, std::uint16_t mesh_port = kMeshPort)
+      : site_key_(common::generate_key()) {
     const std::vector<std::string> ips =
         group ? std::vector<std::string>{"127.0.0.80", "127.0.0.81"} : std::vector<std::string>{"127.0.0.80"};
     const std::string group_key = dir_.path("group.key");
@@ -69,12 +71,12 @@ class Fixture {
       o.dtu_listen = common::Endpoint{ips[i], 0};
       o.socket_path = dir_.path(o.id + ".sock");
       if (group) {
-        o.peer_listen = common::Endpoint{ips[i], kMeshPort};
+        o.peer_listen = common::Endpoint{ips[i], mesh_port};
         o.group_key_file = group_key;
         o.heartbeat_interval = kGroupHeartbeat;
         for (std::size_t j = 0; j < ips.size(); ++j) {
           if (j != i)
-            o.peers.push_back("m" + std::to_string(j + 1) + "=" + ips[j] + ":" + std::to_string(kMeshPort));
+            o.peers.push_back("m" + std::to_string(j + 1) + "=" + ips[j] + ":" + std::to_string(mesh_port));
         }
       }
       managers_.push_back(
@@ -374,7 +376,7 @@ TEST_CASE("A peer's newer claim on a DTU closes its session here and drops its r
 }
 
 TEST_CASE("A manager's universal clock goes halfway to its one peer's clock, as group_status reports") {
-  Fixture f(/*group=*/true);
+  Fixture f(/*group=*/true, kMeshPort + 1);
   DeviceManager& m1 = *f.managers_[0];
   REQUIRE(f.run_until([&] { return f.peers_up(m1); }));
   // Wait for the first heartbeat round trip's estimate of the peer's offset. Heartbeats go out on
