@@ -65,13 +65,9 @@ int hex_value(char c) {
   return -1;
 }
 
-bool is_space(char c) {
-  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
-}
+bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
 
-std::string errno_text(int err) {
-  return std::strerror(err);
-}
+std::string errno_text(int err) { return std::strerror(err); }
 
 // Closes fd on scope exit.
 class FdGuard {
@@ -204,8 +200,7 @@ Result<Bytes> from_hex(std::string_view hex) {
     const int lo = hex_value(hex[i + 1]);
     if (hi < 0 || lo < 0) {
       const std::size_t bad = hi < 0 ? i : i + 1;
-      return Error{Errc::invalid_argument,
-                   "character at offset " + std::to_string(bad) + " is not a hex digit"};
+      return Error{Errc::invalid_argument, "character at offset " + std::to_string(bad) + " is not a hex digit"};
     }
     out.push_back(static_cast<std::uint8_t>((hi << 4) | lo));
   }
@@ -221,8 +216,7 @@ Result<SecretKey> load_key_file(const std::string& path) {
   FdGuard fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return Error{Errc::io_error, "cannot open " + where + ": " + errno_text(errno)};
   struct stat st {};
-  if (::fstat(fd.get(), &st) != 0)
-    return Error{Errc::io_error, "cannot stat " + where + ": " + errno_text(errno)};
+  if (::fstat(fd.get(), &st) != 0) return Error{Errc::io_error, "cannot stat " + where + ": " + errno_text(errno)};
   if (!S_ISREG(st.st_mode)) return Error{Errc::config_error, where + " is not a regular file"};
 
   std::string text;
@@ -264,8 +258,7 @@ Result<void> write_key_file(const std::string& path, const SecretKey& key) {
   if (fd.get() < 0) return Error{Errc::io_error, "cannot create " + where + ": " + errno_text(errno)};
   // An existing file keeps its old mode through O_TRUNC; tighten it before the key goes in,
   // so the key is never readable by others.
-  if (::fchmod(fd.get(), 0600) != 0)
-    return Error{Errc::io_error, "cannot chmod 0600 " + where + ": " + errno_text(errno)};
+  if (::fchmod(fd.get(), 0600) != 0) return Error{Errc::io_error, "cannot chmod 0600 " + where + ": " + errno_text(errno)};
 
   std::string text = to_hex(key.bytes);
   Cleanser wipe_text(text);
@@ -284,9 +277,7 @@ Result<void> write_key_file(const std::string& path, const SecretKey& key) {
   return {};
 }
 
-SecretKey generate_key() {
-  return SecretKey{random_bytes(kKeyBytes)};
-}
+SecretKey generate_key() { return SecretKey{random_bytes(kKeyBytes)}; }
 
 Bytes derive_dtu_key(const SecretKey& site_dtu_key, std::string_view dtu_id) {
   DTU_CHECK(!site_dtu_key.bytes.empty());

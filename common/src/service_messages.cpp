@@ -41,20 +41,14 @@ Finder finder_field(const json& j, const char* key) {
 
 }  // namespace
 
-void to_json(json& j, const RegisterFinderMsg& m) {
-  j = json{{"finder_id", m.finder_id}, {"finder", m.finder}};
-}
+void to_json(json& j, const RegisterFinderMsg& m) { j = json{{"finder_id", m.finder_id}, {"finder", m.finder}}; }
 void from_json(const json& j, RegisterFinderMsg& m) {
   m.finder_id = field<std::uint64_t>(j, "finder_id");
   m.finder = finder_field(j, "finder");
 }
 
-void to_json(json& j, const UnregisterFinderMsg& m) {
-  j = json{{"finder_id", m.finder_id}};
-}
-void from_json(const json& j, UnregisterFinderMsg& m) {
-  m.finder_id = field<std::uint64_t>(j, "finder_id");
-}
+void to_json(json& j, const UnregisterFinderMsg& m) { j = json{{"finder_id", m.finder_id}}; }
+void from_json(const json& j, UnregisterFinderMsg& m) { m.finder_id = field<std::uint64_t>(j, "finder_id"); }
 
 void to_json(json& j, const FinderMatchedMsg& m) {
   j = json{{"finder_id", m.finder_id}, {"device", m.device}, {"units", m.units}};
@@ -76,9 +70,7 @@ void from_json(const json& j, FinderChangedMsg& m) {
 
 namespace {
 
-bool is_plain(const std::optional<std::string>& text) {
-  return !text || is_plain_json_string(*text);
-}
+bool is_plain(const std::optional<std::string>& text) { return !text || is_plain_json_string(*text); }
 
 bool is_plain(const DeviceRecord& d) {
   return is_plain_json_string(d.dtu) && is_plain_json_string(d.device) && is_plain_json_string(d.bus) &&
@@ -163,9 +155,8 @@ Frame finder_event_frame(MessageType type, std::uint64_t finder_id, std::string_
 }
 
 void sort_matches(std::vector<MatchRef>& matches) {
-  std::sort(matches.begin(), matches.end(), [](const MatchRef& a, const MatchRef& b) {
-    return std::tie(a.dtu, a.device) < std::tie(b.dtu, b.device);
-  });
+  std::sort(matches.begin(), matches.end(),
+            [](const MatchRef& a, const MatchRef& b) { return std::tie(a.dtu, a.device) < std::tie(b.dtu, b.device); });
 }
 
 void LastEncodedDevice::use(const DeviceRecord& record) {
@@ -185,12 +176,8 @@ void from_json(const json& j, FinderGoneMsg& m) {
   m.reason = field<std::string>(j, "reason");
 }
 
-void to_json(json& j, const FinderSyncedMsg& m) {
-  j = json{{"finder_id", m.finder_id}};
-}
-void from_json(const json& j, FinderSyncedMsg& m) {
-  m.finder_id = field<std::uint64_t>(j, "finder_id");
-}
+void to_json(json& j, const FinderSyncedMsg& m) { j = json{{"finder_id", m.finder_id}}; }
+void from_json(const json& j, FinderSyncedMsg& m) { m.finder_id = field<std::uint64_t>(j, "finder_id"); }
 
 void to_json(json& j, const MatchRef& m) {
   j = json{{"dtu", m.dtu}, {"device", m.device}, {"units", m.units}, {"owner", m.owner}};
@@ -206,7 +193,7 @@ void from_json(const json& j, MatchRef& m) {
 }
 
 void to_json(json& j, const FinderInfo& m) {
-  j = json{{"client", m.client},       {"pid", m.pid},       {"uid", m.uid},
+  j = json{{"client", m.client}, {"pid", m.pid},       {"uid", m.uid},
            {"finder_id", m.finder_id}, {"finder", m.finder}, {"matches", m.matches}};
 }
 void from_json(const json& j, FinderInfo& m) {
@@ -219,29 +206,15 @@ void from_json(const json& j, FinderInfo& m) {
   m.matches = field<std::vector<MatchRef>>(j, "matches");
 }
 
-void to_json(json& j, const ListFindersMsg&) {
-  j = json::object();
-}
-void from_json(const json& j, ListFindersMsg&) {
-  require_object(j);
-}
+void to_json(json& j, const ListFindersMsg&) { j = json::object(); }
+void from_json(const json& j, ListFindersMsg&) { require_object(j); }
 
-void to_json(json& j, const FinderListMsg& m) {
-  j = json{{"finders", m.finders}};
-}
-void from_json(const json& j, FinderListMsg& m) {
-  m.finders = field<std::vector<FinderInfo>>(j, "finders");
-}
+void to_json(json& j, const FinderListMsg& m) { j = json{{"finders", m.finders}}; }
+void from_json(const json& j, FinderListMsg& m) { m.finders = field<std::vector<FinderInfo>>(j, "finders"); }
 
 void to_json(json& j, const LeaseInfo& m) {
-  j = json{{"lease", m.lease},
-           {"dtu", m.dtu},
-           {"device", m.device},
-           {"unit", m.unit},
-           {"holder", m.holder},
-           {"uid", m.uid},
-           {"expires_in_ms", m.expires_in_ms},
-           {"keep", m.keep}};
+  j = json{{"lease", m.lease}, {"dtu", m.dtu}, {"device", m.device}, {"unit", m.unit},
+           {"holder", m.holder}, {"uid", m.uid}, {"expires_in_ms", m.expires_in_ms}, {"keep", m.keep}};
 }
 void from_json(const json& j, LeaseInfo& m) {
   require_object(j);
@@ -255,19 +228,11 @@ void from_json(const json& j, LeaseInfo& m) {
   m.keep = field_or(j, "keep", false);
 }
 
-void to_json(json& j, const ListLeasesMsg&) {
-  j = json::object();
-}
-void from_json(const json& j, ListLeasesMsg&) {
-  require_object(j);
-}
+void to_json(json& j, const ListLeasesMsg&) { j = json::object(); }
+void from_json(const json& j, ListLeasesMsg&) { require_object(j); }
 
-void to_json(json& j, const LeaseListMsg& m) {
-  j = json{{"leases", m.leases}};
-}
-void from_json(const json& j, LeaseListMsg& m) {
-  m.leases = field<std::vector<LeaseInfo>>(j, "leases");
-}
+void to_json(json& j, const LeaseListMsg& m) { j = json{{"leases", m.leases}}; }
+void from_json(const json& j, LeaseListMsg& m) { m.leases = field<std::vector<LeaseInfo>>(j, "leases"); }
 
 void to_json(json& j, const SessionAttachMsg& m) {
   j = json{{"session", m.session}, {"user", m.user}, {"dtu", m.dtu}};
@@ -278,12 +243,8 @@ void from_json(const json& j, SessionAttachMsg& m) {
   m.dtu = field<std::string>(j, "dtu");
 }
 
-void to_json(json& j, const SessionDetachMsg& m) {
-  j = json{{"session", m.session}};
-}
-void from_json(const json& j, SessionDetachMsg& m) {
-  m.session = field<std::string>(j, "session");
-}
+void to_json(json& j, const SessionDetachMsg& m) { j = json{{"session", m.session}}; }
+void from_json(const json& j, SessionDetachMsg& m) { m.session = field<std::string>(j, "session"); }
 
 void to_json(json& j, const SessionInfo& m) {
   j = json{{"session", m.session}, {"user", m.user}, {"dtu", m.dtu}, {"attached_ms_ago", m.attached_ms_ago}};
@@ -296,41 +257,23 @@ void from_json(const json& j, SessionInfo& m) {
   m.attached_ms_ago = field<std::uint32_t>(j, "attached_ms_ago");
 }
 
-void to_json(json& j, const ListSessionsMsg&) {
-  j = json::object();
-}
-void from_json(const json& j, ListSessionsMsg&) {
-  require_object(j);
-}
+void to_json(json& j, const ListSessionsMsg&) { j = json::object(); }
+void from_json(const json& j, ListSessionsMsg&) { require_object(j); }
 
-void to_json(json& j, const SessionListMsg& m) {
-  j = json{{"sessions", m.sessions}};
-}
-void from_json(const json& j, SessionListMsg& m) {
-  m.sessions = field<std::vector<SessionInfo>>(j, "sessions");
-}
+void to_json(json& j, const SessionListMsg& m) { j = json{{"sessions", m.sessions}}; }
+void from_json(const json& j, SessionListMsg& m) { m.sessions = field<std::vector<SessionInfo>>(j, "sessions"); }
 
-void to_json(json& j, const GetPolicyMsg&) {
-  j = json::object();
-}
-void from_json(const json& j, GetPolicyMsg&) {
-  require_object(j);
-}
+void to_json(json& j, const GetPolicyMsg&) { j = json::object(); }
+void from_json(const json& j, GetPolicyMsg&) { require_object(j); }
 
-void to_json(json& j, const PolicyInfoMsg& m) {
-  j = json{{"source", m.source}, {"policy", m.policy}};
-}
+void to_json(json& j, const PolicyInfoMsg& m) { j = json{{"source", m.source}, {"policy", m.policy}}; }
 void from_json(const json& j, PolicyInfoMsg& m) {
   m.source = field<std::string>(j, "source");
   m.policy = required_value(j, "policy");
 }
 
-void to_json(json& j, const ReloadPolicyMsg&) {
-  j = json::object();
-}
-void from_json(const json& j, ReloadPolicyMsg&) {
-  require_object(j);
-}
+void to_json(json& j, const ReloadPolicyMsg&) { j = json::object(); }
+void from_json(const json& j, ReloadPolicyMsg&) { require_object(j); }
 
 void to_json(json& j, const ResumeLeaseMsg& m) {
   j = json{{"dtu", m.dtu}, {"lease", m.lease}, {"token", m.token}, {"length_ms", m.length_ms}};
@@ -344,12 +287,8 @@ void from_json(const json& j, ResumeLeaseMsg& m) {
   m.state_token = optional_field<std::string>(j, "state_token");
 }
 
-void to_json(json& j, const GroupStatusMsg&) {
-  j = json::object();
-}
-void from_json(const json& j, GroupStatusMsg&) {
-  require_object(j);
-}
+void to_json(json& j, const GroupStatusMsg&) { j = json::object(); }
+void from_json(const json& j, GroupStatusMsg&) { require_object(j); }
 
 void to_json(json& j, const GroupMemberInfo& m) {
   j = json{{"id", m.id},
@@ -397,12 +336,8 @@ void from_json(const json& j, GroupInfoMsg& m) {
   m.universal_offset_ms = optional_field<double>(j, "universal_offset_ms");
 }
 
-void to_json(json& j, const ReloadGroupMsg&) {
-  j = json::object();
-}
-void from_json(const json& j, ReloadGroupMsg&) {
-  require_object(j);
-}
+void to_json(json& j, const ReloadGroupMsg&) { j = json::object(); }
+void from_json(const json& j, ReloadGroupMsg&) { require_object(j); }
 
 void to_json(json& j, const DrainMsg& m) {
   j = json::object();
@@ -413,16 +348,10 @@ void from_json(const json& j, DrainMsg& m) {
   m.wait_ms = optional_field<std::uint32_t>(j, "wait_ms");
 }
 
-void to_json(json& j, const UndrainMsg&) {
-  j = json::object();
-}
-void from_json(const json& j, UndrainMsg&) {
-  require_object(j);
-}
+void to_json(json& j, const UndrainMsg&) { j = json::object(); }
+void from_json(const json& j, UndrainMsg&) { require_object(j); }
 
-void to_json(json& j, const DrainStatusMsg& m) {
-  j = json{{"draining", m.draining}, {"dtus", m.dtus}};
-}
+void to_json(json& j, const DrainStatusMsg& m) { j = json{{"draining", m.draining}, {"dtus", m.dtus}}; }
 void from_json(const json& j, DrainStatusMsg& m) {
   m.draining = field<bool>(j, "draining");
   m.dtus = field<std::uint32_t>(j, "dtus");
@@ -466,9 +395,7 @@ void from_json(const json& j, DtuInfo& m) {
   m.units_unavailable = field<std::uint32_t>(j, "units_unavailable");
 }
 
-void to_json(json& j, const DtuListMsg& m) {
-  j = json{{"dtus", m.dtus}};
-}
+void to_json(json& j, const DtuListMsg& m) { j = json{{"dtus", m.dtus}}; }
 void from_json(const json& j, DtuListMsg& m) {
   require_object(j);
   m.dtus = field<std::vector<DtuInfo>>(j, "dtus");

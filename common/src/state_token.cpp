@@ -92,9 +92,7 @@ std::string to_json_text(const StateToken& t, const std::string& key_id) {
 Result<StateToken> from_json_object(const nlohmann::json& j) {
   try {
     StateToken t;
-    const auto read = [&j](auto& to, const char* key) {
-      to = field<std::remove_reference_t<decltype(to)>>(j, key);
-    };
+    const auto read = [&j](auto& to, const char* key) { to = field<std::remove_reference_t<decltype(to)>>(j, key); };
     read(t.v, "v");
     if (t.v != kStateTokenVersion)
       return Error(Errc::bad_payload, "state token version " + std::to_string(t.v));

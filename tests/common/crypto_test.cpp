@@ -27,9 +27,7 @@ Bytes hex(std::string_view text) {
   return std::move(bytes).value();
 }
 
-Bytes repeated(std::uint8_t value, std::size_t n) {
-  return Bytes(n, value);
-}
+Bytes repeated(std::uint8_t value, std::size_t n) { return Bytes(n, value); }
 
 using TempDir = dtu::testing::UnitTempDir;
 

@@ -257,8 +257,8 @@ TEST_CASE("A malformed state token is refused as a bad payload") {
       doc[key] = value;
       const std::string json = doc.dump();
       const auto mac = common::hmac_sha256(common::state_token_key(keys.current), common::as_bytes(json));
-      const std::string text = common::base64url_encode(json) + "." +
-                               common::base64url_encode(std::string(mac.begin(), mac.end()));
+      const std::string text =
+          common::base64url_encode(json) + "." + common::base64url_encode(std::string(mac.begin(), mac.end()));
       auto r = common::verify_state_token(text, keys);
       REQUIRE_FALSE(r.ok());
       CHECK(r.error().code == make_error_code(Errc::bad_payload));
