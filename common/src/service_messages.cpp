@@ -135,19 +135,16 @@ std::string encode_device(const DeviceRecord& d) {
 
 Frame finder_event_frame(MessageType type, std::uint64_t finder_id, std::string_view device_json,
                          const std::vector<std::uint32_t>& units) {
-  // The keys in nlohmann's (sorted) order, no spaces: what to_frame's dump(-1) writes.
   std::string text;
   text.reserve(device_json.size() + 48 + units.size() * 4);
-  text += R"({"device":)";
-  text += device_json;
-  text += R"(,"finder_id":)";
-  text += std::to_string(finder_id);
-  text += R"(,"units":[)";
-  for (std::size_t i = 0; i < units.size(); ++i) {
-    if (i > 0) text += ',';
-    text += std::to_string(units[i]);
-  }
-  text += "]}";
+  JsonText out(text);
+  out.open_object();  // the keys in sorted order: what to_frame's dump(-1) writes
+  out.key("device").encoded(device_json);
+  out.key("finder_id").number(finder_id);
+  out.key("units").open_array();
+  for (const std::uint32_t unit : units) out.number(unit);
+  out.close_array();
+  out.close_object();
   Frame f;
   f.type = type;
   f.payload.assign(text.begin(), text.end());

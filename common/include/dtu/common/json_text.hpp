@@ -67,6 +67,8 @@ class JsonText {
   }
   JsonText& boolean(bool value) { return literal(value ? "true" : "false"); }
   JsonText& null() { return literal("null"); }
+  // A value encoded already (encode_device's record), copied in as it is.
+  JsonText& encoded(std::string_view json) { return literal(json); }
 
  private:
   void separate() {
