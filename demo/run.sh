@@ -244,7 +244,9 @@ CONF
 setsid cupsd -f -c "$cups/cupsd.conf" -s "$cups/cups-files.conf" 2>"$run/cupsd.log" &
 pids+=($!)
 lpc() { CUPS_SERVER=$cups/cups.sock "$@"; }
-wait_until "$SETTLE_SECONDS" lpc lpstat -r >/dev/null 2>&1 || fail "cupsd did not start"
+# `lpstat -r` exits 0 also when it says "scheduler is not running": read what it says.
+cupsd_up() { [[ $(lpc env LC_ALL=C lpstat -r 2>/dev/null) == "scheduler is running" ]]; }
+wait_until "$SETTLE_SECONDS" cupsd_up || fail "cupsd did not start"
 echo "lpinfo -v (the dtu backend asks m3, which finds the printers group-wide):"
 lpc lpinfo --include-schemes dtu -v | tee "$run/lpinfo.out"
 uri=$(awk -v dtu="$DTU2" '$2 ~ "^dtu://" dtu "/sn=PRN0001/" { print $2; exit }' "$run/lpinfo.out")

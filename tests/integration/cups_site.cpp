@@ -98,6 +98,16 @@ ipp_t* new_request(ipp_op_t op) {
   return request;
 }
 
+// Whether cupsd answers an IPP request on `socket`. Not `lpstat -r`: it exits 0 also when it
+// prints "scheduler is not running", and a test's first lpinfo then found no cupsd listening.
+bool answers_ipp(const fs::path& socket) {
+  Ipp ipp(socket);
+  ipp_t* response = ipp.call(new_request(IPP_OP_CUPS_GET_PRINTERS));
+  if (response == nullptr) return false;
+  ippDelete(response);
+  return true;
+}
+
 std::string text_of(ipp_attribute_t* attr) {
   if (attr == nullptr) return {};
   std::string out;
@@ -158,7 +168,7 @@ CupsSite::CupsSite(Options options) : dir_("dtu-cups") {
   const bool up = eventually(
       [&] {
         if (cupsd_->exit_status()) return false;
-        return run({"lpstat", "-r"}, kCupsDeadline).exit_code == 0;
+        return answers_ipp(socket());
       },
       kCupsDeadline, std::chrono::milliseconds(100));
   if (!up) {
@@ -174,6 +184,7 @@ CupsSite::~CupsSite() {
   // cupsd buffers its log: stop it first (SIGTERM, then SIGKILL after Process::kStopGrace).
   cupsd_.reset();
   if (current_test_failed() || std::uncaught_exceptions() > 0) {
+    flush_test_report();
     std::fprintf(stderr, "[cups_site] ---- cupsd error_log %s, last %zu lines:\n%s\n[cups_site] ---- end\n",
                  (dir_ / "log" / "error_log").c_str(), kLogTailLines,
                  last_lines(error_log(), kLogTailLines).c_str());

@@ -222,6 +222,10 @@ bool current_test_failed() {
   return g_test_failed;
 }
 
+void flush_test_report() {
+  std::fflush(stdout);
+}
+
 TempDir::TempDir(std::string_view prefix) {
   const char* tmp = std::getenv("TMPDIR");
   const fs::path base = (tmp != nullptr && *tmp != '\0') ? tmp : "/tmp";
@@ -236,6 +240,7 @@ TempDir::~TempDir() {
     return;
   }
   if (current_test_failed() || std::uncaught_exceptions() > uncaught_at_start_) {
+    flush_test_report();
     std::fprintf(stderr, "[harness] removing %s of a failed test; set DTU_KEEP_TMP=1 to keep it\n",
                  path_.c_str());
   }
@@ -283,6 +288,7 @@ Process::~Process() {
 
   if (current_test_failed() || std::uncaught_exceptions() > uncaught_at_start_) {
     refresh_log();
+    flush_test_report();
     std::fprintf(
         stderr, "[harness] ---- %s (pid %d, exit %d) stderr %s, last %zu lines:\n%s\n[harness] ---- end %s\n",
         name_.c_str(), pid_, exit_status_.value_or(-1), stderr_path_.c_str(), kTailLines,

@@ -164,6 +164,10 @@ std::filesystem::path source_path(std::string_view relative);
 // True once the test case doctest is running has a failed assertion (false outside doctest).
 bool current_test_failed();
 
+// Flushes stdout, where doctest reports (a pipe under ctest, so buffered), before a failed test's
+// logs go to stderr: the failed assertion then comes first in the output, not after the logs.
+void flush_test_report();
+
 // Calls pred() until it returns true (-> true) or `deadline` passes (-> false), every `step`.
 // pred is always tried once more at the deadline; no sleep goes past it.
 template <class F>
