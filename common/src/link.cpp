@@ -133,12 +133,49 @@ void Link::drain_output() {
     return;
   }
   heartbeat_.on_send(clock_.now());
-  writer_wake_.cancel();
+  schedule_flush();
+}
+
+// Small output goes out from the thread that queued it — at the end of the reader's batch, or
+// from a handler posted behind the current one, so the frames of one handler share a write —
+// rather than by waking the writer: a heartbeat answer costs no timer cancel and re-arm and no
+// coroutine resume (docs/performance.md). The writer takes what is large or does not fit.
+void Link::schedule_flush() {
+  if (writing_ || shutting_down_) {
+    writer_wake_.cancel();
+    return;
+  }
+  if (handling_input_) {
+    output_held_ = true;
+    return;
+  }
+  if (flush_posted_) return;
+  flush_posted_ = true;
+  asio::post(executor_, [self = shared_from_this()] {
+    self->flush_posted_ = false;
+    self->flush();
+  });
+}
+
+void Link::flush() {
+  if (closed_ || writing_ || write_buffer_.empty()) return;
+  if (!shutting_down_ && write_buffer_.size() <= kIdleBufferBytes) {
+    const IoResult r = transport_->write_available(asio::buffer(write_buffer_));
+    if (r.ec && r.ec != asio::error::would_block) {
+      close(Error(Errc::link_lost, "write failed: " + r.ec.message()));
+      return;
+    }
+    queued_bytes_ -= r.bytes;
+    write_buffer_.erase(write_buffer_.begin(), write_buffer_.begin() + static_cast<std::ptrdiff_t>(r.bytes));
+    if (write_buffer_.empty()) return;
+  }
+  writer_wake_.cancel();  // the rest, from its first byte: OpenSSL may hold part of it in a record
 }
 
 asio::awaitable<void> Link::read_loop() {
   auto self = shared_from_this();
   int reads_in_a_row = 0;
+  bool drained = false;
   while (!closed_) {
     // Here, between reads, every byte of the thread's buffer has been decoded (or is held by the
     // decoder), so the reader may wait without it.
@@ -148,7 +185,11 @@ asio::awaitable<void> Link::read_loop() {
       continue;
     }
     const std::span<std::uint8_t> buffer = thread_read_buffer();
-    IoResult r = transport_->read_available(asio::buffer(buffer.data(), buffer.size()));
+    // After a read that emptied the socket, wait at once: a read now would only find nothing
+    // (one syscall per heartbeat saved; Transport::input_drained).
+    IoResult r = drained ? IoResult{asio::error::would_block, 0}
+                         : transport_->read_available(asio::buffer(buffer.data(), buffer.size()));
+    drained = false;
     if (r.ec == asio::error::would_block) {
       reads_in_a_row = 0;
       const std::error_code ec = co_await transport_->wait_readable();
@@ -179,6 +220,9 @@ asio::awaitable<void> Link::read_loop() {
     heartbeat_.on_receive(now);
     if (r.bytes > kIdleBufferBytes) last_burst_end_ = now;  // the decoder's buffer is in use
     std::span<const std::uint8_t> input(buffer.data(), r.bytes);
+    // What the frames make us send goes out in one write after them (schedule_flush); every
+    // way out of this loop but a break closes the link.
+    handling_input_ = true;
     for (;;) {
       Frame frame;
       const auto status = decoder_.next(input, frame);
@@ -193,6 +237,13 @@ asio::awaitable<void> Link::read_loop() {
       if (closed_) co_return;
       if (shutting_down_) break;  // the rest of `input` is dropped, as later input is
     }
+    handling_input_ = false;
+    if (output_held_) {
+      output_held_ = false;
+      flush();
+      if (closed_) co_return;
+    }
+    drained = transport_->input_drained();
   }
 }
 

@@ -20,8 +20,10 @@ using asio::experimental::as_tuple;
 // The BIO between OpenSSL and the socket. OpenSSL's own socket BIO writes with write(2), which
 // raises SIGPIPE when the peer has gone and kills a daemon that does not ignore it; this one
 // sends with MSG_NOSIGNAL, so a peer that resets its connection only fails that connection.
-// The descriptor is the BIO's data; the BIO never closes it.
-int socket_of(BIO* bio) { return static_cast<int>(reinterpret_cast<std::intptr_t>(BIO_get_data(bio))); }
+// The BIO's data is the transport's SocketState: the descriptor, which the BIO never closes,
+// and whether the last recv came back short.
+TlsTransport::SocketState& state_of(BIO* bio) { return *static_cast<TlsTransport::SocketState*>(BIO_get_data(bio)); }
+int socket_of(BIO* bio) { return state_of(bio).fd; }
 
 bool would_block(int error) { return error == EAGAIN || error == EWOULDBLOCK || error == EINTR; }
 
@@ -35,6 +37,7 @@ int bio_write(BIO* bio, const char* data, int length) {
 int bio_read(BIO* bio, char* data, int length) {
   BIO_clear_retry_flags(bio);
   const ssize_t n = ::recv(socket_of(bio), data, static_cast<std::size_t>(length), MSG_NOSIGNAL);
+  state_of(bio).drained = n > 0 && n < length;
   if (n < 0 && would_block(errno)) BIO_set_retry_read(bio);
   if (n == 0 && length > 0) BIO_set_flags(bio, BIO_FLAGS_IN_EOF);  // OpenSSL asks BIO_eof()
   return static_cast<int>(n);
@@ -113,7 +116,8 @@ TlsTransport::TlsTransport(asio::ip::tcp::socket socket, asio::ssl::context& con
   socket_.non_blocking(true, ignored);
   BIO* bio = BIO_new(socket_method());
   DTU_CHECK(bio != nullptr);
-  BIO_set_data(bio, reinterpret_cast<void*>(static_cast<std::intptr_t>(socket_.native_handle())));
+  socket_state_.fd = socket_.native_handle();
+  BIO_set_data(bio, &socket_state_);
   SSL_set_bio(ssl_, bio, bio);  // the SSL owns the BIO (one reference for both directions)
   SSL_set_mode(ssl_, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
   SSL_set_read_ahead(ssl_, 1);
@@ -162,6 +166,11 @@ IoResult TlsTransport::read_available(asio::mutable_buffer buffer) {
   return call_once(read_call, buffer.data(), buffer.size(), read_wait_);
 }
 
+bool TlsTransport::input_drained() const {
+  // SSL_has_pending: a record read ahead (or part of one) is still in OpenSSL's buffer.
+  return !closed_ && socket_state_.drained && SSL_has_pending(ssl_) == 0;
+}
+
 asio::awaitable<std::error_code> TlsTransport::wait_readable() {
   if (closed_) co_return asio::error::operation_aborted;
   auto [ec] = co_await socket_.async_wait(read_wait_, as_tuple(asio::use_awaitable));
@@ -177,6 +186,11 @@ asio::awaitable<IoResult> TlsTransport::write_all(asio::const_buffer buffer) {
     done += r.bytes;
   }
   co_return IoResult{{}, done};
+}
+
+IoResult TlsTransport::write_available(asio::const_buffer buffer) {
+  asio::socket_base::wait_type ignored = asio::socket_base::wait_write;
+  return call_once(write_call, const_cast<void*>(buffer.data()), buffer.size(), ignored);
 }
 
 void TlsTransport::close() {

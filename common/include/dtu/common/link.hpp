@@ -107,6 +107,8 @@ class Link : public std::enable_shared_from_this<Link> {
   asio::awaitable<void> write_loop();
   asio::awaitable<void> watchdog_loop();
   void drain_output();
+  void schedule_flush();
+  void flush();
   void finish_send();
   void handle_frame(Frame frame);
   void handle_heartbeat(const Frame& frame);
@@ -132,6 +134,9 @@ class Link : public std::enable_shared_from_this<Link> {
   MonoTime last_burst_end_{};  // the end of the last write, or read, above kIdleBufferBytes
   std::size_t queued_bytes_ = 0;  // write_buffer_ plus the chunk being written
   bool writing_ = false;
+  bool handling_input_ = false;  // the reader is handling what it read: it flushes at the end
+  bool output_held_ = false;     // output queued while handling_input_
+  bool flush_posted_ = false;
   MonoTime write_started_{};
   bool closed_ = false;
   bool shutting_down_ = false;  // shutdown(): the last frame is queued, input is dropped

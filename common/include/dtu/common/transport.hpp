@@ -28,9 +28,18 @@ class Transport {
   virtual IoResult read_available(asio::mutable_buffer buffer) = 0;
   // Waits until read_available has something to say (bytes, the end, or an error).
   virtual asio::awaitable<std::error_code> wait_readable() = 0;
+  // True when the last read_available took everything the socket had then and nothing read is
+  // left undelivered: the next read_available would find nothing, so the reader may wait at
+  // once. Sound because wait_readable re-arms the descriptor (asio's epoll_ctl per wait), which
+  // reports bytes that arrived since. False when unsure.
+  virtual bool input_drained() const { return false; }
   // Waits for bytes and reads them into `buffer`, held while it waits.
   asio::awaitable<IoResult> read_some(asio::mutable_buffer buffer);
   virtual asio::awaitable<IoResult> write_all(asio::const_buffer buffer) = 0;
+  // Writes what the socket takes now, without waiting: the bytes written (maybe fewer than
+  // `buffer`, maybe none: would_block), or the error. What was not written must be passed again
+  // first, to write_available or write_all (OpenSSL may hold part of it in a record).
+  virtual IoResult write_available(asio::const_buffer /*buffer*/) { return IoResult{asio::error::would_block, 0}; }
   // Idempotent; pending reads and writes complete with an error.
   virtual void close() = 0;
   // Ends our direction of the stream (TCP FIN after the bytes already written); reads go on
@@ -51,8 +60,10 @@ class StreamTransport final : public Transport {
   IoResult read_available(asio::mutable_buffer buffer) override {
     std::error_code ec;
     const std::size_t n = stream_.read_some(buffer, ec);
+    drained_ = !ec && n < buffer.size();
     return IoResult{ec, n};
   }
+  bool input_drained() const override { return drained_; }
   asio::awaitable<std::error_code> wait_readable() override {
     auto [ec] =
         co_await stream_.async_wait(Stream::wait_read, asio::experimental::as_tuple(asio::use_awaitable));
@@ -61,6 +72,11 @@ class StreamTransport final : public Transport {
   asio::awaitable<IoResult> write_all(asio::const_buffer buffer) override {
     auto [ec, n] = co_await asio::async_write(stream_, buffer, asio::experimental::as_tuple(asio::use_awaitable));
     co_return IoResult{ec, n};
+  }
+  IoResult write_available(asio::const_buffer buffer) override {
+    std::error_code ec;
+    const std::size_t n = stream_.write_some(buffer, ec);
+    return IoResult{ec, n};
   }
   void close() override {
     std::error_code ignored;
@@ -75,6 +91,7 @@ class StreamTransport final : public Transport {
 
  private:
   Stream stream_;
+  bool drained_ = false;
 };
 
 using UnixTransport = StreamTransport<asio::local::stream_protocol::socket>;
@@ -97,6 +114,12 @@ using TcpTransport = StreamTransport<asio::ip::tcp::socket>;
 class TlsTransport final : public Transport {
  public:
   enum class Role { client, server };
+  // The BIO's data (transport.cpp): the socket's descriptor, and whether its last recv came back
+  // short (the socket had nothing more then).
+  struct SocketState {
+    int fd = -1;
+    bool drained = false;
+  };
 
   // REQUIRES: socket connected; context from make_psk_client_context (client) or
   //           make_psk_server_context (server)
@@ -110,7 +133,9 @@ class TlsTransport final : public Transport {
 
   IoResult read_available(asio::mutable_buffer buffer) override;
   asio::awaitable<std::error_code> wait_readable() override;
+  bool input_drained() const override;
   asio::awaitable<IoResult> write_all(asio::const_buffer buffer) override;
+  IoResult write_available(asio::const_buffer buffer) override;
   void close() override;
   void shutdown_send() override;
   SSL* ssl() override { return ssl_; }
@@ -126,6 +151,7 @@ class TlsTransport final : public Transport {
   asio::awaitable<IoResult> drive(Call call, void* data, std::size_t length);
 
   asio::ip::tcp::socket socket_;
+  SocketState socket_state_;
   SSL* ssl_;
   // What the last read_available needs from the socket: OpenSSL may have to write to read
   // (a TLS 1.3 key update).
