@@ -524,9 +524,9 @@ std::string DeviceManager::render_metrics() {
   for (auto state : {common::UnitState::free, common::UnitState::allocated, common::UnitState::unavailable}) {
     units[common::unit_state_name(state)] = 0;
   }
-  for (const auto& record : devices_.list()) {
+  devices_.for_each([&units](const common::DeviceRecord& record) {
     for (const auto& unit : record.units) units[common::unit_state_name(unit.state)] += 1;
-  }
+  });
   for (const auto& [state, count] : units) metrics_.units.with({{"state", state}}).set(count);
   metrics_.finders.with({{"scope", "local"}}).set(static_cast<double>(group_.local_finders()));
   metrics_.finders.with({{"scope", "held"}}).set(static_cast<double>(group_.finders_held_total()));

@@ -116,16 +116,18 @@ void keep_first(std::vector<T>& list) {
 std::function<json()> DeviceManager::diag_snapshot() const {
   std::vector<std::string> dtus;
   for (const auto& [id, session] : dtus_) dtus.push_back(id);
-  auto devices = devices_.list();
+  std::vector<common::DeviceRecord> devices;  // the first kDiagListMax, not a copy of the table
+  devices_.for_each([&devices](const common::DeviceRecord& record) {
+    if (devices.size() < kDiagListMax) devices.push_back(record);
+  });
   auto leases = leases_.list();
   auto finders = finders_.list();
   const json totals = {{"dtus", dtus.size()},
-                       {"devices", devices.size()},
+                       {"devices", devices_.device_count()},
                        {"leases", leases.size()},
                        {"finders", finders.size()},
                        {"listed_at_most", kDiagListMax}};
   keep_first(dtus);
-  keep_first(devices);
   keep_first(leases);
   keep_first(finders);
   std::vector<common::GroupMemberInfo> peers;

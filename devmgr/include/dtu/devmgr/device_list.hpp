@@ -56,6 +56,14 @@ class DeviceList {
 
   // Records sorted by (dtu, device); all DTUs, or only `dtu`.
   std::vector<common::DeviceRecord> list(const std::optional<std::string>& dtu = std::nullopt) const;
+  // Calls fn(record) for every record, sorted by (dtu, device), copying none: for counts and
+  // samples (a metrics scrape at 10,000 DTUs copied 80,000 records). fn must not change the list.
+  template <typename Fn>
+  void for_each(Fn&& fn) const {
+    for (const auto& [id, table] : devices_) {
+      for (const auto& [port, record] : table) fn(record);
+    }
+  }
   // The record of one device, or nullptr.
   const common::DeviceRecord* find(const std::string& dtu, const std::string& device) const;
   std::size_t device_count() const;
