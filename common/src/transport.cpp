@@ -22,8 +22,12 @@ using asio::experimental::as_tuple;
 // sends with MSG_NOSIGNAL, so a peer that resets its connection only fails that connection.
 // The BIO's data is the transport's SocketState: the descriptor, which the BIO never closes,
 // and whether the last recv came back short.
-TlsTransport::SocketState& state_of(BIO* bio) { return *static_cast<TlsTransport::SocketState*>(BIO_get_data(bio)); }
-int socket_of(BIO* bio) { return state_of(bio).fd; }
+TlsTransport::SocketState& state_of(BIO* bio) {
+  return *static_cast<TlsTransport::SocketState*>(BIO_get_data(bio));
+}
+int socket_of(BIO* bio) {
+  return state_of(bio).fd;
+}
 
 bool would_block(int error) { return error == EAGAIN || error == EWOULDBLOCK || error == EINTR; }
 

@@ -39,7 +39,9 @@ class Transport {
   // Writes what the socket takes now, without waiting: the bytes written (maybe fewer than
   // `buffer`, maybe none: would_block), or the error. What was not written must be passed again
   // first, to write_available or write_all (OpenSSL may hold part of it in a record).
-  virtual IoResult write_available(asio::const_buffer /*buffer*/) { return IoResult{asio::error::would_block, 0}; }
+  virtual IoResult write_available(asio::const_buffer /*buffer*/) {
+    return IoResult{asio::error::would_block, 0};
+  }
   // Idempotent; pending reads and writes complete with an error.
   virtual void close() = 0;
   // Ends our direction of the stream (TCP FIN after the bytes already written); reads go on
