@@ -145,11 +145,7 @@ void Link::schedule_flush() {
     writer_wake_.cancel();
     return;
   }
-  if (handling_input_) {
-    output_held_ = true;
-    return;
-  }
-  if (flush_posted_) return;
+  if (handling_input_ || flush_posted_) return;
   flush_posted_ = true;
   asio::post(executor_, [self = shared_from_this()] {
     self->flush_posted_ = false;
@@ -238,11 +234,8 @@ asio::awaitable<void> Link::read_loop() {
       if (shutting_down_) break;  // the rest of `input` is dropped, as later input is
     }
     handling_input_ = false;
-    if (output_held_) {
-      output_held_ = false;
-      flush();
-      if (closed_) co_return;
-    }
+    flush();  // what the frames queued
+    if (closed_) co_return;
     drained = transport_->input_drained();
   }
 }

@@ -135,7 +135,6 @@ class Link : public std::enable_shared_from_this<Link> {
   std::size_t queued_bytes_ = 0;  // write_buffer_ plus the chunk being written
   bool writing_ = false;
   bool handling_input_ = false;  // the reader is handling what it read: it flushes at the end
-  bool output_held_ = false;     // output queued while handling_input_
   bool flush_posted_ = false;
   MonoTime write_started_{};
   bool closed_ = false;
