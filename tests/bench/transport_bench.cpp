@@ -1,17 +1,29 @@
 // transport_bench: the loopback floor under every dtubroker link, and the in-band channel's stream
-// throughput compared with it. Three measurements, in this order:
+// throughput compared with it. Four measurements; the TLS floor's runs and the in-band stream's
+// take turns, so that each pair shares the machine's load of the moment:
 //
 //   floor.tcp_rtt        a 200-byte ping-pong between this process and a forked child over plain
 //                        blocking TCP sockets (TCP_NODELAY) on 127.0.0.52: kWarmupRoundTrips
 //                        untimed, then kDefaultRoundTrips timed, each round trip on its own. Three
 //                        placements: unpinned; both ends pinned to one CPU (same_cpu); the ends
 //                        pinned to two CPUs (cross_cpu, only when two CPUs are allowed).
+//   floor.tcp_ring3      the floor under the group's figures (group_bench): 200-byte messages
+//                        around a ring of three processes over plain blocking TCP (TCP_NODELAY) on
+//                        127.0.0.52, this process -> child -> child -> this process, each child
+//                        writing on at once what it read. The hops of an attach (a DTU in
+//                        group_bench -> m1 -> m3 -> a service in group_bench) with no TLS and no
+//                        work: one message at a time, kWarmupRoundTrips untimed then
+//                        kDefaultRoundTrips timed (p50, p99; baseline etcd's put->watch); then
+//                        kRingInFlight messages circulating for about kDefaultRunSeconds, like the
+//                        8 services of the cycles figure, as allocate + release cycles per second
+//                        at kHopsPerCycle hops per cycle (baseline etcd's claim cycles).
 //   floor.tls_stream     a raw TLS stream from this process to a forked child on 127.0.0.53, made
 //                        with the project's own TLS setup (dtu/common/tls.hpp and net.hpp: TLS 1.3,
 //                        PSK with (EC)DHE, AES-128-GCM, the asio::ssl stream every link uses), one
 //                        direction, kTlsBlock-byte writes for about kDefaultRunSeconds; the clock
 //                        stops when the child has read and decrypted every byte (it answers one
-//                        byte after the last block). The median of the runs.
+//                        byte after the last block). The median of the runs, each run just before
+//                        one of the in-band stream's.
 //   dtu.inband_stream    the real path: a devmgr (127.0.0.54) and a dtu-agent on the simulated
 //                        backend (in-band listener on 127.0.0.55), started with the integration
 //                        harness; this process is the service: libdtu-client allocates the bench
@@ -32,16 +44,17 @@
 // endpoint accepts and discards, so the agent does not keep gigabytes of captured bytes.
 //
 // MB are 10^6 bytes. Longer or shorter runs: BENCH_TRANSPORT_SECONDS (seconds per throughput run,
-// default 2), BENCH_TRANSPORT_RUNS (throughput runs, default 3), BENCH_TRANSPORT_ROUND_TRIPS
-// (timed round trips per placement, default 20000). The default run takes about 30-60 s.
+// default 2), BENCH_TRANSPORT_RUNS (throughput runs, default 5), BENCH_TRANSPORT_ROUND_TRIPS
+// (timed round trips per placement and around the ring, default 20000). The default run takes about 30-60 s.
 //
 // The bench prints a table and writes its figures to $BENCH_OUT_DIR/transport.json
 // (tests/bench/bench_output.hpp). It never fails on a number: it exits non-zero only when it could
 // not run (a child failed, the site did not come up, a transfer failed), saying why.
 //
-// Threads: one. Each floor forks a child that exits when its run is over; the children are forked
-// before the harness starts the site. Not a doctest test and not registered with ctest: the doctest
-// runner below only hosts the one case, so the harness's REQUIREs report why the bench could not run.
+// Threads: one (the harness starts processes, never threads, so forking beside the site is safe).
+// Each floor forks children that exit when its run is over. Not a doctest test and not registered
+// with ctest: the doctest runner below only hosts the one case, so the harness's REQUIREs report
+// why the bench could not run.
 
 #include <doctest/doctest.h>
 
@@ -119,9 +132,13 @@ constexpr const char* kInbandIp = "127.0.0.55";
 constexpr std::size_t kMessageBytes = 200;
 constexpr int kWarmupRoundTrips = 1000;
 constexpr int kDefaultRoundTrips = 20000;
+// The ring: messages in flight for its throughput (group_bench's 8 services, one request each),
+// and the process hops of one allocate + release (service -> m3 -> m1 -> DTU and back, twice).
+constexpr int kRingInFlight = 8;
+constexpr int kHopsPerCycle = 12;
 // Throughput: seconds per run and runs (the median is reported).
 constexpr double kDefaultRunSeconds = 2.0;
-constexpr int kDefaultRuns = 3;
+constexpr int kDefaultRuns = 5;
 // TLS floor: bytes per write. Large, so the figure is TLS's and the kernel's, not per-call costs;
 // the first byte of each block says whether it is the last (kLastBlock) or not (kMoreBlocks).
 constexpr std::size_t kTlsBlock = 256 * 1024;
@@ -450,6 +467,112 @@ void measure_round_trips(Placement& p, int round_trips) {
   if (!child_ok) throw std::runtime_error("the TCP echo child failed (" + p.label + ")");
 }
 
+// ---- floor.tcp_ring3
+
+struct RingFigures {
+  std::vector<double> us;   // one message around the ring, each
+  double cycles_per_s = 0;  // kRingInFlight circulating: ring trips x 3 hops / kHopsPerCycle, per second
+};
+
+// A child of the ring: accepts the previous process on `in`, connects to the next on `next_port`,
+// and writes on whatever it reads, until the previous one closes.
+int relay_ring(const Listener& in, std::uint16_t next_port) {
+  Fd out = connect_to(kTcpIp, next_port);
+  set_nodelay(out.get());
+  Fd from = accept_one(in);
+  bound_blocking_calls(from.get());
+  std::vector<std::uint8_t> buffer(kRingInFlight * kMessageBytes);
+  for (;;) {
+    const ssize_t got = ::read(from.get(), buffer.data(), buffer.size());
+    if (got == 0) return 0;
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      throw std::runtime_error(errno_text("ring read"));
+    }
+    write_exact(out.get(), buffer.data(), static_cast<std::size_t>(got));
+  }
+}
+
+// Times single messages around the ring, then how many go round with kRingInFlight circulating.
+RingFigures measure_ring(int round_trips, double seconds) {
+  // Each process listens for the one before it: this process for the second child, the first
+  // child for this process, the second child for the first.
+  Listener mine = listen_on(kTcpIp);
+  Listener first = listen_on(kTcpIp);
+  Listener second = listen_on(kTcpIp);
+  std::vector<pid_t> children;
+  children.push_back(fork_child([&] {
+    mine.fd.reset();
+    second.fd.reset();
+    return relay_ring(first, second.port);
+  }));
+  children.push_back(fork_child([&] {
+    mine.fd.reset();
+    first.fd.reset();
+    return relay_ring(second, mine.port);
+  }));
+  first.fd.reset();
+  second.fd.reset();
+  RingFigures figures;
+  std::exception_ptr failure;
+  try {
+    Fd out = connect_to(kTcpIp, first.port);
+    set_nodelay(out.get());
+    Fd in = accept_one(mine);
+    mine.fd.reset();
+    bound_blocking_calls(in.get());
+    std::vector<std::uint8_t> message(kMessageBytes, 0x5a);
+    figures.us.reserve(static_cast<std::size_t>(round_trips));
+    for (int i = 0; i < kWarmupRoundTrips + round_trips; ++i) {
+      const auto t0 = Clock::now();
+      write_exact(out.get(), message.data(), message.size());
+      if (!read_exact(in.get(), message.data(), message.size()))
+        throw std::runtime_error("the ring closed early");
+      if (i >= kWarmupRoundTrips) figures.us.push_back(Micros(Clock::now() - t0).count());
+    }
+    // Throughput: this process forwards what comes back, as the children do, until the time is up,
+    // then takes the messages still in flight off the ring.
+    std::vector<std::uint8_t> buffer(kRingInFlight * kMessageBytes, 0x5a);
+    write_exact(out.get(), buffer.data(), buffer.size());
+    std::size_t in_flight = buffer.size();
+    std::size_t returned = 0;
+    const auto start = Clock::now();
+    const auto end = start + std::chrono::duration_cast<Clock::duration>(Seconds(seconds));
+    bool forwarding = true;
+    auto stopped = start;
+    while (in_flight > 0) {
+      const ssize_t got = ::read(in.get(), buffer.data(), buffer.size());
+      if (got == 0) throw std::runtime_error("the ring closed early");
+      if (got < 0) {
+        if (errno == EINTR) continue;
+        throw std::runtime_error(errno_text("ring read"));
+      }
+      const auto n = static_cast<std::size_t>(got);
+      in_flight -= n;
+      if (!forwarding) continue;
+      returned += n;
+      if (Clock::now() >= end) {
+        forwarding = false;
+        stopped = Clock::now();
+        continue;
+      }
+      write_exact(out.get(), buffer.data(), n);
+      in_flight += n;
+    }
+    const double trips = static_cast<double>(returned) / static_cast<double>(kMessageBytes);
+    figures.cycles_per_s = trips * 3.0 / kHopsPerCycle / Seconds(stopped - start).count();
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  // Closing our end of the ring ends the first child, whose exit ends the second.
+  mine.fd.reset();
+  bool children_ok = true;
+  for (pid_t child : children) children_ok = reap(child) && children_ok;
+  if (failure) std::rethrow_exception(failure);
+  if (!children_ok) throw std::runtime_error("a ring child failed");
+  return figures;
+}
+
 // ---- floor.tls_stream
 
 // Runs `op` on `io` until it completes or `limit` passes; its result, or Errc::timeout.
@@ -563,7 +686,9 @@ asio::awaitable<Result<StreamRun>> tls_source(std::uint16_t port, Bytes key, dou
   co_return run;
 }
 
-StreamRun measure_tls_run(double seconds) {
+// One run of the TLS floor; its writer runs on `io`, which meanwhile goes on serving the links of
+// the in-band site (their heartbeats), so that the floor can run between the in-band runs.
+StreamRun measure_tls_run(double seconds, asio::io_context& io) {
   const Bytes key = dtu::common::random_bytes(32);
   Listener listener = listen_on(kTlsIp);
   const auto limit = std::chrono::duration_cast<Clock::duration>(Seconds(seconds)) + kRunSlack;
@@ -574,7 +699,6 @@ StreamRun measure_tls_run(double seconds) {
   std::exception_ptr failure;
   const double cpu_before = own_cpu_seconds();
   try {
-    asio::io_context io;  // made after the fork: the child has its own
     run.emplace(run_to_completion(io, tls_source(listener.port, key, seconds), limit, "the TLS writer"));
   } catch (...) {
     failure = std::current_exception();
@@ -718,7 +842,9 @@ void run_pipeline(asio::io_context& io, const std::shared_ptr<dtu::client::Inban
   p.run.seconds = Seconds(Clock::now() - start).count();
 }
 
-InbandFigures measure_inband(const Settings& settings) {
+// The in-band stream's runs, each after a run of `floor` (the TLS floor's, side by side), given the
+// io_context that serves the in-band site.
+InbandFigures measure_inband(const Settings& settings, const std::function<void(asio::io_context&)>& floor) {
   dtu::testing::Site site;
   const auto catalogue = site.dir() / "bench-devices.json";
   std::ofstream(catalogue) << bench_catalogue().dump(2);
@@ -766,7 +892,10 @@ InbandFigures measure_inband(const Settings& settings) {
 
   InbandFigures figures;
   run_stream(0);  // warm-up, one call: TLS, the agent's buffers, the sim backend's first transfers
-  for (int i = 0; i < settings.runs; ++i) figures.runs.push_back(run_stream(settings.run_seconds));
+  for (int i = 0; i < settings.runs; ++i) {
+    floor(c.io());
+    figures.runs.push_back(run_stream(settings.run_seconds));
+  }
   figures.write_chunk_us = run_writes(dtu::client::InbandChannel::kStreamChunk);
   figures.write_small_us = run_writes(kSmallWriteBytes);
   for (const auto& [chunk, depth] : kPipelines) {
@@ -848,15 +977,19 @@ TEST_CASE("transport floor and in-band stream") {
     measure_round_trips(p, settings.round_trips);
   }
 
-  std::printf("TLS stream: %d runs of %.1f s...\n", settings.runs, settings.run_seconds);
+  std::printf("TCP ring of 3 processes: %d + %d messages one at a time, then %d in flight for %.1f s...\n",
+              kWarmupRoundTrips, settings.round_trips, kRingInFlight, settings.run_seconds);
+  std::fflush(stdout);
+  const RingFigures ring = measure_ring(settings.round_trips, settings.run_seconds);
+
+  std::printf(
+      "TLS stream and in-band stream (devmgr on %s, dtu-agent in-band on %s): %d runs of %.1f s each, "
+      "taking turns...\n",
+      kManagerIp, kInbandIp, settings.runs, settings.run_seconds);
   std::fflush(stdout);
   std::vector<StreamRun> tls_runs;
-  for (int i = 0; i < settings.runs; ++i) tls_runs.push_back(measure_tls_run(settings.run_seconds));
-
-  std::printf("in-band stream (devmgr on %s, dtu-agent in-band on %s): %d runs of %.1f s...\n", kManagerIp,
-              kInbandIp, settings.runs, settings.run_seconds);
-  std::fflush(stdout);
-  const InbandFigures inband = measure_inband(settings);
+  const InbandFigures inband = measure_inband(
+      settings, [&](asio::io_context& io) { tls_runs.push_back(measure_tls_run(settings.run_seconds, io)); });
 
   const double tls_mb_s = dtu::bench::median(throughputs(tls_runs));
   const double inband_mb_s = dtu::bench::median(throughputs(inband.runs));
@@ -865,8 +998,11 @@ TEST_CASE("transport floor and in-band stream") {
   std::printf("\ntransport floor and in-band stream (loopback, MB = 10^6 bytes)\n");
   std::printf("  %-50s %8s %9s %9s %9s\n", "round trip (us)", "samples", "median", "p99", "max");
   for (const auto& p : placements) print_latency_row("TCP 200-byte ping-pong, " + p.label, p.us);
+  print_latency_row("TCP ring of 3 processes, 200 bytes round", ring.us);
   print_latency_row("in-band write() of 64 KiB, one at a time", inband.write_chunk_us);
   print_latency_row("in-band write() of 200 bytes, one at a time", inband.write_small_us);
+  std::printf("  %-50s %8.0f cycles/s (%d in flight, %d hops per cycle)\n",
+              "TCP ring of 3 processes, circulating", ring.cycles_per_s, kRingInFlight, kHopsPerCycle);
   std::printf("  %-50s %10s %8s %9s %9s\n", "throughput (MB/s)", "", "median", "min", "max");
   print_throughput_row("raw TLS stream (the floor)", tls_runs);
   print_throughput_row("in-band stream() to the sim printer", inband.runs);
@@ -875,7 +1011,11 @@ TEST_CASE("transport floor and in-band stream") {
                               std::to_string(p.depth) + " in flight";
     std::printf("  %-50s %5d run  %8.1f\n", label.c_str(), 1, p.run.mb_per_s());
   }
-  std::printf("  in-band / TLS floor: %.2f (target >= 0.80)\n", ratio);
+  std::printf("  in-band / TLS floor: %.2f (target >= 0.80); run by run:", ratio);
+  for (std::size_t i = 0; i < inband.runs.size() && i < tls_runs.size(); ++i) {
+    std::printf(" %.2f", inband.runs[i].mb_per_s() / tls_runs[i].mb_per_s());
+  }
+  std::printf("\n");
   const auto [tls_send_cpu, tls_receive_cpu] = cpu_ms_per_mb(tls_runs);
   const auto [inband_send_cpu, inband_receive_cpu] = cpu_ms_per_mb(inband.runs);
   std::printf("  %-50s %10s %9s\n", "CPU ms per MB (user + system)", "sender", "receiver");
@@ -885,6 +1025,8 @@ TEST_CASE("transport floor and in-band stream") {
   std::printf(
       "\nTCP: one process and a forked child, blocking sockets, TCP_NODELAY; %d warm-up round trips not "
       "counted.\n"
+      "Ring: this process -> child -> child -> this process, the hops of an attach in group_bench, "
+      "with no TLS and no work.\n"
       "TLS: the project's TLS 1.3 PSK + (EC)DHE, AES-128-GCM, %zu KiB writes, timed to the reader's answer "
       "after the last byte.\n"
       "In-band: InbandChannel::stream() of %zu MiB per call (%zu KiB chunks, %zu in flight) back to back; a "
@@ -902,6 +1044,23 @@ TEST_CASE("transport floor and in-band stream") {
     metrics.push_back(Metric{p.name + ".p50", "us", dtu::bench::percentile(p.us, 50), "", {}, how});
     metrics.push_back(Metric{p.name + ".p99", "us", dtu::bench::percentile(p.us, 99), "", {}, how});
   }
+  const std::string ring_how =
+      "200 bytes around a ring of 3 processes over TCP (an attach's hops: DTU -> m1 "
+      "-> m3 -> service, no TLS, no work), " +
+      std::to_string(ring.us.size()) + " messages one at a time";
+  metrics.push_back(Metric{
+      "floor.tcp_ring3.p50", "us", dtu::bench::percentile(ring.us, 50), "etcd.put_watch.p50", {}, ring_how});
+  metrics.push_back(Metric{
+      "floor.tcp_ring3.p99", "us", dtu::bench::percentile(ring.us, 99), "etcd.put_watch.p99", {}, ring_how});
+  metrics.push_back(
+      Metric{"floor.tcp_ring3.cycles",
+             "ops/s",
+             ring.cycles_per_s,
+             "etcd.claim_cycle.throughput",
+             {},
+             "the same ring with " + std::to_string(kRingInFlight) +
+                 " messages circulating, each process writing on what it reads: ring trips x 3 / " +
+                 std::to_string(kHopsPerCycle) + " hops of an allocate + release, per second"});
   metrics.push_back(
       Metric{"floor.tls_stream.throughput",
              "MB/s",
