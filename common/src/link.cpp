@@ -309,9 +309,9 @@ asio::awaitable<void> Link::write_loop() {
     chunk.swap(write_buffer_);
     writing_ = true;
     write_started_ = clock_.now();
-    // Wake the watchdog only when it would sleep past this write's deadline: most writes (every
+    // Wakes the watchdog only when it would sleep past this write's deadline: most writes (every
     // heartbeat) end long before the deadline it already sleeps towards.
-    if (write_started_ + options_.write_timeout < watchdog_timer_.expiry()) rearm();
+    rearm();
     const IoResult r = co_await transport_->write_all(asio::buffer(chunk));
     writing_ = false;
     if (closed_) co_return;
@@ -323,7 +323,7 @@ asio::awaitable<void> Link::write_loop() {
     // The watchdog releases large buffers kBufferIdle after the last large write. Small writes
     // (heartbeats) do not count: at heartbeats of 500 ms or less they would keep them forever.
     if (chunk.size() > kIdleBufferBytes) last_burst_end_ = clock_.now();
-    if (holds_large_buffers() && last_burst_end_ + kBufferIdle < watchdog_timer_.expiry()) rearm();
+    rearm();  // if the large buffers are due for release before the watchdog would run
     if (shutting_down_ && write_buffer_.empty()) finish_send();
   }
 }
@@ -361,14 +361,23 @@ asio::awaitable<void> Link::watchdog_loop() {
     }
     mux_.tick(now);
     if (closed_) co_return;
-    MonoTime next = mux_.next_deadline();
-    if (holds_large_buffers() && now < last_burst_end_ + kBufferIdle) next = std::min(next, last_burst_end_ + kBufferIdle);
-    if (options_.heartbeats) next = std::min(next, heartbeat_.next_deadline());
-    if (writing_) next = std::min(next, write_started_ + options_.write_timeout);
-    if (shutting_down_) next = std::min(next, shutdown_deadline_);
-    watchdog_timer_.expires_at(next);
+    watchdog_timer_.expires_at(watchdog_deadline(now));
     co_await watchdog_timer_.async_wait(as_tuple(asio::use_awaitable));
   }
+}
+
+MonoTime Link::watchdog_deadline(MonoTime now) const {
+  MonoTime next = mux_.next_deadline();
+  if (holds_large_buffers() && now < last_burst_end_ + kBufferIdle)
+    next = std::min(next, last_burst_end_ + kBufferIdle);
+  if (options_.heartbeats) next = std::min(next, heartbeat_.next_deadline());
+  if (writing_) next = std::min(next, write_started_ + options_.write_timeout);
+  if (shutting_down_) next = std::min(next, shutdown_deadline_);
+  return next;
+}
+
+void Link::rearm() {
+  if (watchdog_deadline(clock_.now()) < watchdog_timer_.expiry()) watchdog_timer_.cancel();
 }
 
 bool Link::holds_large_buffers() const {

@@ -113,7 +113,13 @@ class Link : public std::enable_shared_from_this<Link> {
   void handle_frame(Frame frame);
   void handle_heartbeat(const Frame& frame);
   void send_heartbeat(MonoTime now);
-  void rearm() { watchdog_timer_.cancel(); }
+  // When the watchdog must next run: the earliest of the deadlines it keeps (the mux's, the
+  // heartbeat's, a write's, the shutdown's, the release of large buffers).
+  MonoTime watchdog_deadline(MonoTime now) const;
+  // Wakes the watchdog when a deadline now falls before the time it sleeps towards. Most calls
+  // (every frame received, every request sent) only move deadlines later, or add one later than
+  // the next heartbeat's, and wake nothing: the watchdog finds the later deadlines when it runs.
+  void rearm();
   bool holds_large_buffers() const;
   void release_large_buffers();
 
