@@ -118,7 +118,8 @@ class Link : public std::enable_shared_from_this<Link> {
   MonoTime watchdog_deadline(MonoTime now) const;
   // Wakes the watchdog when a deadline now falls before the time it sleeps towards. Most calls
   // (every frame received, every request sent) only move deadlines later, or add one later than
-  // the next heartbeat's, and wake nothing: the watchdog finds the later deadlines when it runs.
+  // the next heartbeat's, and wake nothing: the watchdog finds the later deadlines when it runs,
+  // which it does anyway for the heartbeat it sends or answers (handle_heartbeat moves it then).
   void rearm();
   bool holds_large_buffers() const;
   void release_large_buffers();
