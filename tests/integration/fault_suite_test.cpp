@@ -343,9 +343,10 @@ TEST_CASE("Fault 2: SIGSTOP a manager past the heartbeat timeout, then SIGCONT")
   // Past the heartbeat timeout in any case: the DTU and the peers have given m2 up.
   const auto timeout = fs.site().heartbeat_timeout();
   if (Clock::now() - t0 < timeout) std::this_thread::sleep_for(timeout - (Clock::now() - t0));
-  fs.manager(1).process->signal(SIGCONT);
+  // Read before the signal: the resumed m2 may answer before this thread runs again after it.
   const auto healed = Clock::now();
   const std::int64_t resumed_us = monotonic_us();
+  fs.manager(1).process->signal(SIGCONT);
   report_failover(fs, scenario, f, dtus, true);
   CHECK_MESSAGE(adopter.has_value(), scenario << ": no manager adopted " << lease->lease << " from DTU 2");
   MESSAGE(scenario << ": m2 stopped for " << ms_since(t0) << " ms; "
