@@ -411,6 +411,22 @@ double process_cpu_seconds(pid_t pid) {
 
 // ---- floor.tcp_rtt
 
+// Writes a kMessageBytes message on `out` and waits for it to come back on `in`, one at a time:
+// kWarmupRoundTrips untimed, then the microseconds of each of `round_trips`. `peer` names what
+// closed early.
+std::vector<double> time_round_trips(int out, int in, int round_trips, const std::string& peer) {
+  std::vector<std::uint8_t> message(kMessageBytes, 0x5a);
+  std::vector<double> us;
+  us.reserve(static_cast<std::size_t>(round_trips));
+  for (int i = 0; i < kWarmupRoundTrips + round_trips; ++i) {
+    const auto t0 = Clock::now();
+    write_exact(out, message.data(), message.size());
+    if (!read_exact(in, message.data(), message.size())) throw std::runtime_error(peer + " closed early");
+    if (i >= kWarmupRoundTrips) us.push_back(Micros(Clock::now() - t0).count());
+  }
+  return us;
+}
+
 struct Placement {
   std::string name;   // metric stem: "floor.tcp_rtt_same_cpu"
   std::string label;  // table row
@@ -447,17 +463,7 @@ void measure_round_trips(Placement& p, int round_trips) {
     listener.fd.reset();
     bound_blocking_calls(fd.get());
     set_nodelay(fd.get());
-    std::vector<std::uint8_t> ping(kMessageBytes, 0x5a);
-    std::vector<std::uint8_t> pong(kMessageBytes);
-    p.us.reserve(static_cast<std::size_t>(round_trips));
-    for (int i = 0; i < kWarmupRoundTrips + round_trips; ++i) {
-      const auto t0 = Clock::now();
-      write_exact(fd.get(), ping.data(), ping.size());
-      if (!read_exact(fd.get(), pong.data(), pong.size()))
-        throw std::runtime_error("the echo child closed early");
-      const auto t1 = Clock::now();
-      if (i >= kWarmupRoundTrips) p.us.push_back(Micros(t1 - t0).count());
-    }
+    p.us = time_round_trips(fd.get(), fd.get(), round_trips, "the echo child");
   } catch (...) {
     failure = std::current_exception();
   }
@@ -521,15 +527,7 @@ RingFigures measure_ring(int round_trips, double seconds) {
     Fd in = accept_one(mine);
     mine.fd.reset();
     bound_blocking_calls(in.get());
-    std::vector<std::uint8_t> message(kMessageBytes, 0x5a);
-    figures.us.reserve(static_cast<std::size_t>(round_trips));
-    for (int i = 0; i < kWarmupRoundTrips + round_trips; ++i) {
-      const auto t0 = Clock::now();
-      write_exact(out.get(), message.data(), message.size());
-      if (!read_exact(in.get(), message.data(), message.size()))
-        throw std::runtime_error("the ring closed early");
-      if (i >= kWarmupRoundTrips) figures.us.push_back(Micros(Clock::now() - t0).count());
-    }
+    figures.us = time_round_trips(out.get(), in.get(), round_trips, "the ring");
     // Throughput: this process forwards what comes back, as the children do, until the time is up,
     // then takes the messages still in flight off the ring.
     std::vector<std::uint8_t> buffer(kRingInFlight * kMessageBytes, 0x5a);
