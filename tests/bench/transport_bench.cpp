@@ -274,18 +274,23 @@ Fd connect_to(const char* ip, std::uint16_t port) {
   return fd;
 }
 
+// Reads what has arrived, up to n bytes (waiting for the first); 0 at the end of the stream.
+std::size_t read_some(int fd, std::uint8_t* data, std::size_t n) {
+  for (;;) {
+    const ssize_t got = ::read(fd, data, n);
+    if (got >= 0) return static_cast<std::size_t>(got);
+    if (errno != EINTR) throw std::runtime_error(errno_text("read"));
+  }
+}
+
 // Reads exactly n bytes; false on a clean end of stream before the first byte.
 bool read_exact(int fd, std::uint8_t* data, std::size_t n) {
   std::size_t done = 0;
   while (done < n) {
-    const ssize_t got = ::read(fd, data + done, n - done);
+    const std::size_t got = read_some(fd, data + done, n - done);
     if (got == 0 && done == 0) return false;
     if (got == 0) throw std::runtime_error("the peer closed in the middle of a message");
-    if (got < 0) {
-      if (errno == EINTR) continue;
-      throw std::runtime_error(errno_text("read"));
-    }
-    done += static_cast<std::size_t>(got);
+    done += got;
   }
   return true;
 }
@@ -488,15 +493,10 @@ int relay_ring(const Listener& in, std::uint16_t next_port) {
   Fd from = accept_one(in);
   bound_blocking_calls(from.get());
   std::vector<std::uint8_t> buffer(kRingInFlight * kMessageBytes);
-  for (;;) {
-    const ssize_t got = ::read(from.get(), buffer.data(), buffer.size());
-    if (got == 0) return 0;
-    if (got < 0) {
-      if (errno == EINTR) continue;
-      throw std::runtime_error(errno_text("ring read"));
-    }
-    write_exact(out.get(), buffer.data(), static_cast<std::size_t>(got));
+  while (const std::size_t got = read_some(from.get(), buffer.data(), buffer.size())) {
+    write_exact(out.get(), buffer.data(), got);
   }
+  return 0;
 }
 
 // Times single messages around the ring, then how many go round with kRingInFlight circulating.
@@ -536,29 +536,22 @@ RingFigures measure_ring(int round_trips, double seconds) {
     std::size_t returned = 0;
     const auto start = Clock::now();
     const auto end = start + std::chrono::duration_cast<Clock::duration>(Seconds(seconds));
-    bool forwarding = true;
-    auto stopped = start;
+    std::optional<Clock::time_point> stopped;  // when this process stopped forwarding
     while (in_flight > 0) {
-      const ssize_t got = ::read(in.get(), buffer.data(), buffer.size());
-      if (got == 0) throw std::runtime_error("the ring closed early");
-      if (got < 0) {
-        if (errno == EINTR) continue;
-        throw std::runtime_error(errno_text("ring read"));
-      }
-      const auto n = static_cast<std::size_t>(got);
+      const std::size_t n = read_some(in.get(), buffer.data(), buffer.size());
+      if (n == 0) throw std::runtime_error("the ring closed early");
       in_flight -= n;
-      if (!forwarding) continue;
+      if (stopped) continue;
       returned += n;
-      if (Clock::now() >= end) {
-        forwarding = false;
-        stopped = Clock::now();
+      if (const auto now = Clock::now(); now >= end) {
+        stopped = now;
         continue;
       }
       write_exact(out.get(), buffer.data(), n);
       in_flight += n;
     }
     const double trips = static_cast<double>(returned) / static_cast<double>(kMessageBytes);
-    figures.cycles_per_s = trips * 3.0 / kHopsPerCycle / Seconds(stopped - start).count();
+    figures.cycles_per_s = trips * 3.0 / kHopsPerCycle / Seconds(*stopped - start).count();
   } catch (...) {
     failure = std::current_exception();
   }
