@@ -1,5 +1,7 @@
 #include "dtu/common/frame.hpp"
 
+#include <algorithm>
+
 #include "dtu/common/check.hpp"
 
 namespace dtu::common {
@@ -22,7 +24,10 @@ void put_u32(std::vector<std::uint8_t>& out, std::uint32_t v) {
 void encode_frame(const Frame& frame, std::vector<std::uint8_t>& out) {
   DTU_CHECK(frame.payload.size() <= 0xffffffffu);
   DTU_CHECK((frame.flags & ~kKnownFlags) == 0);
-  out.reserve(out.size() + kFrameHeaderSize + frame.payload.size());
+  // reserve() allocates exactly what it is asked for: asked once per frame, a buffer of many
+  // queued frames would be reallocated and copied at each one.
+  const std::size_t needed = out.size() + kFrameHeaderSize + frame.payload.size();
+  if (needed > out.capacity()) out.reserve(std::max(needed, 2 * out.capacity()));
   put_u32(out, static_cast<std::uint32_t>(frame.payload.size()));
   out.push_back(kProtocolVersion);
   out.push_back(frame.flags);

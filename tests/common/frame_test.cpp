@@ -93,6 +93,22 @@ TEST_CASE("encode_frame appends to the bytes already in the output") {
   CHECK(out[2 + 4] == kProtocolVersion);
 }
 
+TEST_CASE("encode_frame grows the output geometrically as frames queue behind each other") {
+  // A link queues every frame of a burst into one buffer; a reallocation per frame would copy the
+  // whole queue again at each one.
+  Bytes out;
+  const Frame frame = make_frame(MessageType::heartbeat, 0, 0, 0, Bytes(200, 'h'));
+  int reallocations = 0;
+  const std::uint8_t* storage = nullptr;
+  for (int i = 0; i < 1000; ++i) {
+    encode_frame(frame, out);
+    if (out.data() != storage) ++reallocations;
+    storage = out.data();
+  }
+  CHECK(out.size() == 1000 * (kFrameHeaderSize + 200));
+  CHECK(reallocations <= 12);  // doubling from one frame: log2(1000) + 1
+}
+
 TEST_CASE("An empty payload encodes to the bare header and round-trips") {
   const Frame in = make_frame(MessageType::ack, kFlagReply, 3, 9, {});
   const Bytes encoded = encode_frame(in);
