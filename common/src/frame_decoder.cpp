@@ -22,8 +22,8 @@ constexpr std::size_t kCompactThreshold = 64 * 1024;
 // vector per frame instead, allocated when its header arrived, cost the in-band stream a fifth
 // of its throughput (docs/performance.md). A frame below this size that happened to span two
 // reads (a DTU's snapshot) gives the buffer back at once, so an idle link keeps none: kept at
-// 16 KiB, 10,000 DTUs cost 34 MB more.
-constexpr std::size_t kKeepForStream = 64 * 1024;
+// 16 KiB, 10,000 DTUs cost 34 MB more. Below InbandChannel::kStreamChunk (63 KiB of data).
+constexpr std::size_t kKeepForStream = 32 * 1024;
 
 // The frame whose header is at `h`, without its payload.
 void take_header(const std::uint8_t* h, Frame& out) {

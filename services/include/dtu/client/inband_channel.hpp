@@ -43,10 +43,13 @@ namespace dtu::client {
 
 class InbandChannel : public std::enable_shared_from_this<InbandChannel> {
  public:
-  // stream(): bytes per usb_out (64 KiB: large enough for full-speed bulk, small enough to
+  // stream(): bytes per usb_out (63 KiB: large enough for full-speed bulk, small enough to
   // interleave with other endpoints) and requests kept in flight (flow control: at most
-  // kStreamWindow × kStreamChunk bytes are queued at the DTU for one stream).
-  static constexpr std::size_t kStreamChunk = 64 * 1024;
+  // kStreamWindow × kStreamChunk bytes are queued at the DTU for one stream). With its 24 header
+  // bytes a chunk fills four TLS records of 16 KiB; 64 KiB spilled 24 bytes into a fifth, one
+  // more record and send per chunk (docs/performance.md). A multiple of every bulk max packet
+  // size (8 to 1024), so no chunk but the last ends in a short packet.
+  static constexpr std::size_t kStreamChunk = 63 * 1024;
   static constexpr std::size_t kStreamWindow = 8;
   // Added to a transfer's own timeout for the deadline of its request: the round trip.
   static constexpr common::Duration kReplyMargin = std::chrono::seconds(5);
