@@ -12,7 +12,7 @@ declare -A groups=(
   # clang + libclang-rt-14-dev: the libFuzzer runtime for `make fuzz-smoke`.
   # dpkg-dev (dpkg-shlibdeps) and file: `make package` works out the packages' Depends with them.
   [build]="build-essential cmake pkg-config g++ clang libclang-rt-14-dev libasio-dev nlohmann-json3-dev
-           libssl-dev doctest-dev libcli11-dev libusb-1.0-0-dev libsystemd-dev libcups2-dev dpkg-dev file"
+           libssl-dev libsimdjson-dev doctest-dev libcli11-dev libusb-1.0-0-dev libsystemd-dev libcups2-dev dpkg-dev file"
   # lintian: the packaging test checks the .deb packages with it.
   # systemd: systemd-analyze, -sysusers and -tmpfiles check the packaged units offline
   # (tests/integration/systemd_units_test.cpp); installing it does not make it PID 1.

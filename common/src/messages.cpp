@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "dtu/common/json_fields.hpp"
+#include "dtu/common/json_parse.hpp"
 
 namespace dtu::common {
 
@@ -21,7 +22,7 @@ Result<json> parse_payload(const Frame& frame) {
   if (frame.is_binary()) {
     return Error(Errc::bad_payload, std::string(message_type_name(frame.type)) + ": binary payload where JSON was expected");
   }
-  json j = json::parse(frame.payload.begin(), frame.payload.end(), nullptr, /*allow_exceptions=*/false);
+  json j = parse_json(frame.payload_text());
   if (j.is_discarded()) {
     return Error(Errc::bad_payload, std::string(message_type_name(frame.type)) + ": payload is not valid JSON");
   }

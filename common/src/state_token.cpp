@@ -11,6 +11,7 @@
 
 #include "dtu/common/crypto.hpp"
 #include "dtu/common/json_fields.hpp"
+#include "dtu/common/json_parse.hpp"
 #include "dtu/common/json_text.hpp"
 
 namespace dtu::common {
@@ -238,7 +239,7 @@ Result<StateToken> verify_state_token(std::string_view text, const GroupKeys& ke
 
   // The key is chosen by the id the token names; then its MAC decides. Content that does not
   // even parse but carries a MAC-shaped tail is a tampered token, not a malformed one.
-  const auto parsed = nlohmann::json::parse(*json, nullptr, false);
+  const auto parsed = parse_json(*json);
   std::optional<std::string> key_id;
   if (parsed.is_object()) {
     auto it = parsed.find("key");

@@ -1,4 +1,6 @@
 // Fuzz target: the JSON decoders, each given the whole input as its text.
+//   - parse_json (simdjson with nlohmann behind it) against nlohmann's parser: the same texts
+//     accepted, as the same values of the same types;
 //   - as the payload of a frame of every message type (from_frame; properties in fuzz_check.hpp);
 //   - as a DeviceRecord: one it accepts survives to_json, dump, parse and from_json unchanged,
 //     and encode_device writes what dump does;
@@ -25,6 +27,7 @@
 #include "dtu/common/config.hpp"
 #include "dtu/common/errors.hpp"
 #include "dtu/common/frame.hpp"
+#include "dtu/common/json_parse.hpp"
 #include "dtu/common/message_type.hpp"
 #include "dtu/common/records.hpp"
 #include "dtu/common/service_messages.hpp"
@@ -158,9 +161,31 @@ void check_endpoint(const std::uint8_t* data, std::size_t size) {
 
 }  // namespace
 
+// The same value with the same type at every node: == alone holds 1 and 1.0, 0 and -0 equal.
+bool same_typed(const json& a, const json& b) {
+  if (a.type() != b.type() || a != b) return false;
+  if (a.is_object()) {
+    for (auto ia = a.begin(), ib = b.begin(); ia != a.end(); ++ia, ++ib) {
+      if (ia.key() != ib.key() || !same_typed(ia.value(), ib.value())) return false;
+    }
+  } else if (a.is_array()) {
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      if (!same_typed(a[i], b[i])) return false;
+    }
+  } else if (a.is_number_float()) {
+    return a.dump() == b.dump();  // -0.0 and 0.0
+  }
+  return true;
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   check_payloads(data, size);
   const json doc = json::parse(data, data + size, nullptr, /*allow_exceptions=*/false);
+  // Every message is parsed by parse_json (simdjson, then nlohmann for what it refuses): it must
+  // accept exactly what nlohmann accepts, as the same value of the same types.
+  const json fast = dtu::common::parse_json(std::string_view(reinterpret_cast<const char*>(data), size));
+  FUZZ_REQUIRE(fast.is_discarded() == doc.is_discarded());
+  FUZZ_REQUIRE(doc.is_discarded() || same_typed(fast, doc));
   if (!doc.is_discarded()) {
     check_device_record(doc);
     check_config(doc);
