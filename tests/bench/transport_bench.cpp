@@ -37,8 +37,8 @@
 // Alongside, for finding where the in-band path loses against the floor (not targets): the CPU
 // time per MB of each side of both streams (this process and the child or dtu-agent; under a
 // shared CPU the side with the most CPU per MB bounds the rate), single write() round trips of
-// 64 KiB and 200 bytes, and write() with other windows and chunk sizes than stream()'s (one run
-// each).
+// one stream() chunk (InbandChannel::kStreamChunk) and of 200 bytes, and write() with other
+// windows and chunk sizes than stream()'s (one run each).
 //
 // The bench printer is the demo's printer (demo/sim-devices.json) without the "sink": its OUT
 // endpoint accepts and discards, so the agent does not keep gigabytes of captured bytes.
@@ -990,7 +990,7 @@ TEST_CASE("transport floor and in-band stream") {
   std::printf("  %-50s %8s %9s %9s %9s\n", "round trip (us)", "samples", "median", "p99", "max");
   for (const auto& p : placements) print_latency_row("TCP 200-byte ping-pong, " + p.label, p.us);
   print_latency_row("TCP ring of 3 processes, 200 bytes round", ring.us);
-  print_latency_row("in-band write() of 64 KiB, one at a time", inband.write_chunk_us);
+  print_latency_row("in-band write() of a stream() chunk, 1 at a time", inband.write_chunk_us);
   print_latency_row("in-band write() of 200 bytes, one at a time", inband.write_small_us);
   std::printf("  %-50s %8.0f cycles/s (%d in flight, %d hops per cycle)\n",
               "TCP ring of 3 processes, circulating", ring.cycles_per_s, kRingInFlight, kHopsPerCycle);
@@ -1067,12 +1067,14 @@ TEST_CASE("transport floor and in-band stream") {
                            "InbandChannel::stream() to a sim printer's bulk OUT, timed to the DTU's last "
                            "usb_done, median of " +
                                std::to_string(inband.runs.size()) + " runs"});
-  metrics.push_back(Metric{"dtu.inband_stream.write_64k.p50",
+  metrics.push_back(Metric{"dtu.inband_stream.write_chunk.p50",
                            "us",
                            dtu::bench::percentile(inband.write_chunk_us, 50),
                            "",
                            {},
-                           "one InbandChannel::write() of 64 KiB, request to usb_done"});
+                           "one InbandChannel::write() of a stream() chunk (" +
+                               std::to_string(dtu::client::InbandChannel::kStreamChunk / 1024) +
+                               " KiB), request to usb_done"});
   metrics.push_back(Metric{"dtu.inband_stream.write_200b.p50",
                            "us",
                            dtu::bench::percentile(inband.write_small_us, 50),
