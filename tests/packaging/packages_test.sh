@@ -143,9 +143,9 @@ usr/share/doc/dtubroker-services/changelog.Debian.gz packaging/deb/changelog"
 
 # Each package's Depends must name these (its shared libraries, the sysusers provider).
 declare -A depends
-depends[dtubroker-devmgr]="libc6 libstdc++6 libssl3 libsystemd0 systemd"
-depends[dtubroker-agent]="libc6 libstdc++6 libssl3 libsystemd0 libusb-1.0-0 systemd"
-depends[dtubroker-services]="libc6 libstdc++6 libssl3 libcups2"
+depends[dtubroker-devmgr]="libc6 libstdc++6 libssl3 libsimdjson14 libsystemd0 systemd"
+depends[dtubroker-agent]="libc6 libstdc++6 libssl3 libsimdjson14 libsystemd0 libusb-1.0-0 systemd"
+depends[dtubroker-services]="libc6 libstdc++6 libssl3 libsimdjson14 libcups2"
 
 # --- helpers: each prints what is wrong and returns 1 ---------------------------------------------
 
