@@ -22,19 +22,21 @@ void put_u32(std::vector<std::uint8_t>& out, std::uint32_t v) {
 }  // namespace
 
 void encode_frame(const Frame& frame, std::vector<std::uint8_t>& out) {
-  DTU_CHECK(frame.payload.size() <= 0xffffffffu);
+  const std::size_t length = frame.payload_size();
+  DTU_CHECK(length <= 0xffffffffu);
   DTU_CHECK((frame.flags & ~kKnownFlags) == 0);
   // reserve() allocates exactly what it is asked for: asked once per frame, a buffer of many
   // queued frames would be reallocated and copied at each one.
-  const std::size_t needed = out.size() + kFrameHeaderSize + frame.payload.size();
+  const std::size_t needed = out.size() + kFrameHeaderSize + length;
   if (needed > out.capacity()) out.reserve(std::max(needed, 2 * out.capacity()));
-  put_u32(out, static_cast<std::uint32_t>(frame.payload.size()));
+  put_u32(out, static_cast<std::uint32_t>(length));
   out.push_back(kProtocolVersion);
   out.push_back(frame.flags);
   put_u16(out, static_cast<std::uint16_t>(frame.type));
   put_u32(out, frame.filament);
   put_u32(out, frame.txn);
   out.insert(out.end(), frame.payload.begin(), frame.payload.end());
+  out.insert(out.end(), frame.tail.begin(), frame.tail.end());
 }
 
 std::vector<std::uint8_t> encode_frame(const Frame& frame) {

@@ -218,21 +218,29 @@ void from_json(const json& j, ChannelClosingMsg& m) {
   m.detail = field_or(j, "detail", std::string());
 }
 
-Frame usb_out_frame(std::uint8_t endpoint, std::uint32_t timeout_ms, std::span<const std::uint8_t> data,
-                    bool continues, std::uint32_t filament) {
+Frame usb_out_frame_view(std::uint8_t endpoint, std::uint32_t timeout_ms, std::span<const std::uint8_t> data,
+                         bool continues, std::uint32_t filament) {
   DTU_CHECK(data.size() <= kMaxUsbTransferBytes);
   Frame f;
   f.type = MessageType::usb_out;
   f.flags = kFlagBinary;
   f.filament = filament;
-  // Header, then the data appended: resize() would zero-fill the data's room first, a second
-  // pass over every byte of a stream (docs/performance.md).
-  f.payload.reserve(kUsbOutHeaderBytes + data.size());
   f.payload.resize(kUsbOutHeaderBytes);
   f.payload[0] = endpoint;
   f.payload[1] = continues ? kUsbOutContinues : 0;  // bytes 2-3 reserved, zero
   put_u32_be(&f.payload[4], timeout_ms);
+  f.tail = data;
+  return f;
+}
+
+Frame usb_out_frame(std::uint8_t endpoint, std::uint32_t timeout_ms, std::span<const std::uint8_t> data,
+                    bool continues, std::uint32_t filament) {
+  Frame f = usb_out_frame_view(endpoint, timeout_ms, data, continues, filament);
+  // The data appended after the header: resize() would zero-fill its room first, a second pass
+  // over every byte (docs/performance.md).
+  f.payload.reserve(kUsbOutHeaderBytes + data.size());
   f.payload.insert(f.payload.end(), data.begin(), data.end());
+  f.tail = {};
   return f;
 }
 

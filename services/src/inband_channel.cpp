@@ -262,8 +262,11 @@ void InbandChannel::pump(const std::shared_ptr<StreamState>& state) {
     const std::size_t length = std::min(kStreamChunk, state->data.size() - state->next);
     const std::size_t index = state->sent++;
     // Every chunk but the first continues the stream: the DTU writes none after a failed one.
-    auto frame = common::usb_out_frame(state->endpoint, timeout_ms(state->chunk_timeout),
-                                       state->data.subspan(state->next, length), /*continues=*/index > 0);
+    // The frame refers to the caller's data, which link_->request() below copies into the link's
+    // write buffer before it returns: one copy of each byte instead of two (docs/performance.md).
+    auto frame =
+        common::usb_out_frame_view(state->endpoint, timeout_ms(state->chunk_timeout),
+                                   state->data.subspan(state->next, length), /*continues=*/index > 0);
     state->next += length;
     ++state->in_flight;
     // This chunk may wait at the DTU behind the others in flight.

@@ -141,6 +141,26 @@ TEST_CASE("A binary payload with every byte value round-trips unchanged") {
   CHECK(out.wants_ack());
 }
 
+TEST_CASE("A tail encodes after the payload as one payload, read from the sender's bytes") {
+  Bytes data;
+  for (int i = 0; i < 3000; ++i) data.push_back(static_cast<std::uint8_t>(i * 7));
+  Frame in = make_frame(MessageType::usb_out, kFlagBinary | kFlagReplyRequested, 3, 9, Bytes{1, 0, 0, 0});
+  in.tail = data;
+  CHECK(in.payload_size() == 4 + data.size());
+  const Bytes wire = encode_frame(in);
+  Bytes whole{1, 0, 0, 0};
+  whole.insert(whole.end(), data.begin(), data.end());
+  CHECK(wire ==
+        encode_frame(make_frame(MessageType::usb_out, kFlagBinary | kFlagReplyRequested, 3, 9, whole)));
+  data.assign(data.size(), 0);  // the encoding holds its own copy
+  FrameDecoder decoder;
+  decoder.feed(wire);
+  Frame out;
+  REQUIRE(decoder.next(out) == FrameDecoder::Status::complete);
+  CHECK(out.payload == whole);
+  CHECK(out.tail.empty());
+}
+
 TEST_CASE("The largest filament and txn values round-trip") {
   const Frame in = make_frame(MessageType::heartbeat, 0, 0xffffffffu, 0xffffffffu, bytes_of("{}"));
   const Frame out = round_trip(in);

@@ -22,11 +22,12 @@
 #include <asio/experimental/as_tuple.hpp>
 
 #include "dtu/common/frame_decoder.hpp"
+#include "dtu/common/inband_messages.hpp"
 #include "dtu/common/messages.hpp"
 #include "dtu/common/net.hpp"
 #include "dtu/common/tls.hpp"
-#include "support/log_capture.hpp"
 #include "support/async_client.hpp"
+#include "support/log_capture.hpp"
 
 // Link end to end over real in-process sockets (Unix socket pairs, and TCP+TLS on 127.0.0.1),
 // on one io_context driven by this thread with SystemClock. Tests run the context until the
@@ -296,6 +297,39 @@ TEST_CASE("An async post gets its completion callback with the peer's ack") {
   auto msg = common::from_frame<common::ClientHelloMsg>(delivered->front());
   REQUIRE(msg.ok());
   CHECK(msg->client == "posted");
+}
+
+TEST_CASE("A request whose frame refers to the caller's bytes sends them as they were when it was queued") {
+  Harness h;
+  auto [one, two] = h.socket_pair();
+  auto a = h.unix_link(std::move(one), Side::initiator, "peer-b", quiet());
+  auto b = h.unix_link(std::move(two), Side::acceptor, "peer-a", quiet());
+  Harness::start(a);
+  Harness::start(b);
+  auto delivered = std::make_shared<std::vector<Frame>>();
+  b->mux().set_receiver(0, [peer = b.get(), delivered](Frame frame) {
+    peer->reply(frame,
+                common::to_frame(common::UsbDoneMsg{frame.payload.size() - common::kUsbOutHeaderBytes}));
+    delivered->push_back(std::move(frame));
+  });
+
+  std::vector<std::uint8_t> data(63 * 1024);
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<std::uint8_t>(i * 13 + i / 251);
+  const std::vector<std::uint8_t> sent = data;
+  auto answer = std::make_shared<std::optional<Result<Frame>>>();
+  a->request(0, common::usb_out_frame_view(0x01, 1000, data), kGenerous,
+             [answer](Result<Frame> r) { *answer = std::move(r); });
+  data.assign(data.size(), 0xee);  // the frame's tail is read while request() queues it, not later
+  REQUIRE(h.run_until([&] { return answer->has_value(); }));
+
+  INFO(describe(**answer));
+  REQUIRE((*answer)->ok());
+  REQUIRE(delivered->size() == 1);
+  auto out = common::from_frame<common::UsbOutMsg>(delivered->front());
+  REQUIRE(out.ok());
+  CHECK(out->endpoint == 0x01);
+  CHECK(out->timeout_ms == 1000);
+  CHECK(out->data == sent);
 }
 
 TEST_CASE("receive() polls with would_block, times out, and takes a notify sent by the peer") {

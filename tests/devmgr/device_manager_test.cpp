@@ -135,7 +135,7 @@ class Fixture {
     common::DtuHelloMsg msg{id, "test", boot_epoch, probe};
     std::optional<common::Result<Frame>> answer;
     dtu.link->request(common::FilamentMux::kControlFilament, common::to_frame(msg), kRequestTimeout,
-                      [&answer](common::Result<Frame> r) { answer.emplace(std::move(r)); });
+                      [&answer](common::Result<Frame> r) { answer = std::move(r); });
     REQUIRE(run_until([&] { return answer.has_value(); }));
     return std::move(*answer);
   }

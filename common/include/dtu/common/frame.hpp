@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -36,7 +37,15 @@ struct Frame {
   std::uint32_t filament = 0;
   std::uint32_t txn = 0;
   std::vector<std::uint8_t> payload;
+  // Outgoing frames only: bytes that follow `payload` on the wire, read from the sender's memory
+  // when the frame is encoded, so that a chunk of device data is copied once, into the link's
+  // write buffer, rather than into the frame first (usb_out_frame_view, InbandChannel::stream).
+  // A Link encodes a frame in the call that queues it, so these bytes need only outlive that
+  // call. The decoder never sets it: a received frame's bytes are all in `payload`.
+  std::span<const std::uint8_t> tail;
 
+  // The payload's length on the wire.
+  std::size_t payload_size() const { return payload.size() + tail.size(); }
   bool is_reply() const { return (flags & kFlagReply) != 0; }
   bool wants_ack() const { return (flags & kFlagAckRequested) != 0; }
   bool wants_reply() const { return (flags & kFlagReplyRequested) != 0; }
@@ -46,8 +55,8 @@ struct Frame {
   }
 };
 
-// Appends the encoded frame to `out`.
-// REQUIRES: frame.payload.size() fits in 32 bits; frame.flags only uses kKnownFlags.
+// Appends the encoded frame to `out`: the header, `payload`, then `tail`.
+// REQUIRES: frame.payload_size() fits in 32 bits; frame.flags only uses kKnownFlags.
 void encode_frame(const Frame& frame, std::vector<std::uint8_t>& out);
 std::vector<std::uint8_t> encode_frame(const Frame& frame);
 

@@ -158,10 +158,15 @@ void from_json(const nlohmann::json& j, ChannelClosingMsg& m);
 // The endpoint type name of bmAttributes bits 0-1: "control", "isochronous", "bulk", "interrupt".
 const char* usb_transfer_type_name(std::uint8_t attributes);
 
-// A usb_out frame (binary) without copying `data` twice.
+// A usb_out frame (binary) carrying a copy of `data`.
 // REQUIRES: data.size() <= kMaxUsbTransferBytes
 Frame usb_out_frame(std::uint8_t endpoint, std::uint32_t timeout_ms, std::span<const std::uint8_t> data,
                     bool continues = false, std::uint32_t filament = 0);
+// The same frame referring to `data` (Frame::tail) instead: `data` is copied once, when a Link
+// queues the frame, straight into its write buffer.
+// REQUIRES: data.size() <= kMaxUsbTransferBytes; `data` outlives the call that queues the frame.
+Frame usb_out_frame_view(std::uint8_t endpoint, std::uint32_t timeout_ms, std::span<const std::uint8_t> data,
+                         bool continues = false, std::uint32_t filament = 0);
 // A usb_data frame (binary) carrying `data`.
 Frame usb_data_frame(std::span<const std::uint8_t> data, std::uint32_t filament = 0);
 

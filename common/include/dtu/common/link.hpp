@@ -75,6 +75,9 @@ class Link : public std::enable_shared_from_this<Link> {
   const std::string& peer() const { return peer_; }
   Transport& transport() { return *transport_; }
 
+  // Each of these encodes its frame into the write buffer before it returns (the awaitable
+  // request: once it is awaited), or drops it when the link is closed or shutting down; so the
+  // bytes a frame's Frame::tail refers to need only outlive the call.
   void notify(std::uint32_t filament, Frame frame);
   void post(std::uint32_t filament, Frame frame, Duration timeout, FilamentMux::SendDone done);
   void reply(const Frame& to, Frame response);
