@@ -657,6 +657,7 @@ asio::awaitable<Result<StreamRun>> tls_source(std::uint16_t port, Bytes key, dou
   if (!transport.ok()) co_return transport.error();
   dtu::common::Transport& stream = **transport;
   std::vector<std::uint8_t> block(kTlsBlock, 0xa5);
+  const auto ex = co_await asio::this_coro::executor;
   StreamRun run;
   const auto start = Clock::now();
   const auto stop = start + std::chrono::duration_cast<Clock::duration>(Seconds(seconds));
@@ -667,6 +668,10 @@ asio::awaitable<Result<StreamRun>> tls_source(std::uint16_t port, Bytes key, dou
     const auto w = co_await std::move(write);
     if (w.ec) co_return io_failure("writing the stream", w.ec);
     run.bytes += block.size();
+    // A write that never had to wait never left this coroutine: when the reader kept up, the
+    // in-band site's links on this io_context went unanswered for the whole run, and a run of
+    // 3 s or more had the DTU close the channel as silent (heartbeats_missed=3).
+    co_await asio::post(ex, asio::use_awaitable);
   }
   std::uint8_t ack = 0;
   auto read = stream.read_some(asio::buffer(&ack, 1));
