@@ -46,6 +46,7 @@ struct Frame {
 
   // The payload's length on the wire.
   std::size_t payload_size() const { return payload.size() + tail.size(); }
+
   bool is_reply() const { return (flags & kFlagReply) != 0; }
   bool wants_ack() const { return (flags & kFlagAckRequested) != 0; }
   bool wants_reply() const { return (flags & kFlagReplyRequested) != 0; }
