@@ -65,6 +65,12 @@ using Outcome = std::shared_ptr<std::optional<T>>;
 
 using dtu::testing::LogCapture;
 
+Link::Options quiet() {
+  Link::Options options;
+  options.heartbeats = false;
+  return options;
+}
+
 // One io_context, the links made on it and their sockets. On destruction it closes every link
 // and runs the context until their coroutines have ended, so nothing outlives the context.
 class Harness {
@@ -102,6 +108,15 @@ class Harness {
   }
   std::shared_ptr<Link> unix_link(LocalSocket socket, Side side, std::string peer, Link::Options options) {
     return link(std::make_unique<common::UnixTransport>(std::move(socket)), side, std::move(peer), options);
+  }
+
+  // Two quiet links over a socket pair, started: `a` the initiator, `b` the acceptor.
+  void started_pair(std::shared_ptr<Link>& a, std::shared_ptr<Link>& b) {
+    auto [one, two] = socket_pair();
+    a = unix_link(std::move(one), Side::initiator, "peer-b", quiet());
+    b = unix_link(std::move(two), Side::acceptor, "peer-a", quiet());
+    start(a);
+    start(b);
   }
 
   static std::shared_ptr<Closed> start(const std::shared_ptr<Link>& link) {
@@ -145,12 +160,6 @@ class Harness {
   asio::io_context io_;
   std::vector<std::shared_ptr<Link>> links_;
 };
-
-Link::Options quiet() {
-  Link::Options options;
-  options.heartbeats = false;
-  return options;
-}
 
 Frame hello(std::string client) {
   return common::to_frame(common::ClientHelloMsg{std::move(client)});
@@ -214,11 +223,8 @@ TEST_CASE("A request on filament 0 answered by the peer completes with the reply
 
 TEST_CASE("A request on a filament the initiator opened is answered on that filament") {
   Harness h;
-  auto [one, two] = h.socket_pair();
-  auto a = h.unix_link(std::move(one), Side::initiator, "peer-b", quiet());
-  auto b = h.unix_link(std::move(two), Side::acceptor, "peer-a", quiet());
-  Harness::start(a);
-  Harness::start(b);
+  std::shared_ptr<Link> a, b;
+  h.started_pair(a, b);
   std::vector<std::pair<std::uint32_t, std::string>> opened;
   Link* peer = b.get();
   b->mux().set_open_handler([&opened, peer](std::uint32_t id, const std::string& name) {
@@ -272,11 +278,8 @@ TEST_CASE("A request the peer never answers completes with Errc::timeout at its 
 
 TEST_CASE("An async post gets its completion callback with the peer's ack") {
   Harness h;
-  auto [one, two] = h.socket_pair();
-  auto a = h.unix_link(std::move(one), Side::initiator, "peer-b", quiet());
-  auto b = h.unix_link(std::move(two), Side::acceptor, "peer-a", quiet());
-  Harness::start(a);
-  Harness::start(b);
+  std::shared_ptr<Link> a, b;
+  h.started_pair(a, b);
   auto delivered = std::make_shared<std::vector<Frame>>();
   b->mux().set_receiver(0, [delivered](Frame frame) { delivered->push_back(std::move(frame)); });
 
@@ -301,11 +304,8 @@ TEST_CASE("An async post gets its completion callback with the peer's ack") {
 
 TEST_CASE("A request whose frame refers to the caller's bytes sends them as they were when it was queued") {
   Harness h;
-  auto [one, two] = h.socket_pair();
-  auto a = h.unix_link(std::move(one), Side::initiator, "peer-b", quiet());
-  auto b = h.unix_link(std::move(two), Side::acceptor, "peer-a", quiet());
-  Harness::start(a);
-  Harness::start(b);
+  std::shared_ptr<Link> a, b;
+  h.started_pair(a, b);
   auto delivered = std::make_shared<std::vector<Frame>>();
   b->mux().set_receiver(0, [peer = b.get(), delivered](Frame frame) {
     peer->reply(frame,
@@ -334,11 +334,8 @@ TEST_CASE("A request whose frame refers to the caller's bytes sends them as they
 
 TEST_CASE("receive() polls with would_block, times out, and takes a notify sent by the peer") {
   Harness h;
-  auto [one, two] = h.socket_pair();
-  auto a = h.unix_link(std::move(one), Side::initiator, "peer-b", quiet());
-  auto b = h.unix_link(std::move(two), Side::acceptor, "peer-a", quiet());
-  Harness::start(a);
-  Harness::start(b);
+  std::shared_ptr<Link> a, b;
+  h.started_pair(a, b);
 
   auto polled = h.spawn([a] { return a->receive(0, Duration::zero()); });
   REQUIRE(h.run_until([&] { return polled->has_value(); }));
