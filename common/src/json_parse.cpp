@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <string>
 
-#include <simdjson.h>
+#include "simdjson_index.hpp"
 
 namespace dtu::common {
 namespace {
@@ -75,16 +75,24 @@ bool may_hold_minus_zero(std::string_view text) {
 
 }  // namespace
 
-json parse_json(std::string_view text) {
+namespace detail {
+
+std::optional<simdjson::dom::element> simdjson_index(std::string_view text) {
   // Empty text (refused by both) may come with a null data(), which simdjson would copy from.
-  if (!text.empty() && text.size() <= kFastParseMaxBytes && !may_hold_minus_zero(text)) {
-    thread_local simdjson::dom::parser parser(kFastParseMaxBytes);
-    simdjson::dom::element root;
-    // The text is copied into a padded buffer of the parser's: simdjson reads past the end.
-    if (parser.parse(text.data(), text.size(), /*realloc_if_needed=*/true).get(root) == simdjson::SUCCESS) {
-      return to_json_value(root);
-    }
+  if (text.empty() || text.size() > kFastParseMaxBytes || may_hold_minus_zero(text)) return std::nullopt;
+  thread_local simdjson::dom::parser parser(kFastParseMaxBytes);
+  simdjson::dom::element root;
+  // The text is copied into a padded buffer of the parser's: simdjson reads past the end.
+  if (parser.parse(text.data(), text.size(), /*realloc_if_needed=*/true).get(root) != simdjson::SUCCESS) {
+    return std::nullopt;
   }
+  return root;
+}
+
+}  // namespace detail
+
+json parse_json(std::string_view text) {
+  if (const auto root = detail::simdjson_index(text)) return to_json_value(*root);
   return json::parse(text, nullptr, /*allow_exceptions=*/false);
 }
 

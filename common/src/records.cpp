@@ -10,19 +10,25 @@ namespace dtu::common {
 
 using nlohmann::json;
 
-std::uint16_t parse_hex16(const json& j, const char* key) {
-  const auto text = field<std::string>(j, key);
-  if (text.size() != 4) throw std::invalid_argument(std::string("field '") + key + "': expected 4 hex digits");
+std::optional<std::uint16_t> parse_hex16(std::string_view text) {
+  if (text.size() != 4) return std::nullopt;
   std::uint16_t value = 0;
   for (char c : text) {
     int digit;
     if (c >= '0' && c <= '9') digit = c - '0';
     else if (c >= 'a' && c <= 'f') digit = c - 'a' + 10;
     else if (c >= 'A' && c <= 'F') digit = c - 'A' + 10;
-    else throw std::invalid_argument(std::string("field '") + key + "': expected 4 hex digits");
+    else
+      return std::nullopt;
     value = static_cast<std::uint16_t>((value << 4) | digit);
   }
   return value;
+}
+
+std::uint16_t parse_hex16(const json& j, const char* key) {
+  const auto value = parse_hex16(field<std::string>(j, key));
+  if (!value) throw std::invalid_argument(std::string("field '") + key + "': expected 4 hex digits");
+  return *value;
 }
 
 std::string hex16(std::uint16_t value) {

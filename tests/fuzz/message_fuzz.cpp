@@ -4,6 +4,8 @@
 //   - as the payload of a frame of every message type (from_frame; properties in fuzz_check.hpp);
 //   - as a DeviceRecord: one it accepts survives to_json, dump, parse and from_json unchanged,
 //     and encode_device writes what dump does;
+//   - as the payload of the messages decode_fast reads (simdjson, no nlohmann value), and as the
+//     record inside them: what decode_fast takes, from_json takes too, as the same value;
 //   - as a configuration document, both parsed here (ConfigReader over the value) and read from a
 //     file (ConfigReader::load): load returns a Result, never throws, and succeeds exactly when
 //     the text is a JSON object; typed reads never store a value outside their range;
@@ -54,6 +56,41 @@ void check_payloads(const std::uint8_t* data, std::size_t size) {
     frame.type = static_cast<dtu::common::MessageType>(type);
     dtu::fuzz::check_own_message(frame);
   }
+}
+
+// decode_fast of M on `text` against from_json: it may give up (from_frame then decodes through
+// from_json), but what it takes from_json takes, as the same value.
+template <typename M>
+void check_fast_decoder(std::string_view text) {
+  M fast;
+  if (!dtu::common::decode_fast(text, fast)) return;
+  const json doc = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  FUZZ_REQUIRE(!doc.is_discarded());
+  M slow;
+  try {
+    slow = doc.get<M>();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "from_json refused what decode_fast took: %s\n", e.what());
+    dtu::fuzz::violated("decode_fast takes only what from_json takes", __FILE__, __LINE__);
+  }
+  FUZZ_REQUIRE(fast.device == slow.device);
+  if constexpr (requires { fast.units; }) {
+    FUZZ_REQUIRE(fast.finder_id == slow.finder_id);
+    FUZZ_REQUIRE(fast.units == slow.units);
+  }
+}
+
+void check_fast_decoders(const std::uint8_t* data, std::size_t size) {
+  const std::string_view input(reinterpret_cast<const char*>(data), size);
+  check_fast_decoder<dtu::common::DeviceAttachedMsg>(input);
+  check_fast_decoder<dtu::common::DeviceChangedMsg>(input);
+  check_fast_decoder<dtu::common::FinderMatchedMsg>(input);
+  check_fast_decoder<dtu::common::FinderChangedMsg>(input);
+  // The input as the record inside each, where most of what they read is.
+  const std::string attached = R"({"device":)" + std::string(input) + "}";
+  check_fast_decoder<dtu::common::DeviceAttachedMsg>(attached);
+  const std::string matched = R"({"finder_id":1,"units":[0,1],"device":)" + std::string(input) + "}";
+  check_fast_decoder<dtu::common::FinderMatchedMsg>(matched);
 }
 
 void check_device_record(const json& doc) {
@@ -180,6 +217,7 @@ bool same_typed(const json& a, const json& b) {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   check_payloads(data, size);
+  check_fast_decoders(data, size);
   const json doc = json::parse(data, data + size, nullptr, /*allow_exceptions=*/false);
   // Every message is parsed by parse_json (simdjson, then nlohmann for what it refuses): it must
   // accept exactly what nlohmann accepts, as the same value of the same types.

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -126,6 +127,14 @@ struct DeviceChangedMsg {
   static constexpr MessageType kType = MessageType::device_changed;
   DeviceRecord device;
 };
+
+// The messages that carry a device record are read straight from simdjson's index of the text
+// (record_decode.cpp), not through a nlohmann value: building that value was most of the parse,
+// at each of the three hops of an attach (docs/performance.md). Each reads what from_json reads,
+// the same value; false at anything else — then from_frame decodes through from_json, which
+// names the fault. tests/fuzz/message_fuzz.cpp holds the two decoders equal.
+bool decode_fast(std::string_view text, DeviceAttachedMsg& out);
+bool decode_fast(std::string_view text, DeviceChangedMsg& out);
 
 // Manager -> DTU (request): lease unit `unit` of `device` to `holder` for length_ms. The DTU
 // answers lease_granted, or an error: refused (held; the reason names the holder), unavailable
@@ -324,6 +333,12 @@ Result<M> from_frame(const Frame& frame) {
   if (frame.type != M::kType) {
     return Error(Errc::unknown_type, "expected " + std::string(message_type_name(M::kType)) + ", got " +
                                          std::string(message_type_name(frame.type)));
+  }
+  if constexpr (requires(M & m, std::string_view text) { decode_fast(text, m); }) {
+    if (!frame.is_binary()) {
+      M m;
+      if (decode_fast(frame.payload_text(), m)) return m;
+    }
   }
   auto parsed = parse_payload(frame);
   if (!parsed.ok()) return parsed.error();

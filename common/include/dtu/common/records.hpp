@@ -77,6 +77,8 @@ const char* unit_state_name(UnitState state);
 bool is_valid_id(std::string_view id);
 // "04b8" for 0x04b8.
 std::string hex16(std::uint16_t value);
+// 0x04b8 for "04b8" or "04B8": exactly four hex digits, else nullopt.
+std::optional<std::uint16_t> parse_hex16(std::string_view text);
 
 void to_json(nlohmann::json& j, const Stamp& s);
 void from_json(const nlohmann::json& j, Stamp& s);

@@ -56,6 +56,10 @@ struct FinderChangedMsg {
   std::vector<std::uint32_t> units;
 };
 
+// Read straight from simdjson's index, as device_attached is (decode_fast in messages.hpp).
+bool decode_fast(std::string_view text, FinderMatchedMsg& out);
+bool decode_fast(std::string_view text, FinderChangedMsg& out);
+
 // A device record encoded to JSON once, for the finder_matched / finder_changed frames of every
 // finder the same device event reaches (encoding the record is most of an event's cost at scale,
 // docs/performance.md). Decodes exactly like the frame to_frame builds, and is byte for byte the same.
