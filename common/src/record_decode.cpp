@@ -84,88 +84,78 @@ class Required {
   unsigned bits_ = 0;
 };
 
-bool read_stamp(element value, Stamp& out) {
+// read(key, value) for each field of an object, in order, until one returns false. False when
+// `value` is not an object.
+template <typename F>
+bool read_fields(element value, F read) {
   if (value.type() != element_type::OBJECT) return false;
-  Required required;
   const simdjson::dom::object fields = value.get_object().value_unsafe();
   for (const simdjson::dom::key_value_pair field : fields) {
-    bool ok = true;
-    if (field.key == "boot_epoch")
-      ok = required.got(0, read_integer(field.value, out.boot_epoch));
-    else if (field.key == "seq")
-      ok = required.got(1, read_integer(field.value, out.seq));
-    else if (field.key == "time_us")
-      ok = required.got(2, read_integer(field.value, out.time_us));
-    if (!ok) return false;
+    if (!read(field.key, field.value)) return false;
   }
-  return required.all(3);
+  return true;
+}
+
+// read(item) for each item of an array, in order, until one returns false. False when `value` is
+// not an array.
+template <typename F>
+bool read_items(element value, F read) {
+  if (value.type() != element_type::ARRAY) return false;
+  const simdjson::dom::array items = value.get_array().value_unsafe();
+  for (const element item : items) {
+    if (!read(item)) return false;
+  }
+  return true;
+}
+
+// An array of integers in T's range: a unit's "interfaces" (may be absent, not null) and a finder
+// event's "units" (unit_array in service_messages.cpp).
+template <typename T>
+bool read_integers(element value, std::vector<T>& out) {
+  out.clear();
+  return read_items(value, [&](element item) { return read_integer(item, out.emplace_back()); });
+}
+
+bool read_stamp(element value, Stamp& out) {
+  Required required;
+  return read_fields(value,
+                     [&](std::string_view key, element v) {
+                       if (key == "boot_epoch") return required.got(0, read_integer(v, out.boot_epoch));
+                       if (key == "seq") return required.got(1, read_integer(v, out.seq));
+                       if (key == "time_us") return required.got(2, read_integer(v, out.time_us));
+                       return true;
+                     }) &&
+         required.all(3);
 }
 
 bool read_unit_state(element value, UnitState& out) {
   if (value.type() != element_type::STRING) return false;
   const std::string_view text = value.get_string().value_unsafe();
-  if (text == "free")
-    out = UnitState::free;
-  else if (text == "allocated")
-    out = UnitState::allocated;
-  else if (text == "unavailable")
-    out = UnitState::unavailable;
-  else
-    return false;
-  return true;
-}
-
-// from_json(UnitRecord): "interfaces" may be absent (none), not null.
-bool read_interfaces(element value, std::vector<std::uint8_t>& out) {
-  if (value.type() != element_type::ARRAY) return false;
-  out.clear();
-  const simdjson::dom::array items = value.get_array().value_unsafe();
-  for (const element item : items) {
-    std::uint8_t n = 0;
-    if (!read_integer(item, n)) return false;
-    out.push_back(n);
+  for (const UnitState state : {UnitState::free, UnitState::allocated, UnitState::unavailable}) {
+    if (text == unit_state_name(state)) {
+      out = state;
+      return true;
+    }
   }
-  return true;
+  return false;
 }
 
 bool read_unit(element value, UnitRecord& out) {
-  if (value.type() != element_type::OBJECT) return false;
   Required required;
-  const simdjson::dom::object fields = value.get_object().value_unsafe();
-  for (const simdjson::dom::key_value_pair field : fields) {
-    const std::string_view key = field.key;
-    bool ok = true;
-    if (key == "unit")
-      ok = required.got(0, read_integer(field.value, out.unit));
-    else if (key == "class")
-      ok = required.got(1, read_integer(field.value, out.cls));
-    else if (key == "subclass")
-      ok = required.got(2, read_integer(field.value, out.subclass));
-    else if (key == "protocol")
-      ok = required.got(3, read_integer(field.value, out.protocol));
-    else if (key == "function")
-      ok = required.got(4, read_string(field.value, out.function));
-    else if (key == "state")
-      ok = required.got(5, read_unit_state(field.value, out.state));
-    else if (key == "interfaces")
-      ok = read_interfaces(field.value, out.interfaces);
-    else if (key == "holder")
-      ok = read_optional_string(field.value, out.holder);
-    else if (key == "lease")
-      ok = read_optional_string(field.value, out.lease);
-    if (!ok) return false;
-  }
-  return required.all(6);
-}
-
-bool read_units(element value, std::vector<UnitRecord>& out) {
-  if (value.type() != element_type::ARRAY) return false;
-  out.clear();
-  const simdjson::dom::array items = value.get_array().value_unsafe();
-  for (const element item : items) {
-    if (!read_unit(item, out.emplace_back())) return false;
-  }
-  return true;
+  return read_fields(value,
+                     [&](std::string_view key, element v) {
+                       if (key == "unit") return required.got(0, read_integer(v, out.unit));
+                       if (key == "class") return required.got(1, read_integer(v, out.cls));
+                       if (key == "subclass") return required.got(2, read_integer(v, out.subclass));
+                       if (key == "protocol") return required.got(3, read_integer(v, out.protocol));
+                       if (key == "function") return required.got(4, read_string(v, out.function));
+                       if (key == "state") return required.got(5, read_unit_state(v, out.state));
+                       if (key == "interfaces") return read_integers(v, out.interfaces);
+                       if (key == "holder") return read_optional_string(v, out.holder);
+                       if (key == "lease") return read_optional_string(v, out.lease);
+                       return true;
+                     }) &&
+         required.all(6);
 }
 
 bool read_bool(element value, bool& out) {
@@ -177,98 +167,68 @@ bool read_bool(element value, bool& out) {
 // from_json(DeviceRecord). `out` starts as a default record: "bus", "owner" and "orphaned" may be
 // absent (their defaults), not null.
 bool read_device(element value, DeviceRecord& out) {
-  if (value.type() != element_type::OBJECT) return false;
   Required required;
-  const simdjson::dom::object fields = value.get_object().value_unsafe();
-  for (const simdjson::dom::key_value_pair field : fields) {
-    const std::string_view key = field.key;
-    bool ok = true;
-    if (key == "dtu")
-      ok = required.got(0, read_string(field.value, out.dtu));
-    else if (key == "device")
-      ok = required.got(1, read_string(field.value, out.device));
-    else if (key == "vid")
-      ok = required.got(2, read_hex16(field.value, out.vid));
-    else if (key == "pid")
-      ok = required.got(3, read_hex16(field.value, out.pid));
-    else if (key == "bcd_device")
-      ok = required.got(4, read_hex16(field.value, out.bcd_device));
-    else if (key == "class")
-      ok = required.got(5, read_integer(field.value, out.cls));
-    else if (key == "subclass")
-      ok = required.got(6, read_integer(field.value, out.subclass));
-    else if (key == "protocol")
-      ok = required.got(7, read_integer(field.value, out.protocol));
-    else if (key == "units")
-      ok = required.got(8, read_units(field.value, out.units));
-    else if (key == "stamp")
-      ok = required.got(9, read_stamp(field.value, out.stamp));
-    else if (key == "bus")
-      ok = read_string(field.value, out.bus);
-    else if (key == "serial")
-      ok = read_optional_string(field.value, out.serial);
-    else if (key == "manufacturer")
-      ok = read_optional_string(field.value, out.manufacturer);
-    else if (key == "product")
-      ok = read_optional_string(field.value, out.product);
-    else if (key == "owner")
-      ok = read_string(field.value, out.owner);
-    else if (key == "orphaned")
-      ok = read_bool(field.value, out.orphaned);
-    if (!ok) return false;
-  }
-  return required.all(10);
-}
-
-// unit_array in service_messages.cpp: required, integers in u32 range.
-bool read_unit_numbers(element value, std::vector<std::uint32_t>& out) {
-  if (value.type() != element_type::ARRAY) return false;
-  out.clear();
-  const simdjson::dom::array items = value.get_array().value_unsafe();
-  for (const element item : items) {
-    std::uint32_t n = 0;
-    if (!read_integer(item, n)) return false;
-    out.push_back(n);
-  }
-  return true;
+  return read_fields(value,
+                     [&](std::string_view key, element v) {
+                       if (key == "dtu") return required.got(0, read_string(v, out.dtu));
+                       if (key == "device") return required.got(1, read_string(v, out.device));
+                       if (key == "vid") return required.got(2, read_hex16(v, out.vid));
+                       if (key == "pid") return required.got(3, read_hex16(v, out.pid));
+                       if (key == "bcd_device") return required.got(4, read_hex16(v, out.bcd_device));
+                       if (key == "class") return required.got(5, read_integer(v, out.cls));
+                       if (key == "subclass") return required.got(6, read_integer(v, out.subclass));
+                       if (key == "protocol") return required.got(7, read_integer(v, out.protocol));
+                       if (key == "units") {
+                         out.units.clear();
+                         return required.got(8, read_items(v, [&](element item) {
+                                               return read_unit(item, out.units.emplace_back());
+                                             }));
+                       }
+                       if (key == "stamp") return required.got(9, read_stamp(v, out.stamp));
+                       if (key == "bus") return read_string(v, out.bus);
+                       if (key == "serial") return read_optional_string(v, out.serial);
+                       if (key == "manufacturer") return read_optional_string(v, out.manufacturer);
+                       if (key == "product") return read_optional_string(v, out.product);
+                       if (key == "owner") return read_string(v, out.owner);
+                       if (key == "orphaned") return read_bool(v, out.orphaned);
+                       return true;
+                     }) &&
+         required.all(10);
 }
 
 // {"device": record}: device_attached and device_changed.
 template <typename M>
 bool decode_device_message(std::string_view text, M& out) {
   const auto root = detail::simdjson_index(text);
-  if (!root || root->type() != element_type::OBJECT) return false;
+  if (!root) return false;
   bool device = false;
-  const simdjson::dom::object fields = root->get_object().value_unsafe();
-  for (const simdjson::dom::key_value_pair field : fields) {
-    if (field.key != "device") continue;
-    out.device = DeviceRecord{};  // a repeated key: the last record, read from defaults
-    if (!read_device(field.value, out.device)) return false;
-    device = true;
-  }
-  return device;
+  return read_fields(*root,
+                     [&](std::string_view key, element v) {
+                       if (key != "device") return true;
+                       out.device = DeviceRecord{};  // a repeated key: the last record, read from defaults
+                       device = true;
+                       return read_device(v, out.device);
+                     }) &&
+         device;
 }
 
 // finder_matched and finder_changed.
 template <typename M>
 bool decode_finder_event(std::string_view text, M& out) {
   const auto root = detail::simdjson_index(text);
-  if (!root || root->type() != element_type::OBJECT) return false;
+  if (!root) return false;
   Required required;
-  const simdjson::dom::object fields = root->get_object().value_unsafe();
-  for (const simdjson::dom::key_value_pair field : fields) {
-    bool ok = true;
-    if (field.key == "finder_id") {
-      ok = required.got(0, read_integer(field.value, out.finder_id));
-    } else if (field.key == "device") {
-      out.device = DeviceRecord{};
-      ok = required.got(1, read_device(field.value, out.device));
-    } else if (field.key == "units") {
-      ok = required.got(2, read_unit_numbers(field.value, out.units));
-    }
-    if (!ok) return false;
-  }
-  return required.all(3);
+  return read_fields(*root,
+                     [&](std::string_view key, element v) {
+                       if (key == "finder_id") return required.got(0, read_integer(v, out.finder_id));
+                       if (key == "device") {
+                         out.device = DeviceRecord{};
+                         return required.got(1, read_device(v, out.device));
+                       }
+                       if (key == "units") return required.got(2, read_integers(v, out.units));
+                       return true;
+                     }) &&
+         required.all(3);
 }
 
 }  // namespace
