@@ -130,14 +130,10 @@ bool read_stamp(element value, Stamp& out) {
 
 bool read_unit_state(element value, UnitState& out) {
   if (value.type() != element_type::STRING) return false;
-  const std::string_view text = value.get_string().value_unsafe();
-  for (const UnitState state : {UnitState::free, UnitState::allocated, UnitState::unavailable}) {
-    if (text == unit_state_name(state)) {
-      out = state;
-      return true;
-    }
-  }
-  return false;
+  const auto state = parse_unit_state(value.get_string().value_unsafe());
+  if (!state) return false;
+  out = *state;
+  return true;
 }
 
 bool read_unit(element value, UnitRecord& out) {

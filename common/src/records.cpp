@@ -70,12 +70,19 @@ void from_json(const json& j, Stamp& s) {
 
 void to_json(json& j, const UnitState& s) { j = unit_state_name(s); }
 
+std::optional<UnitState> parse_unit_state(std::string_view text) {
+  for (const UnitState state : {UnitState::free, UnitState::allocated, UnitState::unavailable}) {
+    if (text == unit_state_name(state)) return state;
+  }
+  return std::nullopt;
+}
+
 void from_json(const json& j, UnitState& s) {
   const auto text = j.get<std::string>();
-  if (text == "free") s = UnitState::free;
-  else if (text == "allocated") s = UnitState::allocated;
-  else if (text == "unavailable") s = UnitState::unavailable;
-  else throw std::invalid_argument("unit state '" + text + "': expected free, allocated or unavailable");
+  const auto state = parse_unit_state(text);
+  if (!state)
+    throw std::invalid_argument("unit state '" + text + "': expected free, allocated or unavailable");
+  s = *state;
 }
 
 void to_json(json& j, const UnitRecord& u) {

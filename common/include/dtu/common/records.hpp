@@ -72,6 +72,8 @@ struct DeviceRecord {
 };
 
 const char* unit_state_name(UnitState state);
+// The state unit_state_name names, else nullopt.
+std::optional<UnitState> parse_unit_state(std::string_view text);
 // A DTU or manager id: 1–64 characters of [A-Za-z0-9._-], not starting with '.' or '-'. Ids
 // appear in logs, file names, command lines and TLS identities, so nothing else is accepted.
 bool is_valid_id(std::string_view id);
