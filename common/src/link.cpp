@@ -24,6 +24,14 @@ std::span<std::uint8_t> thread_read_buffer() {
   return buffer;
 }
 
+// The reader handling its input on this thread, and the other links of its executor that its
+// frames gave output to. Those are sent when the input is handled, before the reader's own
+// output (Link::handle_input): a frame's effect on the rest of the system (a device record on
+// its way to a peer, a service told) does not wait behind the reply to its sender, nor behind
+// the reader's next wait (docs/performance.md).
+thread_local Link* t_reader = nullptr;
+thread_local std::vector<std::shared_ptr<Link>> t_reader_outputs;
+
 std::string millis(Duration d) {
   return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + "ms";
 }
@@ -147,6 +155,10 @@ void Link::schedule_flush() {
   }
   if (handling_input_ || flush_posted_) return;
   flush_posted_ = true;
+  if (t_reader != nullptr && t_reader->executor_ == executor_) {
+    t_reader_outputs.push_back(shared_from_this());
+    return;
+  }
   asio::post(executor_, [self = shared_from_this()] {
     self->flush_posted_ = false;
     self->flush();
@@ -215,10 +227,22 @@ asio::awaitable<void> Link::read_loop() {
     const MonoTime now = clock_.now();
     heartbeat_.on_receive(now);
     if (r.bytes > kIdleBufferBytes) last_burst_end_ = now;  // the decoder's buffer is in use
-    std::span<const std::uint8_t> input(buffer.data(), r.bytes);
-    // What the frames make us send goes out in one write after them (schedule_flush); every
-    // way out of this loop but a break closes the link.
-    handling_input_ = true;
+    handle_input(std::span<const std::uint8_t>(buffer.data(), r.bytes));
+    if (closed_) co_return;
+    flush();  // what the frames queued here, after what they queued on other links
+    if (closed_) co_return;
+    drained = transport_->input_drained();
+  }
+}
+
+// What the frames make us send goes out in one write per link after them: what they queued on
+// other links here, first; the reader's own when this returns (read_loop). A bad frame closes
+// the link and ends the loop, as does a handler that closes or shuts it down.
+void Link::handle_input(std::span<const std::uint8_t> input) {
+  const bool outermost = t_reader == nullptr;  // input handled inside other input joins its batch
+  if (outermost) t_reader = this;
+  handling_input_ = true;
+  try {
     for (;;) {
       Frame frame;
       const auto status = decoder_.next(input, frame);
@@ -227,17 +251,36 @@ asio::awaitable<void> Link::read_loop() {
         log_.warn(peer_, "protocol_error", {{"code", errc_name(static_cast<Errc>(decoder_.error_code().value()))},
                                             {"reason", decoder_.error_detail()}});
         close(Error(decoder_.error_code(), decoder_.error_detail()));
-        co_return;
+        break;
       }
       handle_frame(std::move(frame));
-      if (closed_) co_return;
-      if (shutting_down_) break;  // the rest of `input` is dropped, as later input is
+      if (closed_ || shutting_down_) break;  // the rest of `input` is dropped, as later input is
     }
-    handling_input_ = false;
-    flush();  // what the frames queued
-    if (closed_) co_return;
-    drained = transport_->input_drained();
+  } catch (...) {
+    if (outermost) end_input_batch(/*now=*/false);
+    throw;
   }
+  handling_input_ = false;
+  if (outermost) end_input_batch(/*now=*/true);
+}
+
+// Sends what the batch's frames queued on other links: `now`, or (unwinding) from handlers
+// posted as schedule_flush would have.
+void Link::end_input_batch(bool now) {
+  t_reader = nullptr;  // what a flush below makes others queue (a close) goes the usual way
+  for (std::size_t i = 0; i < t_reader_outputs.size(); ++i) {
+    std::shared_ptr<Link>& link = t_reader_outputs[i];
+    if (now) {
+      link->flush_posted_ = false;
+      link->flush();
+    } else {
+      asio::post(link->executor_, [link] {
+        link->flush_posted_ = false;
+        link->flush();
+      });
+    }
+  }
+  t_reader_outputs.clear();
 }
 
 void Link::handle_frame(Frame frame) {

@@ -3,15 +3,16 @@
 #include <doctest/doctest.h>
 
 #include <array>
+#include <chrono>
 #include <csignal>
 #include <cstddef>
-#include <chrono>
 #include <cstdint>
 #include <exception>
 #include <functional>
 #include <initializer_list>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -219,6 +220,61 @@ TEST_CASE("A request on filament 0 answered by the peer completes with the reply
   CHECK(b->is_open());
   CHECK(a_closed->calls == 0);
   CHECK(b_closed->calls == 0);
+}
+
+TEST_CASE("What a frame's handler sends on another link goes out before its reply to the frame's sender") {
+  // sender -> relay: a request. The relay's handler tells `onward`'s peer first and then
+  // answers; both are queued while the relay handles its input. A relayed frame must not wait
+  // behind the answer (nor behind the relay's next wait for input): the test drives the context
+  // one handler at a time and looks at the raw sockets the moment the answer is there.
+  Harness h;
+  auto [sender_end, relay_end] = h.socket_pair();
+  auto [onward_end, watcher_end] = h.socket_pair();
+  auto relay = h.unix_link(std::move(relay_end), Side::acceptor, "sender", quiet());
+  auto onward = h.unix_link(std::move(onward_end), Side::initiator, "watcher", quiet());
+  Harness::start(relay);
+  Harness::start(onward);
+  relay->mux().set_receiver(0, [relay = relay.get(), onward = onward.get()](Frame frame) {
+    onward->notify(0, hello("relayed"));
+    relay->reply(frame, welcome("m1"));
+  });
+  h.run_for(milliseconds(20));  // both readers wait for input
+
+  Frame request = hello("sender");
+  request.flags = common::kFlagReplyRequested;
+  request.txn = 1;
+  const std::vector<std::uint8_t> bytes = common::encode_frame(request);
+  asio::write(sender_end, asio::buffer(bytes));
+
+  const auto deadline = h.clock().now() + kSafetyNet;
+  while (sender_end.available() == 0 && h.clock().now() < deadline) {
+    if (h.io().stopped()) h.io().restart();
+    h.io().run_one_for(kSlice);
+  }
+  REQUIRE(sender_end.available() > 0);
+  CHECK(watcher_end.available() > 0);  // the relayed frame went out first
+
+  // Both arrive whole: the reply to the sender's request, the notify to the watcher.
+  common::FrameDecoder decoder;
+  std::array<std::uint8_t, 512> buffer{};
+  const std::size_t n = sender_end.read_some(asio::buffer(buffer));
+  std::span<const std::uint8_t> input(buffer.data(), n);
+  Frame reply;
+  REQUIRE(decoder.next(input, reply) == common::FrameDecoder::Status::complete);
+  CHECK(reply.is_reply());
+  CHECK(reply.type == common::MessageType::client_welcome);
+  h.run_for(milliseconds(20));
+  REQUIRE(watcher_end.available() > 0);
+  common::FrameDecoder watcher_decoder;
+  const std::size_t m = watcher_end.read_some(asio::buffer(buffer));
+  std::span<const std::uint8_t> relayed_input(buffer.data(), m);
+  Frame relayed;
+  REQUIRE(watcher_decoder.next(relayed_input, relayed) == common::FrameDecoder::Status::complete);
+  auto msg = common::from_frame<common::ClientHelloMsg>(relayed);
+  REQUIRE(msg.ok());
+  CHECK(msg->client == "relayed");
+  CHECK(relay->is_open());
+  CHECK(onward->is_open());
 }
 
 TEST_CASE("A request on a filament the initiator opened is answered on that filament") {

@@ -18,6 +18,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -113,6 +114,8 @@ class Link : public std::enable_shared_from_this<Link> {
   void schedule_flush();
   void flush();
   void finish_send();
+  void handle_input(std::span<const std::uint8_t> input);
+  static void end_input_batch(bool now);
   void handle_frame(Frame frame);
   void handle_heartbeat(const Frame& frame);
   void send_heartbeat(MonoTime now);
