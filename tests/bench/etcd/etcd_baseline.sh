@@ -49,6 +49,15 @@ is_member() {
   [[ $(cat "/proc/$1/comm" 2>/dev/null) == etcd ]]
 }
 
+# True while $1 runs, zombies aside: an etcd member, or the shell forked for one that has not yet
+# exec'd etcd (its comm is still this script's for a moment after `&`, longer on a loaded host).
+is_starting_member() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [[ -n $stat && ${stat%% *} != Z ]]
+}
+
 # Waits up to $1 seconds for every member to be gone.
 wait_gone() {
   local i pid alive
@@ -155,7 +164,7 @@ healthy=0
 deadline=$((SECONDS + health_timeout_s))
 while ((SECONDS < deadline)); do
   for j in "${!pids[@]}"; do
-    is_member "${pids[$j]}" || die "etcd member m$j (${addresses[$j]}) exited while starting"
+    is_starting_member "${pids[$j]}" || die "etcd member m$j (${addresses[$j]}) exited while starting"
   done
   if ETCDCTL_API=3 etcdctl --endpoints="$endpoints" --dial-timeout=1s --command-timeout=2s \
     endpoint health >/dev/null 2>&1; then
