@@ -5,6 +5,7 @@
 
 #include "dtu/common/json_fields.hpp"
 #include "dtu/common/json_parse.hpp"
+#include "dtu/common/json_text.hpp"
 
 namespace dtu::common {
 
@@ -161,6 +162,39 @@ void to_json(json& j, const LeaseRequestMsg& m) {
   put_optional(j, "fence", m.fence);
   put_optional(j, "state_token", m.state_token);
 }
+bool encode_fast(const LeaseRequestMsg& m, std::string& out) {
+  const auto plain = [](const std::optional<std::string>& s) { return !s || is_plain_json_string(*s); };
+  if (!is_plain_json_string(m.device) || !is_plain_json_string(m.holder) || !plain(m.state_token))
+    return false;
+  out.clear();
+  out.reserve(160 + (m.state_token ? m.state_token->size() : 0));
+  JsonText text(out);
+  text.open_object();  // the keys in sorted order
+  text.key("device").string(m.device);
+  text.key("fence");
+  if (m.fence) {
+    text.open_object();
+    text.key("boot_epoch").number(m.fence->boot_epoch);
+    text.key("seq").number(m.fence->seq);
+    text.key("time_us").number(m.fence->time_us);
+    text.close_object();
+  } else {
+    text.null();
+  }
+  text.key("holder").string(m.holder);
+  text.key("length_ms").number(m.length_ms);
+  text.key("state_token").string_or_null(m.state_token);
+  text.key("uid");
+  if (m.uid) {
+    text.number(*m.uid);
+  } else {
+    text.null();
+  }
+  text.key("unit").number(m.unit);
+  text.close_object();
+  return true;
+}
+
 void from_json(const json& j, LeaseRequestMsg& m) {
   m.device = field<std::string>(j, "device");
   m.unit = field<std::uint32_t>(j, "unit");
@@ -178,6 +212,29 @@ void to_json(json& j, const LeaseGrantedMsg& m) {
   put_optional(j, "inband", m.inband);
   put_optional(j, "state_token", m.state_token);
 }
+bool encode_fast(const LeaseGrantedMsg& m, std::string& out) {
+  const auto plain = [](const std::optional<std::string>& s) { return !s || is_plain_json_string(*s); };
+  if (!is_plain_json_string(m.lease) || !is_plain_json_string(m.dtu) || !is_plain_json_string(m.device) ||
+      !is_plain_json_string(m.holder) || !plain(m.token) || !plain(m.inband) || !plain(m.state_token)) {
+    return false;
+  }
+  out.clear();
+  out.reserve(220 + (m.state_token ? m.state_token->size() : 0));
+  JsonText text(out);
+  text.open_object();  // the keys in sorted order
+  text.key("device").string(m.device);
+  text.key("dtu").string(m.dtu);
+  text.key("expires_in_ms").number(m.expires_in_ms);
+  text.key("holder").string(m.holder);
+  text.key("inband").string_or_null(m.inband);
+  text.key("lease").string(m.lease);
+  text.key("state_token").string_or_null(m.state_token);
+  text.key("token").string_or_null(m.token);
+  text.key("unit").number(m.unit);
+  text.close_object();
+  return true;
+}
+
 void from_json(const json& j, LeaseGrantedMsg& m) {
   m.lease = field<std::string>(j, "lease");
   m.dtu = field<std::string>(j, "dtu");

@@ -171,6 +171,61 @@ TEST_CASE("a snapshot carries the DTU's leases with their state tokens, and leas
   CHECK(round_trip(DtuMoveMsg{"drain"}).reason == "drain");
 }
 
+// What nlohmann's dump() writes for `msg`: the bytes encode_fast must write.
+template <typename M>
+std::string nlohmann_text(const M& msg) {
+  return json(msg).dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+TEST_CASE("lease_request and lease_granted are written directly, byte for byte as nlohmann writes them") {
+  const std::string token = std::string(780, 'A') + ".mac-_09";
+  const Stamp fence{1732185600123456, 9, -3};
+  const LeaseRequestMsg requests[] = {
+      {"1-1", 0, "print[12]@m1", 1000u, 30000, fence, token},
+      {"1-1.4", 4294967295u, "scan", std::nullopt, 0, std::nullopt, std::nullopt},
+      {"", 7, "", 0u, 1, Stamp{-1, 18446744073709551615u, 0}, ""},
+  };
+  for (const LeaseRequestMsg& m : requests) {
+    std::string text;
+    REQUIRE(encode_fast(m, text));
+    CHECK(text == nlohmann_text(m));
+    const Frame f = to_frame(m);
+    CHECK(f.payload_text() == text);
+    CHECK(round_trip(m).fence == m.fence);
+  }
+  const LeaseGrantedMsg grants[] = {
+      {"00ff00ff00ff00ff", "dtu-7", "1-1", 0, "print[12]@m1", 25000, std::string(64, 'e'), "127.0.0.2:4712",
+       token},
+      {"0123456789abcdef", "dtu-8", "2-1", 3, "scan", 0, std::nullopt, std::nullopt, std::nullopt},
+  };
+  for (const LeaseGrantedMsg& m : grants) {
+    std::string text;
+    REQUIRE(encode_fast(m, text));
+    CHECK(text == nlohmann_text(m));
+    CHECK(to_frame(m).payload_text() == text);
+    const LeaseGrantedMsg back = round_trip(m);
+    CHECK(back.state_token == m.state_token);
+    CHECK(back.token == m.token);
+    CHECK(back.inband == m.inband);
+  }
+
+  // A string nlohmann would escape or replace is not written directly: to_frame then writes
+  // nlohmann's bytes, escapes and replacements included.
+  LeaseRequestMsg quoted = requests[0];
+  quoted.holder = "print \"lp\"@m1";
+  std::string unused;
+  CHECK_FALSE(encode_fast(quoted, unused));
+  CHECK(to_frame(quoted).payload_text() == nlohmann_text(quoted));
+  LeaseGrantedMsg bad_utf8 = grants[0];
+  bad_utf8.holder = std::string("caf\xc3\xa9 \xff");
+  CHECK_FALSE(encode_fast(bad_utf8, unused));
+  CHECK(to_frame(bad_utf8).payload_text() == nlohmann_text(bad_utf8));
+  LeaseGrantedMsg control = grants[1];
+  control.inband = std::string("host\n:1");
+  CHECK_FALSE(encode_fast(control, unused));
+  CHECK(round_trip(control).inband == control.inband);
+}
+
 TEST_CASE("DeviceAttachedMsg and DeviceDetachedMsg round-trip") {
   const DeviceAttachedMsg attached{sample_device("1-1.4", 9)};
   CHECK(round_trip(attached).device == attached.device);

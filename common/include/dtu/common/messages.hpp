@@ -166,6 +166,15 @@ struct LeaseGrantedMsg {
   std::optional<std::string> state_token;  // manager -> service: the lease's signed context
 };
 
+// The two messages of an allocation that carry a state token are written straight into text
+// (JsonText), not through a nlohmann value: its dump() checked the token's ~800 characters one
+// by one, twice per allocation at the owner (docs/performance.md). Each writes the bytes that
+// to_frame's dump() writes; false (nothing written) when a string is not plain
+// (is_plain_json_string) — then to_frame encodes through nlohmann, which escapes and replaces.
+// tests/fuzz/message_fuzz.cpp holds the two encoders equal.
+bool encode_fast(const LeaseRequestMsg& m, std::string& out);
+bool encode_fast(const LeaseGrantedMsg& m, std::string& out);
+
 // Manager -> DTU (request): extend a lease to length_ms from now (never shortens it). `token`
 // (the lease's in-band token, hex) is present when a service takes its lease over again through a
 // manager that did not grant it (resume_lease): the DTU renews only when it equals the lease's.
@@ -320,8 +329,15 @@ Frame to_frame(const M& msg, std::uint32_t filament = 0) {
   Frame f;
   f.type = M::kType;
   f.filament = filament;
+  std::string text;
+  if constexpr (requires(const M& m, std::string& out) { encode_fast(m, out); }) {
+    if (encode_fast(msg, text)) {
+      f.payload.assign(text.begin(), text.end());
+      return f;
+    }
+  }
   // Strings from devices (USB descriptors) may not be valid UTF-8: replace, never throw.
-  const std::string text = nlohmann::json(msg).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  text = nlohmann::json(msg).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   f.payload.assign(text.begin(), text.end());
   return f;
 }
