@@ -17,6 +17,12 @@ namespace {
 void require_object(const json& j) {
   if (!j.is_object()) throw std::invalid_argument("payload must be a JSON object");
 }
+
+// A string encode_fast may write as it is, or none (written as null).
+bool plain_or_absent(const std::optional<std::string>& s) {
+  return !s || is_plain_json_string(*s);
+}
+
 }  // namespace
 
 Result<json> parse_payload(const Frame& frame) {
@@ -162,10 +168,11 @@ void to_json(json& j, const LeaseRequestMsg& m) {
   put_optional(j, "fence", m.fence);
   put_optional(j, "state_token", m.state_token);
 }
+
 bool encode_fast(const LeaseRequestMsg& m, std::string& out) {
-  const auto plain = [](const std::optional<std::string>& s) { return !s || is_plain_json_string(*s); };
-  if (!is_plain_json_string(m.device) || !is_plain_json_string(m.holder) || !plain(m.state_token))
+  if (!is_plain_json_string(m.device) || !is_plain_json_string(m.holder) || !plain_or_absent(m.state_token)) {
     return false;
+  }
   out.clear();
   out.reserve(160 + (m.state_token ? m.state_token->size() : 0));
   JsonText text(out);
@@ -212,10 +219,11 @@ void to_json(json& j, const LeaseGrantedMsg& m) {
   put_optional(j, "inband", m.inband);
   put_optional(j, "state_token", m.state_token);
 }
+
 bool encode_fast(const LeaseGrantedMsg& m, std::string& out) {
-  const auto plain = [](const std::optional<std::string>& s) { return !s || is_plain_json_string(*s); };
   if (!is_plain_json_string(m.lease) || !is_plain_json_string(m.dtu) || !is_plain_json_string(m.device) ||
-      !is_plain_json_string(m.holder) || !plain(m.token) || !plain(m.inband) || !plain(m.state_token)) {
+      !is_plain_json_string(m.holder) || !plain_or_absent(m.token) || !plain_or_absent(m.inband) ||
+      !plain_or_absent(m.state_token)) {
     return false;
   }
   out.clear();
