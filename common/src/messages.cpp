@@ -180,23 +180,14 @@ bool encode_fast(const LeaseRequestMsg& m, std::string& out) {
   text.key("device").string(m.device);
   text.key("fence");
   if (m.fence) {
-    text.open_object();
-    text.key("boot_epoch").number(m.fence->boot_epoch);
-    text.key("seq").number(m.fence->seq);
-    text.key("time_us").number(m.fence->time_us);
-    text.close_object();
+    write_stamp(text, *m.fence);
   } else {
     text.null();
   }
   text.key("holder").string(m.holder);
   text.key("length_ms").number(m.length_ms);
   text.key("state_token").string_or_null(m.state_token);
-  text.key("uid");
-  if (m.uid) {
-    text.number(*m.uid);
-  } else {
-    text.null();
-  }
+  text.key("uid").number_or_null(m.uid);
   text.key("unit").number(m.unit);
   text.close_object();
   return true;

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "dtu/common/json_fields.hpp"
+#include "dtu/common/json_text.hpp"
 
 namespace dtu::common {
 
@@ -60,6 +61,14 @@ const char* unit_state_name(UnitState state) {
 
 void to_json(json& j, const Stamp& s) {
   j = json{{"boot_epoch", s.boot_epoch}, {"seq", s.seq}, {"time_us", s.time_us}};
+}
+
+void write_stamp(JsonText& out, const Stamp& s) {
+  out.open_object();  // the keys in sorted order
+  out.key("boot_epoch").number(s.boot_epoch);
+  out.key("seq").number(s.seq);
+  out.key("time_us").number(s.time_us);
+  out.close_object();
 }
 
 void from_json(const json& j, Stamp& s) {

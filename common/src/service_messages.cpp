@@ -119,11 +119,8 @@ std::string encode_device(const DeviceRecord& d) {
   out.key("product").string_or_null(d.product);
   out.key("protocol").number(d.protocol);
   out.key("serial").string_or_null(d.serial);
-  out.key("stamp").open_object();
-  out.key("boot_epoch").number(d.stamp.boot_epoch);
-  out.key("seq").number(d.stamp.seq);
-  out.key("time_us").number(d.stamp.time_us);
-  out.close_object();
+  out.key("stamp");
+  write_stamp(out, d.stamp);
   out.key("subclass").number(d.subclass);
   out.key("units").open_array();
   for (const UnitRecord& u : d.units) write_unit(out, u);

@@ -57,6 +57,11 @@ class JsonText {
   JsonText& string_or_null(const std::optional<std::string>& value) {
     return value ? string(*value) : null();
   }
+  // The number, or null when there is none (as put_optional writes it).
+  template <std::integral T>
+  JsonText& number_or_null(const std::optional<T>& value) {
+    return value ? number(*value) : null();
+  }
   template <std::integral T>
   requires(!std::same_as<T, bool>) JsonText& number(T value) {
     separate();
@@ -100,5 +105,9 @@ class JsonText {
   std::string& out_;
   bool first_ = true;
 };
+
+struct Stamp;
+// A stamp as to_json(Stamp) writes it (records.cpp): a device record's, a lease request's fence.
+void write_stamp(JsonText& out, const Stamp& stamp);
 
 }  // namespace dtu::common
