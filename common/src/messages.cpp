@@ -1,5 +1,6 @@
 #include "dtu/common/messages.hpp"
 
+#include <algorithm>
 #include <type_traits>
 #include <utility>
 
@@ -18,9 +19,32 @@ void require_object(const json& j) {
   if (!j.is_object()) throw std::invalid_argument("payload must be a JSON object");
 }
 
-// A string encode_fast may write as it is, or none (written as null).
-bool plain_or_absent(const std::optional<std::string>& s) {
-  return !s || is_plain_json_string(*s);
+bool all_plain(const std::vector<DeviceRecord>& devices) {
+  return std::all_of(devices.begin(), devices.end(),
+                     [](const DeviceRecord& d) { return is_plain_device(d); });
+}
+
+std::size_t record_bytes(const DeviceRecord& d) {
+  return 320 + 160 * d.units.size();
+}
+
+void write_devices(JsonText& out, const std::vector<DeviceRecord>& devices) {
+  out.open_array();
+  for (const DeviceRecord& d : devices) write_device(out, d);
+  out.close_array();
+}
+
+// {"device":<record>}: device_attached's and device_changed's one field.
+bool encode_device_message(const DeviceRecord& d, std::string& out) {
+  if (!is_plain_device(d)) return false;
+  out.clear();
+  out.reserve(16 + record_bytes(d));
+  JsonText text(out);
+  text.open_object();
+  text.key("device");
+  write_device(text, d);
+  text.close_object();
+  return true;
 }
 
 }  // namespace
@@ -96,6 +120,43 @@ void from_json(const json& j, DtuWelcomeMsg& m) {
 void to_json(json& j, const DeviceSnapshotMsg& m) {
   j = json{{"dtu", m.dtu}, {"stamp", m.stamp}, {"devices", m.devices}, {"leases", m.leases}};
 }
+bool encode_fast(const DeviceSnapshotMsg& m, std::string& out) {
+  if (!is_plain_json_string(m.dtu) || !all_plain(m.devices)) return false;
+  for (const LeaseReport& l : m.leases) {
+    if (!is_plain_json_string(l.lease) || !is_plain_json_string(l.device) ||
+        !is_plain_json_string(l.holder) || !plain_or_absent(l.state_token)) {
+      return false;
+    }
+  }
+  out.clear();
+  std::size_t bytes = 160;
+  for (const DeviceRecord& d : m.devices) bytes += record_bytes(d);
+  for (const LeaseReport& l : m.leases) bytes += 160 + (l.state_token ? l.state_token->size() : 0);
+  out.reserve(bytes);
+  JsonText text(out);
+  text.open_object();  // the keys in sorted order
+  text.key("devices");
+  write_devices(text, m.devices);
+  text.key("dtu").string(m.dtu);
+  text.key("leases").open_array();
+  for (const LeaseReport& l : m.leases) {
+    text.open_object();
+    text.key("device").string(l.device);
+    text.key("expires_in_ms").number(l.expires_in_ms);
+    text.key("holder").string(l.holder);
+    text.key("lease").string(l.lease);
+    text.key("state_token").string_or_null(l.state_token);
+    text.key("uid").number_or_null(l.uid);
+    text.key("unit").number(l.unit);
+    text.close_object();
+  }
+  text.close_array();
+  text.key("stamp");
+  write_stamp(text, m.stamp);
+  text.close_object();
+  return true;
+}
+
 void from_json(const json& j, DeviceSnapshotMsg& m) {
   m.dtu = field<std::string>(j, "dtu");
   m.stamp = field<Stamp>(j, "stamp");
@@ -123,6 +184,9 @@ void to_json(json& j, const DtuMoveMsg& m) { j = json{{"reason", m.reason}}; }
 void from_json(const json& j, DtuMoveMsg& m) { m.reason = field<std::string>(j, "reason"); }
 
 void to_json(json& j, const DeviceAttachedMsg& m) { j = json{{"device", m.device}}; }
+bool encode_fast(const DeviceAttachedMsg& m, std::string& out) {
+  return encode_device_message(m.device, out);
+}
 void from_json(const json& j, DeviceAttachedMsg& m) { m.device = field<DeviceRecord>(j, "device"); }
 
 void to_json(json& j, const DeviceDetachedMsg& m) {
@@ -155,11 +219,27 @@ void from_json(const json& j, ListDevicesMsg& m) {
 }
 
 void to_json(json& j, const DeviceListMsg& m) { j = json{{"devices", m.devices}}; }
+bool encode_fast(const DeviceListMsg& m, std::string& out) {
+  if (!all_plain(m.devices)) return false;
+  out.clear();
+  std::size_t bytes = 16;
+  for (const DeviceRecord& d : m.devices) bytes += record_bytes(d);
+  out.reserve(bytes);
+  JsonText text(out);
+  text.open_object();
+  text.key("devices");
+  write_devices(text, m.devices);
+  text.close_object();
+  return true;
+}
 void from_json(const json& j, DeviceListMsg& m) {
   m.devices = field<std::vector<DeviceRecord>>(j, "devices");
 }
 
 void to_json(json& j, const DeviceChangedMsg& m) { j = json{{"device", m.device}}; }
+bool encode_fast(const DeviceChangedMsg& m, std::string& out) {
+  return encode_device_message(m.device, out);
+}
 void from_json(const json& j, DeviceChangedMsg& m) { m.device = field<DeviceRecord>(j, "device"); }
 
 void to_json(json& j, const LeaseRequestMsg& m) {

@@ -1,5 +1,6 @@
 #include "dtu/common/records.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <type_traits>
 #include <utility>
@@ -138,6 +139,59 @@ void to_json(json& j, const DeviceRecord& d) {
   j["stamp"] = d.stamp;
   j["owner"] = d.owner;
   if (d.orphaned) j["orphaned"] = true;
+}
+
+namespace {
+
+void write_unit(JsonText& out, const UnitRecord& u) {
+  out.open_object();  // the keys in sorted order
+  out.key("class").number(u.cls);
+  out.key("function").string(u.function);
+  out.key("holder").string_or_null(u.holder);
+  out.key("interfaces").open_array();
+  for (const std::uint8_t interface : u.interfaces) out.number(interface);
+  out.close_array();
+  out.key("lease").string_or_null(u.lease);
+  out.key("protocol").number(u.protocol);
+  out.key("state").string(unit_state_name(u.state));
+  out.key("subclass").number(u.subclass);
+  out.key("unit").number(u.unit);
+  out.close_object();
+}
+
+}  // namespace
+
+bool is_plain_device(const DeviceRecord& d) {
+  return is_plain_json_string(d.dtu) && is_plain_json_string(d.device) && is_plain_json_string(d.bus) &&
+         plain_or_absent(d.serial) && plain_or_absent(d.manufacturer) && plain_or_absent(d.product) &&
+         is_plain_json_string(d.owner) &&
+         std::all_of(d.units.begin(), d.units.end(), [](const UnitRecord& u) {
+           return is_plain_json_string(u.function) && plain_or_absent(u.holder) && plain_or_absent(u.lease);
+         });
+}
+
+void write_device(JsonText& out, const DeviceRecord& d) {
+  out.open_object();  // the keys in sorted order
+  out.key("bcd_device").string(hex16(d.bcd_device));
+  out.key("bus").string(d.bus);
+  out.key("class").number(d.cls);
+  out.key("device").string(d.device);
+  out.key("dtu").string(d.dtu);
+  out.key("manufacturer").string_or_null(d.manufacturer);
+  if (d.orphaned) out.key("orphaned").boolean(true);
+  out.key("owner").string(d.owner);
+  out.key("pid").string(hex16(d.pid));
+  out.key("product").string_or_null(d.product);
+  out.key("protocol").number(d.protocol);
+  out.key("serial").string_or_null(d.serial);
+  out.key("stamp");
+  write_stamp(out, d.stamp);
+  out.key("subclass").number(d.subclass);
+  out.key("units").open_array();
+  for (const UnitRecord& u : d.units) write_unit(out, u);
+  out.close_array();
+  out.key("vid").string(hex16(d.vid));
+  out.close_object();
 }
 
 void from_json(const json& j, DeviceRecord& d) {

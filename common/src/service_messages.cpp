@@ -68,65 +68,14 @@ void from_json(const json& j, FinderChangedMsg& m) {
   m.units = unit_array(j, "units");
 }
 
-namespace {
-
-bool is_plain(const std::optional<std::string>& text) { return !text || is_plain_json_string(*text); }
-
-bool is_plain(const DeviceRecord& d) {
-  return is_plain_json_string(d.dtu) && is_plain_json_string(d.device) && is_plain_json_string(d.bus) &&
-         is_plain(d.serial) && is_plain(d.manufacturer) && is_plain(d.product) &&
-         is_plain_json_string(d.owner) &&
-         std::all_of(d.units.begin(), d.units.end(), [](const UnitRecord& u) {
-           return is_plain_json_string(u.function) && is_plain(u.holder) && is_plain(u.lease);
-         });
-}
-
-void write_unit(JsonText& out, const UnitRecord& u) {
-  out.open_object();  // the keys in sorted order
-  out.key("class").number(u.cls);
-  out.key("function").string(u.function);
-  out.key("holder").string_or_null(u.holder);
-  out.key("interfaces").open_array();
-  for (const std::uint8_t interface : u.interfaces) out.number(interface);
-  out.close_array();
-  out.key("lease").string_or_null(u.lease);
-  out.key("protocol").number(u.protocol);
-  out.key("state").string(unit_state_name(u.state));
-  out.key("subclass").number(u.subclass);
-  out.key("unit").number(u.unit);
-  out.close_object();
-}
-
-}  // namespace
-
 std::string encode_device(const DeviceRecord& d) {
-  // Written directly (keys in sorted order, as to_json + dump write them) unless a string needs
-  // nlohmann's escaping: building the object was most of an event's cost at each manager.
-  if (!is_plain(d)) return json(d).dump(-1, ' ', false, json::error_handler_t::replace);
+  // Written directly unless a string needs nlohmann's escaping: building the object was most of
+  // an event's cost at each manager.
+  if (!is_plain_device(d)) return json(d).dump(-1, ' ', false, json::error_handler_t::replace);
   std::string text;
   text.reserve(320 + 160 * d.units.size());
   JsonText out(text);
-  out.open_object();  // the keys in sorted order
-  out.key("bcd_device").string(hex16(d.bcd_device));
-  out.key("bus").string(d.bus);
-  out.key("class").number(d.cls);
-  out.key("device").string(d.device);
-  out.key("dtu").string(d.dtu);
-  out.key("manufacturer").string_or_null(d.manufacturer);
-  if (d.orphaned) out.key("orphaned").boolean(true);
-  out.key("owner").string(d.owner);
-  out.key("pid").string(hex16(d.pid));
-  out.key("product").string_or_null(d.product);
-  out.key("protocol").number(d.protocol);
-  out.key("serial").string_or_null(d.serial);
-  out.key("stamp");
-  write_stamp(out, d.stamp);
-  out.key("subclass").number(d.subclass);
-  out.key("units").open_array();
-  for (const UnitRecord& u : d.units) write_unit(out, u);
-  out.close_array();
-  out.key("vid").string(hex16(d.vid));
-  out.close_object();
+  write_device(out, d);
   return text;
 }
 

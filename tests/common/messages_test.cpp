@@ -226,6 +226,72 @@ TEST_CASE("lease_request and lease_granted are written directly, byte for byte a
   CHECK(round_trip(control).inband == control.inband);
 }
 
+TEST_CASE(
+    "the messages that carry device records are written directly, byte for byte as nlohmann writes them") {
+  DeviceRecord free_unit = sample_device("1-1.4", 9);
+  free_unit.serial.reset();
+  free_unit.manufacturer = "EPSON";
+  free_unit.units[0].state = UnitState::free;
+  free_unit.units[0].holder.reset();
+  free_unit.units[0].lease.reset();
+  free_unit.orphaned = true;
+  DeviceRecord bare = sample_device("2-1", 18446744073709551615u);
+  bare.units.clear();
+  bare.stamp = Stamp{-1, 0, -1795294179140706};
+  const DeviceRecord records[] = {sample_device("1-1", 1), free_unit, bare};
+  for (const DeviceRecord& d : records) {
+    std::string text;
+    REQUIRE(encode_fast(DeviceAttachedMsg{d}, text));
+    CHECK(text == nlohmann_text(DeviceAttachedMsg{d}));
+    CHECK(to_frame(DeviceAttachedMsg{d}).payload_text() == text);
+    CHECK(round_trip(DeviceAttachedMsg{d}).device == d);
+    REQUIRE(encode_fast(DeviceChangedMsg{d}, text));
+    CHECK(text == nlohmann_text(DeviceChangedMsg{d}));
+    CHECK(round_trip(DeviceChangedMsg{d}).device == d);
+  }
+
+  const std::string token = std::string(780, 'A') + ".mac-_09";
+  const DeviceSnapshotMsg snapshots[] = {
+      {"dtu-7",
+       Stamp{1732185600000, 44, 1732185600000123},
+       {records[0], records[1], records[2]},
+       {LeaseReport{"00ff00ff00ff00ff", "1-1", 0, "print[12]@m1", 1000u, 25000, token},
+        LeaseReport{"0123456789abcdef", "2-1", 4294967295u, "scan", std::nullopt, 0, std::nullopt}}},
+      {"dtu-8", Stamp{}, {}, {}},
+  };
+  for (const DeviceSnapshotMsg& m : snapshots) {
+    std::string text;
+    REQUIRE(encode_fast(m, text));
+    CHECK(text == nlohmann_text(m));
+    const DeviceSnapshotMsg back = round_trip(m);
+    CHECK(back.devices == m.devices);
+    CHECK(back.leases == m.leases);
+  }
+  for (const DeviceListMsg& m : {DeviceListMsg{{records[0], records[1], records[2]}}, DeviceListMsg{}}) {
+    std::string text;
+    REQUIRE(encode_fast(m, text));
+    CHECK(text == nlohmann_text(m));
+    CHECK(round_trip(m).devices == m.devices);
+  }
+
+  // USB descriptor strings are the device's to choose: one that nlohmann would escape or replace
+  // sends the whole message through nlohmann, which does.
+  DeviceRecord odd = records[0];
+  odd.product = std::string("Caf\xc3\xa9 \"Deluxe\" \xff");
+  std::string unused;
+  CHECK_FALSE(encode_fast(DeviceChangedMsg{odd}, unused));
+  CHECK(to_frame(DeviceChangedMsg{odd}).payload_text() == nlohmann_text(DeviceChangedMsg{odd}));
+  CHECK_FALSE(encode_fast(DeviceListMsg{{records[0], odd}}, unused));
+  DeviceSnapshotMsg quoted_holder = snapshots[0];
+  quoted_holder.leases[1].holder = "scan \"a\"";
+  CHECK_FALSE(encode_fast(quoted_holder, unused));
+  CHECK(round_trip(quoted_holder).leases[1].holder == "scan \"a\"");
+  DeviceRecord control = records[1];
+  control.units[0].function = "printer\n";
+  CHECK_FALSE(encode_fast(DeviceAttachedMsg{control}, unused));
+  CHECK(round_trip(DeviceAttachedMsg{control}).device == control);
+}
+
 TEST_CASE("DeviceAttachedMsg and DeviceDetachedMsg round-trip") {
   const DeviceAttachedMsg attached{sample_device("1-1.4", 9)};
   CHECK(round_trip(attached).device == attached.device);

@@ -243,6 +243,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     check_device_record(doc);
     check_fast_encoder<dtu::common::LeaseRequestMsg>(doc);
     check_fast_encoder<dtu::common::LeaseGrantedMsg>(doc);
+    check_fast_encoder<dtu::common::DeviceAttachedMsg>(doc);
+    check_fast_encoder<dtu::common::DeviceChangedMsg>(doc);
+    check_fast_encoder<dtu::common::DeviceSnapshotMsg>(doc);
+    check_fast_encoder<dtu::common::DeviceListMsg>(doc);
     check_config(doc);
   }
   check_config_file(data, size, !doc.is_discarded() && doc.is_object());

@@ -29,6 +29,11 @@ inline bool is_plain_json_string(std::string_view s) {
   return true;
 }
 
+// A string JsonText may write as it is, or none (written as null).
+inline bool plain_or_absent(const std::optional<std::string>& s) {
+  return !s || is_plain_json_string(*s);
+}
+
 class JsonText {
  public:
   explicit JsonText(std::string& out) : out_(out) {}
@@ -107,7 +112,14 @@ class JsonText {
 };
 
 struct Stamp;
+struct DeviceRecord;
 // A stamp as to_json(Stamp) writes it (records.cpp): a device record's, a lease request's fence.
 void write_stamp(JsonText& out, const Stamp& stamp);
+// True when every string of the record is plain (is_plain_json_string), so write_device may
+// write it.
+bool is_plain_device(const DeviceRecord& record);
+// A device record as to_json(DeviceRecord) writes it (records.cpp).
+// REQUIRES: is_plain_device(record)
+void write_device(JsonText& out, const DeviceRecord& record);
 
 }  // namespace dtu::common

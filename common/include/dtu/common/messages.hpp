@@ -135,6 +135,15 @@ struct DeviceChangedMsg {
 // names the fault. tests/fuzz/message_fuzz.cpp holds the two decoders equal.
 bool decode_fast(std::string_view text, DeviceAttachedMsg& out);
 bool decode_fast(std::string_view text, DeviceChangedMsg& out);
+// And written straight into text (JsonText, write_device), as are the snapshot and the device
+// list: through a nlohmann value, the DTU's device_changed after every grant and release was half
+// of its work per allocation (docs/performance.md). Each writes the bytes to_frame's dump()
+// writes; false (nothing written) when a string is not plain (is_plain_json_string), and then
+// to_frame encodes through nlohmann, which escapes and replaces. tests/fuzz/message_fuzz.cpp
+// holds the two encoders equal.
+bool encode_fast(const DeviceAttachedMsg& m, std::string& out);
+bool encode_fast(const DeviceChangedMsg& m, std::string& out);
+bool encode_fast(const DeviceSnapshotMsg& m, std::string& out);
 
 // Manager -> DTU (request): lease unit `unit` of `device` to `holder` for length_ms. The DTU
 // answers lease_granted, or an error: refused (held; the reason names the holder), unavailable
@@ -237,6 +246,8 @@ struct DeviceListMsg {
   static constexpr MessageType kType = MessageType::device_list;
   std::vector<DeviceRecord> devices;
 };
+// Written directly, as device_changed is (encode_fast above).
+bool encode_fast(const DeviceListMsg& m, std::string& out);
 
 // Service -> manager (request): lease a unit. Answered with lease_granted (token and in-band
 // endpoint included) or an error (refused with the holder, unavailable, not_found, denied by
