@@ -352,6 +352,24 @@ void from_json(const json& j, LeaseReleaseMsg& m) {
 void to_json(json& j, const LeaseEndedMsg& m) {
   j = json{{"dtu", m.dtu}, {"lease", m.lease}, {"device", m.device}, {"unit", m.unit}, {"reason", m.reason}};
 }
+bool encode_fast(const LeaseEndedMsg& m, std::string& out) {
+  if (!is_plain_json_string(m.dtu) || !is_plain_json_string(m.lease) || !is_plain_json_string(m.device) ||
+      !is_plain_json_string(m.reason)) {
+    return false;
+  }
+  out.clear();
+  out.reserve(96 + m.dtu.size() + m.lease.size() + m.device.size() + m.reason.size());
+  JsonText text(out);
+  text.open_object();  // the keys in sorted order
+  text.key("device").string(m.device);
+  text.key("dtu").string(m.dtu);
+  text.key("lease").string(m.lease);
+  text.key("reason").string(m.reason);
+  text.key("unit").number(m.unit);
+  text.close_object();
+  return true;
+}
+
 void from_json(const json& j, LeaseEndedMsg& m) {
   m.dtu = field<std::string>(j, "dtu");
   m.lease = field<std::string>(j, "lease");

@@ -1,8 +1,8 @@
-// Decoders of the messages that carry a device record, straight from simdjson's index (the
-// declarations are beside each message). Each reads exactly what from_json reads through
-// nlohmann (records.cpp, messages.cpp, service_messages.cpp) and gives up — false, and from_frame
-// decodes the text again through nlohmann, which names what is wrong — at anything else. Every
-// field of an object is visited in order, so of a repeated key the last value stands, as with
+// Decoders of the messages that carry a device record, and of the lease messages on an
+// allocation's path, straight from simdjson's index (the declarations are beside each message). Each reads
+// exactly what from_json reads through nlohmann (records.cpp, messages.cpp, service_messages.cpp) and gives
+// up — false, and from_frame decodes the text again through nlohmann, which names what is wrong — at anything
+// else. Every field of an object is visited in order, so of a repeated key the last value stands, as with
 // nlohmann's parser; keys that from_json does not read are skipped as it skips them. Each loop
 // runs over a named copy of the object or array: the range of a for must not be a reference into
 // a temporary result.
@@ -116,6 +116,16 @@ bool read_integers(element value, std::vector<T>& out) {
   return read_items(value, [&](element item) { return read_integer(item, out.emplace_back()); });
 }
 
+// optional_field<T> of an integer: null is absent.
+template <typename T>
+bool read_optional_integer(element value, std::optional<T>& out) {
+  if (value.type() == element_type::NULL_VALUE) {
+    out.reset();
+    return true;
+  }
+  return read_integer(value, out.emplace());
+}
+
 bool read_stamp(element value, Stamp& out) {
   Required required;
   return read_fields(value,
@@ -192,6 +202,15 @@ bool read_device(element value, DeviceRecord& out) {
          required.all(10);
 }
 
+// optional_field<Stamp>: null is absent.
+bool read_optional_stamp(element value, std::optional<Stamp>& out) {
+  if (value.type() == element_type::NULL_VALUE) {
+    out.reset();
+    return true;
+  }
+  return read_stamp(value, out.emplace());
+}
+
 // {"device": record}: device_attached and device_changed.
 template <typename M>
 bool decode_device_message(std::string_view text, M& out) {
@@ -228,6 +247,60 @@ bool decode_finder_event(std::string_view text, M& out) {
 }
 
 }  // namespace
+
+bool decode_fast(std::string_view text, LeaseRequestMsg& out) {
+  const auto root = detail::simdjson_index(text);
+  if (!root) return false;
+  Required required;
+  return read_fields(*root,
+                     [&](std::string_view key, element v) {
+                       if (key == "device") return required.got(0, read_string(v, out.device));
+                       if (key == "unit") return required.got(1, read_integer(v, out.unit));
+                       if (key == "holder") return required.got(2, read_string(v, out.holder));
+                       if (key == "length_ms") return required.got(3, read_integer(v, out.length_ms));
+                       if (key == "uid") return read_optional_integer(v, out.uid);
+                       if (key == "fence") return read_optional_stamp(v, out.fence);
+                       if (key == "state_token") return read_optional_string(v, out.state_token);
+                       return true;
+                     }) &&
+         required.all(4);
+}
+
+bool decode_fast(std::string_view text, LeaseGrantedMsg& out) {
+  const auto root = detail::simdjson_index(text);
+  if (!root) return false;
+  Required required;
+  return read_fields(*root,
+                     [&](std::string_view key, element v) {
+                       if (key == "lease") return required.got(0, read_string(v, out.lease));
+                       if (key == "dtu") return required.got(1, read_string(v, out.dtu));
+                       if (key == "device") return required.got(2, read_string(v, out.device));
+                       if (key == "unit") return required.got(3, read_integer(v, out.unit));
+                       if (key == "holder") return required.got(4, read_string(v, out.holder));
+                       if (key == "expires_in_ms") return required.got(5, read_integer(v, out.expires_in_ms));
+                       if (key == "token") return read_optional_string(v, out.token);
+                       if (key == "inband") return read_optional_string(v, out.inband);
+                       if (key == "state_token") return read_optional_string(v, out.state_token);
+                       return true;
+                     }) &&
+         required.all(6);
+}
+
+bool decode_fast(std::string_view text, LeaseEndedMsg& out) {
+  const auto root = detail::simdjson_index(text);
+  if (!root) return false;
+  Required required;
+  return read_fields(*root,
+                     [&](std::string_view key, element v) {
+                       if (key == "dtu") return required.got(0, read_string(v, out.dtu));
+                       if (key == "lease") return required.got(1, read_string(v, out.lease));
+                       if (key == "device") return required.got(2, read_string(v, out.device));
+                       if (key == "unit") return required.got(3, read_integer(v, out.unit));
+                       if (key == "reason") return required.got(4, read_string(v, out.reason));
+                       return true;
+                     }) &&
+         required.all(5);
+}
 
 bool decode_fast(std::string_view text, DeviceAttachedMsg& out) {
   return decode_device_message(text, out);

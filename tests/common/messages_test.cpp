@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <ostream>  // doctest prints std::error_code
 #include <string>
@@ -224,6 +225,73 @@ TEST_CASE("lease_request and lease_granted are written directly, byte for byte a
   control.inband = std::string("host\n:1");
   CHECK_FALSE(encode_fast(control, unused));
   CHECK(round_trip(control).inband == control.inband);
+}
+
+TEST_CASE("the lease messages are read directly as from_json reads them, and refused where it refuses them") {
+  // What decode_fast reads from `text`, which must be what from_json reads, field for field.
+  const auto both = []<typename M>(std::string_view text, M& fast) {
+    REQUIRE(decode_fast(text, fast));
+    CHECK(json(fast) == json(json::parse(text).get<M>()));
+  };
+  const std::string token = std::string(780, 'A') + ".mac-_09";
+  for (const LeaseRequestMsg& m :
+       {LeaseRequestMsg{"1-1", 0, "print[12]@m1", 1000u, 30000, Stamp{1732185600123456, 9, -3}, token},
+        LeaseRequestMsg{"1-1.4", 4294967295u, "scan", std::nullopt, 0, std::nullopt, std::nullopt}}) {
+    LeaseRequestMsg fast;
+    both(to_frame(m).payload_text(), fast);
+    CHECK(fast.fence == m.fence);
+    CHECK(fast.state_token == m.state_token);
+  }
+  const LeaseGrantedMsg grant{"00ff00ff00ff00ff",   "dtu-7",          "1-1", 0, "print[12]@m1", 25000,
+                              std::string(64, 'e'), "127.0.0.2:4712", token};
+  LeaseGrantedMsg fast_grant;
+  both(to_frame(grant).payload_text(), fast_grant);
+  CHECK(fast_grant.token == grant.token);
+  const LeaseEndedMsg ended{"dtu-7", "00ff00ff00ff00ff", "1-1.4", 3, "released"};
+  std::string text;
+  REQUIRE(encode_fast(ended, text));
+  CHECK(text == nlohmann_text(ended));
+  LeaseEndedMsg fast_ended;
+  both(text, fast_ended);
+  CHECK(fast_ended.reason == "released");
+  CHECK_FALSE(encode_fast(LeaseEndedMsg{"dtu \"7\"", "l", "d", 0, "released"}, text));
+
+  // Keys from_json does not read are skipped; of a repeated key the last value stands; null is
+  // an absent optional.
+  LeaseRequestMsg odd;
+  both(R"({"unit":1,"device":"a","holder":"h","length_ms":5,"extra":[1,{"x":null}],"uid":7,"uid":null,)"
+       R"("fence":{"seq":1,"boot_epoch":2,"time_us":3},"state_token":null,"device":"b"})",
+       odd);
+  CHECK(odd.device == "b");
+  CHECK_FALSE(odd.uid.has_value());
+  CHECK(odd.fence == Stamp{2, 1, 3});
+
+  // What from_json refuses, decode_fast does not take; from_frame then names the field.
+  const char* refused[] = {
+      R"({"device":"a","holder":"h","length_ms":5})",                             // no unit
+      R"({"device":"a","unit":-1,"holder":"h","length_ms":5})",                   // out of range
+      R"({"device":"a","unit":4294967296,"holder":"h","length_ms":5})",           // out of range
+      R"({"device":"a","unit":1.5,"holder":"h","length_ms":5})",                  // not an integer
+      R"({"device":7,"unit":1,"holder":"h","length_ms":5})",                      // not a string
+      R"({"device":"a","unit":1,"holder":"h","length_ms":5,"fence":{"seq":1}})",  // a stamp short of fields
+      R"({"device":"a","unit":1,"holder":"h","length_ms":5,"uid":"7"})",          // uid as text
+      R"(["device","a"])",
+  };
+  for (const char* bad : refused) {
+    CAPTURE(bad);
+    LeaseRequestMsg unused;
+    CHECK_FALSE(decode_fast(bad, unused));
+    Frame f;
+    f.type = MessageType::lease_request;
+    f.payload.assign(bad, bad + std::strlen(bad));
+    const auto decoded = from_frame<LeaseRequestMsg>(f);
+    REQUIRE_FALSE(decoded.ok());
+    CHECK(decoded.error().code == make_error_code(Errc::bad_payload));
+  }
+  LeaseGrantedMsg no_expiry;
+  CHECK_FALSE(decode_fast(R"({"lease":"l","dtu":"d","device":"x","unit":0,"holder":"h"})", no_expiry));
+  LeaseEndedMsg no_reason;
+  CHECK_FALSE(decode_fast(R"({"dtu":"d","lease":"l","device":"x","unit":0,"reason":null})", no_reason));
 }
 
 TEST_CASE(

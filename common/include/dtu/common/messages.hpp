@@ -183,6 +183,10 @@ struct LeaseGrantedMsg {
 // tests/fuzz/message_fuzz.cpp holds the two encoders equal.
 bool encode_fast(const LeaseRequestMsg& m, std::string& out);
 bool encode_fast(const LeaseGrantedMsg& m, std::string& out);
+// And read straight from simdjson's index, as device_attached is (decode_fast above): each is
+// decoded at every hop of an allocation, the grant three times (record_decode.cpp).
+bool decode_fast(std::string_view text, LeaseRequestMsg& out);
+bool decode_fast(std::string_view text, LeaseGrantedMsg& out);
 
 // Manager -> DTU (request): extend a lease to length_ms from now (never shortens it). `token`
 // (the lease's in-band token, hex) is present when a service takes its lease over again through a
@@ -219,6 +223,10 @@ struct LeaseEndedMsg {
   std::uint32_t unit = 0;
   std::string reason;  // released | expired | device_gone | agent_stopping | dtu_lost
 };
+// Written and read directly, as lease_granted is: DTU -> owner -> holder's manager -> holder,
+// once per allocation.
+bool encode_fast(const LeaseEndedMsg& m, std::string& out);
+bool decode_fast(std::string_view text, LeaseEndedMsg& out);
 
 // --- Service/admin <-> manager --------------------------------------------------------------
 
