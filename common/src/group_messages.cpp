@@ -4,6 +4,7 @@
 #include <string>
 
 #include "dtu/common/json_fields.hpp"
+#include "dtu/common/json_text.hpp"
 
 namespace dtu::common {
 
@@ -78,7 +79,47 @@ void from_json(const json& j, OnBehalf& m) {
   if (m.holder.empty()) throw std::invalid_argument("field 'holder': must not be empty");
 }
 
+namespace {
+
+void write_on_behalf(JsonText& out, const OnBehalf& m) {
+  out.open_object();  // the keys in sorted order
+  out.key("client").string(m.client);
+  out.key("gid").number(m.gid);
+  out.key("holder").string(m.holder);
+  out.key("pid").number(m.pid);
+  out.key("uid").number(m.uid);
+  out.close_object();
+}
+
+// {"on_behalf": ..., "request": ...}, the request written by write_request.
+template <typename M, typename WriteRequest>
+void write_forwarded(const M& m, std::string& out, WriteRequest write_request) {
+  out.clear();
+  out.reserve(256 + m.on_behalf.client.size() + m.on_behalf.holder.size());
+  JsonText text(out);
+  text.open_object();
+  text.key("on_behalf");
+  write_on_behalf(text, m.on_behalf);
+  text.key("request");
+  write_request(text, m.request);
+  text.close_object();
+}
+
+bool plain(const OnBehalf& m) {
+  return is_plain_json_string(m.client) && is_plain_json_string(m.holder);
+}
+
+}  // namespace
+
 void to_json(json& j, const PeerAllocateMsg& m) { j = json{{"on_behalf", m.on_behalf}, {"request", m.request}}; }
+bool encode_fast(const PeerAllocateMsg& m, std::string& out) {
+  if (!plain(m.on_behalf) || !is_plain_json_string(m.request.dtu) ||
+      !is_plain_json_string(m.request.device)) {
+    return false;
+  }
+  write_forwarded(m, out, write_allocate);
+  return true;
+}
 void from_json(const json& j, PeerAllocateMsg& m) {
   require_object(j);
   m.on_behalf = object_field<OnBehalf>(j, "on_behalf");
@@ -93,6 +134,13 @@ void from_json(const json& j, PeerRenewMsg& m) {
 }
 
 void to_json(json& j, const PeerReleaseMsg& m) { j = json{{"on_behalf", m.on_behalf}, {"request", m.request}}; }
+bool encode_fast(const PeerReleaseMsg& m, std::string& out) {
+  if (!plain(m.on_behalf) || !is_plain_json_string(m.request.dtu) || !is_plain_json_string(m.request.lease)) {
+    return false;
+  }
+  write_forwarded(m, out, write_release);
+  return true;
+}
 void from_json(const json& j, PeerReleaseMsg& m) {
   require_object(j);
   m.on_behalf = object_field<OnBehalf>(j, "on_behalf");

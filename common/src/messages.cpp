@@ -344,6 +344,22 @@ void to_json(json& j, const LeaseReleaseMsg& m) {
   j = json{{"lease", m.lease}};
   put_optional(j, "fence", m.fence);
 }
+bool encode_fast(const LeaseReleaseMsg& m, std::string& out) {
+  if (!is_plain_json_string(m.lease)) return false;
+  out.clear();
+  out.reserve(96 + m.lease.size());
+  JsonText text(out);
+  text.open_object();  // the keys in sorted order
+  text.key("fence");
+  if (m.fence) {
+    write_stamp(text, *m.fence);
+  } else {
+    text.null();
+  }
+  text.key("lease").string(m.lease);
+  text.close_object();
+  return true;
+}
 void from_json(const json& j, LeaseReleaseMsg& m) {
   m.lease = field<std::string>(j, "lease");
   m.fence = optional_field<Stamp>(j, "fence");
@@ -383,6 +399,26 @@ void to_json(json& j, const AllocateMsg& m) {
   put_optional(j, "wait_ms", m.wait_ms);
   if (m.keep) j["keep"] = true;
 }
+void write_allocate(JsonText& out, const AllocateMsg& m) {
+  out.open_object();  // the keys in sorted order
+  out.key("device").string(m.device);
+  out.key("dtu").string(m.dtu);
+  if (m.keep) out.key("keep").boolean(true);
+  out.key("length_ms").number(m.length_ms);
+  out.key("unit").number(m.unit);
+  out.key("wait_ms").number_or_null(m.wait_ms);
+  out.close_object();
+}
+
+bool encode_fast(const AllocateMsg& m, std::string& out) {
+  if (!is_plain_json_string(m.dtu) || !is_plain_json_string(m.device)) return false;
+  out.clear();
+  out.reserve(96 + m.dtu.size() + m.device.size());
+  JsonText text(out);
+  write_allocate(text, m);
+  return true;
+}
+
 void from_json(const json& j, AllocateMsg& m) {
   m.dtu = field<std::string>(j, "dtu");
   m.device = field<std::string>(j, "device");
@@ -400,6 +436,23 @@ void from_json(const json& j, RenewMsg& m) {
 }
 
 void to_json(json& j, const ReleaseMsg& m) { j = json{{"dtu", m.dtu}, {"lease", m.lease}}; }
+
+void write_release(JsonText& out, const ReleaseMsg& m) {
+  out.open_object();  // the keys in sorted order
+  out.key("dtu").string(m.dtu);
+  out.key("lease").string(m.lease);
+  out.close_object();
+}
+
+bool encode_fast(const ReleaseMsg& m, std::string& out) {
+  if (!is_plain_json_string(m.dtu) || !is_plain_json_string(m.lease)) return false;
+  out.clear();
+  out.reserve(32 + m.dtu.size() + m.lease.size());
+  JsonText text(out);
+  write_release(text, m);
+  return true;
+}
+
 void from_json(const json& j, ReleaseMsg& m) {
   m.dtu = field<std::string>(j, "dtu");
   m.lease = field<std::string>(j, "lease");

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "dtu/common/group_messages.hpp"
 #include "dtu/common/messages.hpp"
 #include "dtu/common/records.hpp"
 #include "dtu/common/service_messages.hpp"
@@ -211,6 +212,72 @@ bool read_optional_stamp(element value, std::optional<Stamp>& out) {
   return read_stamp(value, out.emplace());
 }
 
+// from_json(AllocateMsg). `out` starts as a default request: "wait_ms" and "keep" may be absent.
+bool read_allocate(element value, AllocateMsg& out) {
+  Required required;
+  return read_fields(value,
+                     [&](std::string_view key, element v) {
+                       if (key == "dtu") return required.got(0, read_string(v, out.dtu));
+                       if (key == "device") return required.got(1, read_string(v, out.device));
+                       if (key == "unit") return required.got(2, read_integer(v, out.unit));
+                       if (key == "length_ms") return required.got(3, read_integer(v, out.length_ms));
+                       if (key == "wait_ms") return read_optional_integer(v, out.wait_ms);
+                       if (key == "keep") return read_bool(v, out.keep);
+                       return true;
+                     }) &&
+         required.all(4);
+}
+
+bool read_release(element value, ReleaseMsg& out) {
+  Required required;
+  return read_fields(value,
+                     [&](std::string_view key, element v) {
+                       if (key == "dtu") return required.got(0, read_string(v, out.dtu));
+                       if (key == "lease") return required.got(1, read_string(v, out.lease));
+                       return true;
+                     }) &&
+         required.all(2);
+}
+
+// from_json(OnBehalf): every field required, and a holder that is not empty.
+bool read_on_behalf(element value, OnBehalf& out) {
+  Required required;
+  return read_fields(value,
+                     [&](std::string_view key, element v) {
+                       if (key == "uid") return required.got(0, read_integer(v, out.uid));
+                       if (key == "gid") return required.got(1, read_integer(v, out.gid));
+                       if (key == "pid") return required.got(2, read_integer(v, out.pid));
+                       if (key == "client") return required.got(3, read_string(v, out.client));
+                       if (key == "holder") return required.got(4, read_string(v, out.holder));
+                       return true;
+                     }) &&
+         required.all(5) && !out.holder.empty();
+}
+
+// {"on_behalf": ..., "request": ...}: a lease operation forwarded to the owner.
+template <typename M, typename ReadRequest>
+bool decode_forwarded(std::string_view text, M& out, ReadRequest read_request) {
+  const auto root = detail::simdjson_index(text);
+  if (!root) return false;
+  bool on_behalf = false;
+  bool request = false;
+  return read_fields(*root,
+                     [&](std::string_view key, element v) {
+                       if (key == "on_behalf") {
+                         out.on_behalf = OnBehalf{};  // a repeated key: the last object, read from defaults
+                         on_behalf = true;
+                         return read_on_behalf(v, out.on_behalf);
+                       }
+                       if (key == "request") {
+                         out.request = {};
+                         request = true;
+                         return read_request(v, out.request);
+                       }
+                       return true;
+                     }) &&
+         on_behalf && request;
+}
+
 // {"device": record}: device_attached and device_changed.
 template <typename M>
 bool decode_device_message(std::string_view text, M& out) {
@@ -300,6 +367,24 @@ bool decode_fast(std::string_view text, LeaseEndedMsg& out) {
                        return true;
                      }) &&
          required.all(5);
+}
+
+bool decode_fast(std::string_view text, AllocateMsg& out) {
+  const auto root = detail::simdjson_index(text);
+  return root && read_allocate(*root, out);
+}
+
+bool decode_fast(std::string_view text, ReleaseMsg& out) {
+  const auto root = detail::simdjson_index(text);
+  return root && read_release(*root, out);
+}
+
+bool decode_fast(std::string_view text, PeerAllocateMsg& out) {
+  return decode_forwarded(text, out, read_allocate);
+}
+
+bool decode_fast(std::string_view text, PeerReleaseMsg& out) {
+  return decode_forwarded(text, out, read_release);
 }
 
 bool decode_fast(std::string_view text, DeviceAttachedMsg& out) {

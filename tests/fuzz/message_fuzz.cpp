@@ -29,6 +29,7 @@
 #include "dtu/common/config.hpp"
 #include "dtu/common/errors.hpp"
 #include "dtu/common/frame.hpp"
+#include "dtu/common/group_messages.hpp"
 #include "dtu/common/json_parse.hpp"
 #include "dtu/common/message_type.hpp"
 #include "dtu/common/records.hpp"
@@ -93,6 +94,10 @@ void check_fast_decoders(const std::uint8_t* data, std::size_t size) {
   check_fast_decoder<dtu::common::LeaseRequestMsg>(input);
   check_fast_decoder<dtu::common::LeaseGrantedMsg>(input);
   check_fast_decoder<dtu::common::LeaseEndedMsg>(input);
+  check_fast_decoder<dtu::common::AllocateMsg>(input);
+  check_fast_decoder<dtu::common::ReleaseMsg>(input);
+  check_fast_decoder<dtu::common::PeerAllocateMsg>(input);
+  check_fast_decoder<dtu::common::PeerReleaseMsg>(input);
   // The input as the record inside each, where most of what they read is.
   const std::string attached = R"({"device":)" + std::string(input) + "}";
   check_fast_decoder<dtu::common::DeviceAttachedMsg>(attached);
@@ -255,6 +260,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     check_fast_encoder<dtu::common::DeviceSnapshotMsg>(doc);
     check_fast_encoder<dtu::common::DeviceListMsg>(doc);
     check_fast_encoder<dtu::common::LeaseEndedMsg>(doc);
+    check_fast_encoder<dtu::common::LeaseReleaseMsg>(doc);
+    check_fast_encoder<dtu::common::AllocateMsg>(doc);
+    check_fast_encoder<dtu::common::ReleaseMsg>(doc);
+    check_fast_encoder<dtu::common::PeerAllocateMsg>(doc);
+    check_fast_encoder<dtu::common::PeerReleaseMsg>(doc);
     check_config(doc);
   }
   check_config_file(data, size, !doc.is_discarded() && doc.is_object());

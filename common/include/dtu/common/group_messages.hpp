@@ -60,6 +60,11 @@ struct PeerAllocateMsg {
   AllocateMsg request;
 };
 
+// Written and read directly, as the service's allocate and release inside them are
+// (messages.hpp): the owner reads one of each per allocation (record_decode.cpp).
+bool encode_fast(const PeerAllocateMsg& m, std::string& out);
+bool decode_fast(std::string_view text, PeerAllocateMsg& out);
+
 // Origin -> owner (request): renew. Answered with lease_granted or an error, as renew.
 struct PeerRenewMsg {
   static constexpr MessageType kType = MessageType::peer_renew;
@@ -73,6 +78,8 @@ struct PeerReleaseMsg {
   OnBehalf on_behalf;
   ReleaseMsg request;
 };
+bool encode_fast(const PeerReleaseMsg& m, std::string& out);
+bool decode_fast(std::string_view text, PeerReleaseMsg& out);
 
 // Origin -> owner (request): resume a lease. Answered with lease_granted or an error.
 struct PeerResumeMsg {

@@ -122,4 +122,12 @@ bool is_plain_device(const DeviceRecord& record);
 // REQUIRES: is_plain_device(record)
 void write_device(JsonText& out, const DeviceRecord& record);
 
+struct AllocateMsg;
+struct ReleaseMsg;
+// A service's allocate and release as their to_json writes them (messages.cpp), on their own and
+// inside the owner's peer_allocate and peer_release (group_messages.cpp).
+// REQUIRES: every string of the message plain (is_plain_json_string)
+void write_allocate(JsonText& out, const AllocateMsg& m);
+void write_release(JsonText& out, const ReleaseMsg& m);
+
 }  // namespace dtu::common

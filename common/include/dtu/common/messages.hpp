@@ -206,6 +206,8 @@ struct LeaseReleaseMsg {
   std::string lease;
   std::optional<Stamp> fence;
 };
+// Written directly, as lease_request is: the owner -> DTU, once per allocation.
+bool encode_fast(const LeaseReleaseMsg& m, std::string& out);
 
 // Manager -> DTU (notify): leave this manager for another one of your list (reason "drain").
 // The DTU closes the link and connects elsewhere; its leases and in-band channels stay.
@@ -287,6 +289,14 @@ struct ReleaseMsg {
   std::string dtu;
   std::string lease;
 };
+
+// A service's allocate and release, written and read directly as the lease messages are: once
+// per allocation by the service and its manager, which forwards each to the owner inside
+// peer_allocate and peer_release (group_messages.hpp).
+bool encode_fast(const AllocateMsg& m, std::string& out);
+bool decode_fast(std::string_view text, AllocateMsg& out);
+bool encode_fast(const ReleaseMsg& m, std::string& out);
+bool decode_fast(std::string_view text, ReleaseMsg& out);
 
 void to_json(nlohmann::json& j, const AckMsg& m);
 void from_json(const nlohmann::json& j, AckMsg& m);
