@@ -109,6 +109,14 @@ bool read_items(element value, F read) {
   return true;
 }
 
+// read_fields over the top object of a message's text; false when simdjson does not take the text
+// (then from_frame parses it through nlohmann).
+template <typename F>
+bool read_message(std::string_view text, F read) {
+  const auto root = detail::simdjson_index(text);
+  return root && read_fields(*root, read);
+}
+
 // An array of integers in T's range: a unit's "interfaces" (may be absent, not null) and a finder
 // event's "units" (unit_array in service_messages.cpp).
 template <typename T>
@@ -257,115 +265,104 @@ bool read_on_behalf(element value, OnBehalf& out) {
 // {"on_behalf": ..., "request": ...}: a lease operation forwarded to the owner.
 template <typename M, typename ReadRequest>
 bool decode_forwarded(std::string_view text, M& out, ReadRequest read_request) {
-  const auto root = detail::simdjson_index(text);
-  if (!root) return false;
   bool on_behalf = false;
   bool request = false;
-  return read_fields(*root,
-                     [&](std::string_view key, element v) {
-                       if (key == "on_behalf") {
-                         out.on_behalf = OnBehalf{};  // a repeated key: the last object, read from defaults
-                         on_behalf = true;
-                         return read_on_behalf(v, out.on_behalf);
-                       }
-                       if (key == "request") {
-                         out.request = {};
-                         request = true;
-                         return read_request(v, out.request);
-                       }
-                       return true;
-                     }) &&
+  return read_message(text,
+                      [&](std::string_view key, element v) {
+                        if (key == "on_behalf") {
+                          out.on_behalf = OnBehalf{};  // a repeated key: the last object, read from defaults
+                          on_behalf = true;
+                          return read_on_behalf(v, out.on_behalf);
+                        }
+                        if (key == "request") {
+                          out.request = {};
+                          request = true;
+                          return read_request(v, out.request);
+                        }
+                        return true;
+                      }) &&
          on_behalf && request;
 }
 
 // {"device": record}: device_attached and device_changed.
 template <typename M>
 bool decode_device_message(std::string_view text, M& out) {
-  const auto root = detail::simdjson_index(text);
-  if (!root) return false;
   bool device = false;
-  return read_fields(*root,
-                     [&](std::string_view key, element v) {
-                       if (key != "device") return true;
-                       out.device = DeviceRecord{};  // a repeated key: the last record, read from defaults
-                       device = true;
-                       return read_device(v, out.device);
-                     }) &&
+  return read_message(text,
+                      [&](std::string_view key, element v) {
+                        if (key != "device") return true;
+                        out.device = DeviceRecord{};  // a repeated key: the last record, read from defaults
+                        device = true;
+                        return read_device(v, out.device);
+                      }) &&
          device;
 }
 
 // finder_matched and finder_changed.
 template <typename M>
 bool decode_finder_event(std::string_view text, M& out) {
-  const auto root = detail::simdjson_index(text);
-  if (!root) return false;
   Required required;
-  return read_fields(*root,
-                     [&](std::string_view key, element v) {
-                       if (key == "finder_id") return required.got(0, read_integer(v, out.finder_id));
-                       if (key == "device") {
-                         out.device = DeviceRecord{};
-                         return required.got(1, read_device(v, out.device));
-                       }
-                       if (key == "units") return required.got(2, read_integers(v, out.units));
-                       return true;
-                     }) &&
+  return read_message(text,
+                      [&](std::string_view key, element v) {
+                        if (key == "finder_id") return required.got(0, read_integer(v, out.finder_id));
+                        if (key == "device") {
+                          out.device = DeviceRecord{};
+                          return required.got(1, read_device(v, out.device));
+                        }
+                        if (key == "units") return required.got(2, read_integers(v, out.units));
+                        return true;
+                      }) &&
          required.all(3);
 }
 
 }  // namespace
 
 bool decode_fast(std::string_view text, LeaseRequestMsg& out) {
-  const auto root = detail::simdjson_index(text);
-  if (!root) return false;
   Required required;
-  return read_fields(*root,
-                     [&](std::string_view key, element v) {
-                       if (key == "device") return required.got(0, read_string(v, out.device));
-                       if (key == "unit") return required.got(1, read_integer(v, out.unit));
-                       if (key == "holder") return required.got(2, read_string(v, out.holder));
-                       if (key == "length_ms") return required.got(3, read_integer(v, out.length_ms));
-                       if (key == "uid") return read_optional_integer(v, out.uid);
-                       if (key == "fence") return read_optional_stamp(v, out.fence);
-                       if (key == "state_token") return read_optional_string(v, out.state_token);
-                       return true;
-                     }) &&
+  return read_message(text,
+                      [&](std::string_view key, element v) {
+                        if (key == "device") return required.got(0, read_string(v, out.device));
+                        if (key == "unit") return required.got(1, read_integer(v, out.unit));
+                        if (key == "holder") return required.got(2, read_string(v, out.holder));
+                        if (key == "length_ms") return required.got(3, read_integer(v, out.length_ms));
+                        if (key == "uid") return read_optional_integer(v, out.uid);
+                        if (key == "fence") return read_optional_stamp(v, out.fence);
+                        if (key == "state_token") return read_optional_string(v, out.state_token);
+                        return true;
+                      }) &&
          required.all(4);
 }
 
 bool decode_fast(std::string_view text, LeaseGrantedMsg& out) {
-  const auto root = detail::simdjson_index(text);
-  if (!root) return false;
   Required required;
-  return read_fields(*root,
-                     [&](std::string_view key, element v) {
-                       if (key == "lease") return required.got(0, read_string(v, out.lease));
-                       if (key == "dtu") return required.got(1, read_string(v, out.dtu));
-                       if (key == "device") return required.got(2, read_string(v, out.device));
-                       if (key == "unit") return required.got(3, read_integer(v, out.unit));
-                       if (key == "holder") return required.got(4, read_string(v, out.holder));
-                       if (key == "expires_in_ms") return required.got(5, read_integer(v, out.expires_in_ms));
-                       if (key == "token") return read_optional_string(v, out.token);
-                       if (key == "inband") return read_optional_string(v, out.inband);
-                       if (key == "state_token") return read_optional_string(v, out.state_token);
-                       return true;
-                     }) &&
+  return read_message(text,
+                      [&](std::string_view key, element v) {
+                        if (key == "lease") return required.got(0, read_string(v, out.lease));
+                        if (key == "dtu") return required.got(1, read_string(v, out.dtu));
+                        if (key == "device") return required.got(2, read_string(v, out.device));
+                        if (key == "unit") return required.got(3, read_integer(v, out.unit));
+                        if (key == "holder") return required.got(4, read_string(v, out.holder));
+                        if (key == "expires_in_ms")
+                          return required.got(5, read_integer(v, out.expires_in_ms));
+                        if (key == "token") return read_optional_string(v, out.token);
+                        if (key == "inband") return read_optional_string(v, out.inband);
+                        if (key == "state_token") return read_optional_string(v, out.state_token);
+                        return true;
+                      }) &&
          required.all(6);
 }
 
 bool decode_fast(std::string_view text, LeaseEndedMsg& out) {
-  const auto root = detail::simdjson_index(text);
-  if (!root) return false;
   Required required;
-  return read_fields(*root,
-                     [&](std::string_view key, element v) {
-                       if (key == "dtu") return required.got(0, read_string(v, out.dtu));
-                       if (key == "lease") return required.got(1, read_string(v, out.lease));
-                       if (key == "device") return required.got(2, read_string(v, out.device));
-                       if (key == "unit") return required.got(3, read_integer(v, out.unit));
-                       if (key == "reason") return required.got(4, read_string(v, out.reason));
-                       return true;
-                     }) &&
+  return read_message(text,
+                      [&](std::string_view key, element v) {
+                        if (key == "dtu") return required.got(0, read_string(v, out.dtu));
+                        if (key == "lease") return required.got(1, read_string(v, out.lease));
+                        if (key == "device") return required.got(2, read_string(v, out.device));
+                        if (key == "unit") return required.got(3, read_integer(v, out.unit));
+                        if (key == "reason") return required.got(4, read_string(v, out.reason));
+                        return true;
+                      }) &&
          required.all(5);
 }
 
