@@ -1,8 +1,8 @@
 #pragma once
 // JsonText: writes JSON straight into a string, byte for byte as nlohmann's dump() (no indent)
-// writes the same value, for the few encodings on hot paths (a state token per allocation, a
-// device record per device event), where building an nlohmann object first cost more than the
-// rest of the work (docs/performance.md).
+// writes the same value, for the encodings on hot paths (the messages of an allocation, a device
+// record per device event), where building an nlohmann object first cost more than the rest of
+// the work (docs/performance.md). Each message's encode_fast beside its declaration says which.
 //
 //   std::string out;
 //   JsonText(out).open_object().key("a").number(1).key("b").string("x").close_object();
