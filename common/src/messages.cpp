@@ -47,6 +47,15 @@ bool encode_device_message(const DeviceRecord& d, std::string& out) {
   return true;
 }
 
+// A lease request's or release's fence: the stamp, or null when there is none.
+void write_fence(JsonText& out, const std::optional<Stamp>& fence) {
+  if (fence) {
+    write_stamp(out, *fence);
+  } else {
+    out.null();
+  }
+}
+
 }  // namespace
 
 Result<json> parse_payload(const Frame& frame) {
@@ -259,11 +268,7 @@ bool encode_fast(const LeaseRequestMsg& m, std::string& out) {
   text.open_object();  // the keys in sorted order
   text.key("device").string(m.device);
   text.key("fence");
-  if (m.fence) {
-    write_stamp(text, *m.fence);
-  } else {
-    text.null();
-  }
+  write_fence(text, m.fence);
   text.key("holder").string(m.holder);
   text.key("length_ms").number(m.length_ms);
   text.key("state_token").string_or_null(m.state_token);
@@ -351,11 +356,7 @@ bool encode_fast(const LeaseReleaseMsg& m, std::string& out) {
   JsonText text(out);
   text.open_object();  // the keys in sorted order
   text.key("fence");
-  if (m.fence) {
-    write_stamp(text, *m.fence);
-  } else {
-    text.null();
-  }
+  write_fence(text, m.fence);
   text.key("lease").string(m.lease);
   text.close_object();
   return true;
